@@ -1,0 +1,51 @@
+"""Putting a method onto a task model, and reading or writing what it trains.
+
+The task head is trained with every method; the backbone is frozen except for
+what the method itself names, so "trainable" is decided by structure alone.
+"""
+
+import torch
+from torch import nn
+
+from slimtune.errors import SlimtuneError
+from slimtune.methods.base import Method
+
+
+def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
+    wanted = {id(p) for module in model.head_modules() for p in module.parameters()}
+    return {n: p for n, p in model.named_parameters() if id(p) in wanted}
+
+
+def attach(model: nn.Module, method: Method) -> list[nn.Parameter]:
+    """Freeze the model, inject the method, and unfreeze exactly the method's and the head's parameters."""
+    model.requires_grad_(False)
+    method.inject(model.backbone)
+    params = method.trainable_parameters(model.backbone) + list(head_parameters(model).values())
+    unique = list({id(p): p for p in params}.values())
+    for p in unique:
+        p.requires_grad_(True)
+    return unique
+
+
+def adapter_state(model: nn.Module, method: Method) -> dict[str, torch.Tensor]:
+    """Everything trained: the method's state under `backbone.` and the head's parameters."""
+    state = {f"backbone.{k}": v for k, v in method.state_dict(model.backbone).items()}
+    state.update({n: p.detach().clone() for n, p in head_parameters(model).items()})
+    return state
+
+
+def load_adapter_state(model: nn.Module, method: Method, state: dict[str, torch.Tensor]) -> None:
+    heads = head_parameters(model)
+    backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k not in heads}
+    missing = [n for n in heads if n not in state]
+    if missing:
+        raise SlimtuneError(f"adapter lacks head weights {missing}")
+    with torch.no_grad():
+        for name, param in heads.items():
+            if param.shape != state[name].shape:
+                raise SlimtuneError(f"adapter head {name} has shape {tuple(state[name].shape)}, model {tuple(param.shape)}")
+            param.copy_(state[name])
+    try:
+        method.load_state_dict(model.backbone, backbone_state)
+    except (KeyError, RuntimeError) as e:
+        raise SlimtuneError(f"adapter does not fit this model: {e}") from None

@@ -1,0 +1,106 @@
+"""A run directory on disk: `adapter.safetensors` (only trained weights) plus `adapter_config.json`.
+
+The config ties the adapter to its base model by a fingerprint of the base
+weights, so loading it onto another base is a clear error, not silent garbage.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
+import slimtune
+from slimtune.adaptation import adapter_state, attach, load_adapter_state
+from slimtune.atomic import write_json, write_safetensors
+from slimtune.errors import SlimtuneError
+from slimtune.methods.registry import create_method
+from slimtune.models.loading import Backbone, fingerprint, load_backbone
+from slimtune.tasks import get_task
+
+ADAPTER_FILE = "adapter.safetensors"
+CONFIG_FILE = "adapter_config.json"
+
+
+@dataclass
+class LoadedAdapter:
+    model: torch.nn.Module
+    method: object
+    task: object
+    backbone: Backbone
+    config: dict
+
+    @property
+    def labels(self) -> list[str]:
+        return self.config["labels"]
+
+
+def run_config(task, method, model_spec: str | None, base_fingerprint: str, backbone: Backbone, labels) -> dict:
+    return {
+        "slimtune_version": slimtune.__version__,
+        "task": task.name,
+        "method": method.name,
+        "options": method.options_dict(),
+        "base_model": model_spec,
+        "base_fingerprint": base_fingerprint,
+        "pooling": backbone.pooling,
+        "max_length": backbone.max_length,
+        "labels": labels,
+    }
+
+
+def save_adapter(run_dir: Path, model, method, config: dict) -> Path:
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_safetensors(run_dir / ADAPTER_FILE, adapter_state(model, method), metadata={"format": "slimtune"})
+    write_json(run_dir / CONFIG_FILE, config)
+    return run_dir / ADAPTER_FILE
+
+
+def read_config(run_dir: Path) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise SlimtuneError(f"{run_dir}: no such adapter directory")
+    path = run_dir / CONFIG_FILE
+    if not path.exists():
+        raise SlimtuneError(f"{run_dir}: not an adapter directory (no {CONFIG_FILE})")
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SlimtuneError(f"{path}: not valid JSON ({e.msg})") from None
+    missing = {"task", "method", "options", "base_fingerprint", "labels"} - set(config)
+    if missing:
+        raise SlimtuneError(f"{path}: missing keys {sorted(missing)}")
+    return config
+
+
+def load_adapter(run_dir: Path, model_spec: str | None = None) -> LoadedAdapter:
+    """Rebuild a trained model from its run directory; `model_spec` overrides the recorded base."""
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    spec = model_spec or config.get("base_model")
+    backbone = load_backbone(spec, pooling=config.get("pooling"), max_length=config.get("max_length"))
+    if fingerprint(backbone.model) != config["base_fingerprint"]:
+        raise SlimtuneError(
+            f"{run_dir} was trained on a different base model (fingerprint {config['base_fingerprint']}); "
+            f"{spec or 'the default model'} does not match it"
+        )
+    task = get_task(config["task"])
+    method = create_method(config["method"], {k: _as_option(v) for k, v in config["options"].items()})
+    model = task.build_model(backbone, config["labels"])
+    attach(model, method)
+    try:
+        state = load_file(str(run_dir / ADAPTER_FILE))
+    except (FileNotFoundError, SafetensorError, OSError) as e:
+        raise SlimtuneError(f"{run_dir / ADAPTER_FILE}: cannot read adapter ({e})") from None
+    load_adapter_state(model, method, state)
+    model.eval()
+    return LoadedAdapter(model, method, task, backbone, config)
+
+
+def _as_option(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)

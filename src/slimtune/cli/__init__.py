@@ -1,0 +1,51 @@
+"""`slimtune` command line: one sub-command per module in this package.
+
+Errors a user can fix arrive as SlimtuneError and are printed as one line on
+stderr with a non-zero exit, never a traceback.
+"""
+
+import argparse
+import os
+import sys
+
+from slimtune import __version__
+from slimtune.errors import SlimtuneError
+
+COMMANDS = ("train", "evaluate", "predict", "merge", "methods")
+
+EPILOG = """examples:
+  slimtune train --task classify --method lora --train data/sst2/train_8k.tsv.gz --out runs/sst2
+  slimtune eval --adapter runs/sst2 --data data/sst2/heldout_2k.tsv.gz
+  slimtune predict --adapter runs/sst2 "a gripping, funny film"
+  slimtune merge --adapter runs/sst2 --out merged/sst2
+  slimtune methods
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
+    parser = argparse.ArgumentParser(
+        prog="slimtune",
+        description="Fine-tune a pretrained transformer while training only a small fraction of its weights.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"slimtune {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"slimtune.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except SlimtuneError as e:
+        print(f"slimtune {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"slimtune {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,46 @@
+"""Argument helpers shared by several sub-commands."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from slimtune.errors import SlimtuneError
+
+
+def parse_set(pairs: list[str] | None) -> dict[str, str]:
+    """`--set r=16 --set targets=query,value` → {"r": "16", "targets": "query,value"}."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SlimtuneError(f"--set expects key=value, got {pair!r}")
+        options[key.strip()] = value.strip()
+    return options
+
+
+def add_column_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--text-col", help="name of the text column (default: sentence, text or content)")
+    parser.add_argument("--label-col", help="name of the label column (default: label)")
+
+
+def columns(args) -> dict:
+    return {"text_col": args.text_col, "label_col": args.label_col}
+
+
+def read_inputs(texts: list[str], file: str | None) -> list[str]:
+    """Texts from arguments, else a file (one per line), else standard input."""
+    if texts:
+        return texts
+    if file:
+        path = Path(file)
+        if not path.is_file():
+            raise SlimtuneError(f"{file}: no such file")
+        lines = path.read_text(encoding="utf-8").splitlines()
+    elif not sys.stdin.isatty():
+        lines = sys.stdin.read().splitlines()
+    else:
+        raise SlimtuneError("no input: give texts as arguments, --file PATH, or pipe them on stdin")
+    texts = [line for line in lines if line.strip()]
+    if not texts:
+        raise SlimtuneError("no input texts (all lines empty)")
+    return texts

@@ -1,0 +1,68 @@
+"""The one interface every PEFT method implements.
+
+A method is configured from a dataclass of options, injected into a frozen
+backbone (wrapping layers, never subclassing them), and then answers which
+parameters it trains and what goes into its adapter file. Training-time needs
+(a per-step hook, an extra loss) are declared here and called openly by the
+trainer. Merging is an explicit call, never a side effect of `.eval()`.
+"""
+
+from dataclasses import dataclass, fields
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class NoOptions:
+    """A method without options."""
+
+
+class Method:
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type] = NoOptions
+    default_lr: ClassVar[float]
+    mergeable: ClassVar[bool] = False
+
+    def __init__(self, options=None):
+        self.options = options if options is not None else self.Options()
+
+    def inject(self, backbone: nn.Module) -> None:
+        """Prepare a frozen backbone in place: wrap layers or unfreeze the method's parameters."""
+
+    def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
+        """The backbone parameters this method trains, found by module structure."""
+        raise NotImplementedError
+
+    def state_dict(self, backbone: nn.Module) -> dict[str, torch.Tensor]:
+        """What the adapter file must hold to rebuild this method on a fresh base."""
+        wanted = {id(p) for p in self.trainable_parameters(backbone)}
+        return {n: p.detach().clone() for n, p in backbone.named_parameters() if id(p) in wanted}
+
+    def load_state_dict(self, backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
+        own = dict(backbone.named_parameters())
+        missing = set(self.state_dict(backbone)) - set(state)
+        if missing:
+            raise KeyError(f"adapter lacks {sorted(missing)[:5]}")
+        with torch.no_grad():
+            for name, value in state.items():
+                own[name].copy_(value)
+
+    def merge(self, backbone: nn.Module) -> None:
+        """Fold the method's weights into the base weights (mergeable methods only)."""
+        raise NotImplementedError(f"{self.name} cannot be merged")
+
+    def unmerge(self, backbone: nn.Module) -> None:
+        raise NotImplementedError(f"{self.name} cannot be merged")
+
+    def on_step(self, backbone: nn.Module, step: int, total_steps: int) -> None:
+        """Called by the trainer after every optimizer step."""
+
+    def extra_loss(self, backbone: nn.Module) -> torch.Tensor | None:
+        """A regulariser the trainer adds to the task loss, if the method has one."""
+        return None
+
+    def options_dict(self) -> dict:
+        return {f.name: getattr(self.options, f.name) for f in fields(self.options)}

@@ -1,0 +1,24 @@
+"""Full fine-tuning: the baseline every other method is measured against."""
+
+from torch import nn
+
+from slimtune.methods.base import Method
+
+
+class FullFineTuning(Method):
+    name = "full"
+    summary = "train every weight of the model (baseline; the adapter is a full copy)"
+    mergeable = True  # nothing wraps the base, so there is nothing to fold
+    default_lr = 5e-5
+
+    def inject(self, backbone: nn.Module) -> None:
+        backbone.requires_grad_(True)
+
+    def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
+        return list(backbone.parameters())
+
+    def merge(self, backbone: nn.Module) -> None:
+        pass
+
+    def unmerge(self, backbone: nn.Module) -> None:
+        pass

@@ -1,0 +1,21 @@
+"""Head-only tuning: the frozen encoder is a feature extractor; only the task head trains."""
+
+from torch import nn
+
+from slimtune.methods.base import Method
+
+
+class HeadOnly(Method):
+    name = "head"
+    summary = "train only the task head (and the pooler when the model pools through it)"
+    mergeable = True  # nothing wraps the base, so there is nothing to fold
+    default_lr = 5e-3
+
+    def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
+        return []
+
+    def merge(self, backbone: nn.Module) -> None:
+        pass
+
+    def unmerge(self, backbone: nn.Module) -> None:
+        pass

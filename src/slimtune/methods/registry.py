@@ -1,0 +1,98 @@
+"""Name → method class, filled by importing every module in this package.
+
+A new method is one new file defining a `Method` subclass with a `name`; it is
+found here without touching anything else.
+"""
+
+import importlib
+import pkgutil
+import typing
+from dataclasses import MISSING, fields
+
+from slimtune.errors import SlimtuneError
+from slimtune.methods.base import Method
+
+_SKIP = {"base", "registry"}
+
+
+def _discover() -> dict[str, type[Method]]:
+    import slimtune.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in _SKIP and not info.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{info.name}")
+    found = {}
+    stack = list(Method.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        if "name" in cls.__dict__:
+            found[cls.name] = cls
+    return dict(sorted(found.items()))
+
+
+def available_methods() -> dict[str, type[Method]]:
+    return _discover()
+
+
+def get_method_class(name: str) -> type[Method]:
+    methods = _discover()
+    if name not in methods:
+        raise SlimtuneError(f"unknown method {name!r}; available: {', '.join(methods)}")
+    return methods[name]
+
+
+def _coerce(value: str, annotation, key: str, method: str):
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        if value.lower() in ("none", "null", ""):
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    try:
+        if annotation is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if origin in (tuple, list):
+            item = args[0] if args else str
+            parts = [p.strip() for p in value.split(",") if p.strip()]
+            return tuple(item(p) for p in parts)
+        return annotation(value)
+    except (ValueError, TypeError):
+        raise SlimtuneError(f"option {key}={value!r} for method {method} is not a valid {annotation}") from None
+
+
+def parse_options(cls: type[Method], pairs: dict[str, str]):
+    """Build a method's options from `--set key=value` strings, checking names and types."""
+    known = {f.name: f for f in fields(cls.Options)}
+    unknown = sorted(set(pairs) - set(known))
+    if unknown:
+        listing = ", ".join(known) or "none"
+        raise SlimtuneError(f"unknown option {unknown[0]!r} for method {cls.name}; its options are: {listing}")
+    hints = typing.get_type_hints(cls.Options)
+    values = {k: _coerce(v, hints[k], k, cls.name) for k, v in pairs.items()}
+    return cls.Options(**values)
+
+
+def create_method(name: str, pairs: dict[str, str] | None = None) -> Method:
+    cls = get_method_class(name)
+    options = parse_options(cls, pairs or {})
+    check = getattr(options, "validate", None)
+    if check:
+        check()
+    return cls(options)
+
+
+def option_help(cls: type[Method]) -> list[tuple[str, str, str]]:
+    """(name, default, help) for each option, for `slimtune methods`."""
+    rows = []
+    for f in fields(cls.Options):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default))
+        rows.append((f.name, str(default), f.metadata.get("help", "")))
+    return rows

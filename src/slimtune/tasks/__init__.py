@@ -1,0 +1,13 @@
+"""Tasks: how rows are read, encoded, scored and predicted for one kind of problem."""
+
+from slimtune.errors import SlimtuneError
+from slimtune.tasks.base import Task
+
+
+def get_task(name: str) -> Task:
+    from slimtune.tasks.classify import ClassificationTask
+
+    tasks = {"classify": ClassificationTask}
+    if name not in tasks:
+        raise SlimtuneError(f"unknown task {name!r}; available: {', '.join(tasks)}")
+    return tasks[name]()

@@ -1,0 +1,115 @@
+"""Text classification: sentiment, topic, intent — one label per text."""
+
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, classification_report, f1_score
+
+from slimtune.data.table import read_labelled_texts
+from slimtune.errors import SlimtuneError
+from slimtune.models.task_models import SequenceClassifier
+from slimtune.tasks.base import Task
+from slimtune.training.inference import predict_logits
+
+
+def sort_labels(labels) -> list[str]:
+    """Numeric labels in numeric order, others alphabetically."""
+    labels = set(labels)
+    if all(label.lstrip("-").isdigit() for label in labels):
+        return sorted(labels, key=int)
+    return sorted(labels)
+
+
+class ClassificationTask(Task):
+    name = "classify"
+    primary_metric = "accuracy"
+
+    def read(self, path, text_col=None, label_col=None):
+        return read_labelled_texts(path, text_col, label_col)
+
+    def label_names(self, rows):
+        return sort_labels(r.label for r in rows)
+
+    def encode(self, rows, tokenizer, labels, max_length):
+        index = {name: i for i, name in enumerate(labels)}
+        encoded = tokenizer([r.text for r in rows], truncation=True, max_length=max_length)
+        features = []
+        for i, row in enumerate(rows):
+            feature = {k: encoded[k][i] for k in ("input_ids", "token_type_ids") if k in encoded}
+            if row.label is not None:
+                if row.label not in index:
+                    where = f"{row.source}:{row.line}: " if row.source else ""
+                    raise SlimtuneError(f"{where}label {row.label!r} is not one of the model's labels {labels}")
+                feature["labels"] = index[row.label]
+            features.append(feature)
+        return features
+
+    def build_model(self, backbone, labels):
+        return SequenceClassifier(backbone.model, len(labels), backbone.pooling)
+
+    def loss(self, logits, labels):
+        return F.cross_entropy(logits, labels)
+
+    def evaluate(self, model, features, pad_id, batch_size, labels):
+        logits = predict_logits(model, features, pad_id, batch_size)
+        predicted = logits.argmax(-1).tolist()
+        gold = [f["labels"] for f in features]
+        ids = list(range(len(labels)))
+        report = classification_report(
+            gold, predicted, labels=ids, target_names=labels, output_dict=True, zero_division=0
+        )
+        return {
+            "accuracy": accuracy_score(gold, predicted),
+            "macro_f1": f1_score(gold, predicted, labels=ids, average="macro", zero_division=0),
+            "loss": F.cross_entropy(logits, torch.tensor(gold)).item(),
+            "per_class": {name: report[name] for name in labels},
+            "examples": len(features),
+        }
+
+    def predict(self, loaded, texts: list[str], batch_size: int) -> list[dict]:
+        from slimtune.data.table import LabelledText
+
+        rows = [LabelledText(t, None) for t in texts]
+        features = self.encode(rows, loaded.backbone.tokenizer, loaded.labels, loaded.backbone.max_length)
+        probs = predict_logits(loaded.model, features, loaded.backbone.tokenizer.pad_token_id, batch_size).softmax(-1)
+        out = []
+        for row in probs:
+            best = int(row.argmax())
+            out.append({"label": loaded.labels[best], "probability": round(float(row[best]), 4),
+                        "scores": {name: round(float(p), 4) for name, p in zip(loaded.labels, row)}})
+        return out
+
+    def format_prediction(self, text: str, prediction: dict) -> str:
+        return f"{prediction['label']}\t{prediction['probability']:.4f}\t{text}"
+
+    def format_report(self, metrics: dict) -> str:
+        lines = [f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
+                 f"loss {metrics['loss']:.4f}   ({metrics['examples']} examples)", "",
+                 f"{'label':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+        for name, row in metrics["per_class"].items():
+            lines.append(f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1-score']:>10.4f}"
+                         f"{int(row['support']):>10}")
+        return "\n".join(lines)
+
+    def save_merged(self, loaded, out_dir) -> None:
+        """The encoder in transformers format, plus the pooling and head it needs (see HEAD_USAGE)."""
+        from pathlib import Path
+
+        from slimtune.atomic import write_json, write_safetensors
+
+        out = Path(out_dir)
+        backbone = loaded.model.backbone
+        backbone.config.id2label = dict(enumerate(loaded.labels))
+        backbone.config.label2id = {name: i for i, name in enumerate(loaded.labels)}
+        backbone.save_pretrained(out)
+        loaded.backbone.tokenizer.save_pretrained(out)
+        linear = loaded.model.head[-1]
+        write_safetensors(out / "classifier_head.safetensors", {"weight": linear.weight, "bias": linear.bias})
+        write_json(out / "classifier_head.json",
+                   {"pooling": loaded.model.pooling, "labels": loaded.labels, "usage": HEAD_USAGE})
+
+
+HEAD_USAGE = (
+    "model = transformers.AutoModel.from_pretrained(dir); h = model(**batch).last_hidden_state; "
+    "pooled = masked mean of h over attention_mask (pooling 'mean'), h[:, 0] ('cls') or pooler_output ('pooler'); "
+    "logits = pooled @ weight.T + bias with weight, bias from classifier_head.safetensors"
+)

@@ -1,0 +1,104 @@
+"""One training run from files to a saved adapter: the API behind `slimtune train`."""
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from slimtune.adaptation import attach
+from slimtune.adapter_files import ADAPTER_FILE, run_config, save_adapter
+from slimtune.atomic import write_json
+from slimtune.errors import SlimtuneError
+from slimtune.methods.registry import create_method
+from slimtune.models.loading import fingerprint, load_backbone
+from slimtune.tasks import get_task
+from slimtune.training.trainer import TrainConfig, Trainer
+
+
+@dataclass
+class TrainRequest:
+    task: str
+    method: str
+    train_path: str
+    out_dir: str
+    dev_path: str | None = None
+    model: str | None = None
+    options: dict = field(default_factory=dict)
+    max_train_examples: int | None = None
+    dev_fraction: float = 0.1
+    max_length: int | None = None
+    pooling: str | None = None
+    columns: dict = field(default_factory=dict)
+    resume: bool = False
+    overwrite: bool = False
+    config: TrainConfig = field(default_factory=TrainConfig)
+
+
+def split_dev(rows: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded validation split carved from train: (train, dev)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_dev = max(1, min(int(len(rows) * fraction), 2000))
+    if len(rows) - n_dev < 1:
+        raise SlimtuneError("training data too small to carve a dev split; pass --dev")
+    dev_idx = set(order[:n_dev])
+    return [r for i, r in enumerate(rows) if i not in dev_idx], [r for i, r in enumerate(rows) if i in dev_idx]
+
+
+def count_parameters(model: torch.nn.Module, trainable: list) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    n = sum(p.numel() for p in trainable)
+    return {"trainable_parameters": n, "total_parameters": total, "trainable_percent": round(100 * n / total, 4)}
+
+
+def train(request: TrainRequest, step_callbacks=()) -> dict:
+    out = Path(request.out_dir)
+    if out.exists() and (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
+        raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
+    task = get_task(request.task)
+    method = create_method(request.method, request.options)
+    cfg = request.config
+    if cfg.lr is None:
+        cfg.lr = method.default_lr
+    train_rows = task.read(request.train_path, **request.columns)
+    if request.dev_path:
+        dev_rows = task.read(request.dev_path, **request.columns)
+    else:
+        train_rows, dev_rows = split_dev(train_rows, request.dev_fraction, cfg.seed)
+    if request.max_train_examples and len(train_rows) > request.max_train_examples:
+        keep = sorted(random.Random(cfg.seed).sample(range(len(train_rows)), request.max_train_examples))
+        train_rows = [train_rows[i] for i in keep]
+    labels = task.label_names(train_rows)
+
+    backbone = load_backbone(request.model, request.pooling, request.max_length)
+    base_fingerprint = fingerprint(backbone.model)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model(backbone, labels)
+    params = attach(model, method)
+    train_features = task.encode(train_rows, backbone.tokenizer, labels, backbone.max_length)
+    dev_features = task.encode(dev_rows, backbone.tokenizer, labels, backbone.max_length)
+    config = run_config(task, method, request.model, base_fingerprint, backbone, labels)
+
+    trainer = Trainer(model, method, task, params, cfg, out, backbone.tokenizer.pad_token_id, labels)
+    trainer.step_callbacks.extend(step_callbacks)
+    summary = trainer.fit(train_features, dev_features, resume=request.resume)
+    adapter_path = save_adapter(out, model, method, config)
+    summary.update(count_parameters(model, params))
+    summary.update({"adapter_bytes": adapter_path.stat().st_size, "train_examples": len(train_features),
+                    "dev_examples": len(dev_features), "lr": cfg.lr, "method": method.name, "task": task.name})
+    write_json(out / "metrics.json", summary)
+    write_json(out / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
+                                           "dev": request.dev_path, "options": request.options})
+    return summary
+
+
+def describe(summary: dict, metric: str) -> str:
+    best = summary.get(f"best_dev_{metric}")
+    return json.dumps({k: v for k, v in summary.items() if k != "history"}) if best is None else (
+        f"best dev {metric} {best:.4f} (step {summary['best_step']}); "
+        f"trainable {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
+        f"({summary['trainable_percent']:.2f}%); adapter {summary['adapter_bytes'] / 1024:.1f} KiB; "
+        f"{summary['train_seconds']:.1f} s training, {summary['examples_per_second']:.0f} examples/s"
+    )

@@ -1,0 +1,183 @@
+"""The training loop: plain PyTorch, every step visible.
+
+AdamW with linear warm-up then decay, gradient clipping and accumulation,
+evaluation on dev each epoch (or every N steps), early stopping that keeps the
+best weights, a JSONL metrics log, and checkpoints that `resume` continues to
+the same result as an uninterrupted run.
+"""
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from slimtune.adaptation import adapter_state, load_adapter_state
+from slimtune.data.batching import length_grouped_batches, pad_batch
+from slimtune.errors import SlimtuneError
+from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float | None = None  # None: the method's measured default
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    eval_every: int = 0  # optimizer steps between dev evaluations; 0 = once per epoch
+    patience: int = 3  # evaluations without improvement before stopping; 0 = never stop early
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = only at epoch ends
+    log_every: int = 20
+    seed: int = 42
+
+    def validate(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise SlimtuneError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.lr is not None and not self.lr > 0:
+            raise SlimtuneError("--lr must be positive")
+
+
+class Trainer:
+    def __init__(self, model, method, task, params, config: TrainConfig, run_dir: Path, pad_id: int, labels):
+        config.validate()
+        self.model, self.method, self.task = model, method, task
+        self.params, self.config, self.run_dir = params, config, Path(run_dir)
+        self.pad_id, self.labels = pad_id, labels
+        self.step_callbacks: list[Callable[[Progress], None]] = []  # called after each optimizer step
+        self.checkpoint_dir = self.run_dir / "checkpoint"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+
+    def _optimizer(self):
+        decay = [p for p in self.params if p.ndim >= 2]
+        no_decay = [p for p in self.params if p.ndim < 2]  # biases and norms, by shape
+        groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.config.lr)
+
+    def _log(self, record: dict) -> None:
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _trim_log(self, step: int) -> None:
+        """Drop records written after the checkpoint we resume from, so the log reads as one run."""
+        if self.metrics_path.exists():
+            kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step]
+            self.metrics_path.write_text("".join(l + "\n" for l in kept))
+
+    def evaluate(self, dev_features) -> dict:
+        return self.task.evaluate(self.model, dev_features, self.pad_id, self.config.batch_size * 2, self.labels)
+
+    def fit(self, train_features: list[dict], dev_features: list[dict], resume: bool = False) -> dict:
+        cfg = self.config
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lengths = [len(f["input_ids"]) for f in train_features]
+        batches_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+        total_steps = math.ceil(batches_per_epoch / cfg.grad_accum) * cfg.epochs
+        optimizer = self._optimizer()
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
+        torch.manual_seed(cfg.seed)
+        progress, best_state = Progress(), {}
+        if resume:
+            if not has_checkpoint(self.checkpoint_dir):
+                raise SlimtuneError(f"{self.run_dir}: no checkpoint to resume from")
+            progress, trainable, best_state = load_checkpoint(self.checkpoint_dir, optimizer, scheduler)
+            load_adapter_state(self.model, self.method, trainable)
+            self._trim_log(progress.step)
+        elif self.metrics_path.exists():
+            self.metrics_path.unlink()
+
+        self.model.train()
+        bar = tqdm(total=batches_per_epoch * cfg.epochs, initial=progress.epoch * batches_per_epoch + progress.batch_in_epoch,
+                   desc="train", unit="batch", file=sys.stderr, dynamic_ncols=True, disable=None)
+        while progress.epoch < cfg.epochs and not progress.stopped_early:
+            batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, progress.epoch)
+            for b in range(progress.batch_in_epoch, len(batches)):
+                started = time.perf_counter()
+                group_start = b - b % cfg.grad_accum
+                group_size = min(cfg.grad_accum, len(batches) - group_start)
+                batch = pad_batch([train_features[i] for i in batches[b]], self.pad_id)
+                logits = self.model(**batch)
+                loss = self.task.loss(logits, batch["labels"])
+                extra = self.method.extra_loss(self.model.backbone)
+                total = loss + extra if extra is not None else loss
+                (total / group_size).backward()
+                progress.loss_sum += loss.item()
+                progress.loss_count += 1
+                stepped = b - group_start + 1 == group_size
+                if stepped:
+                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    self.method.on_step(self.model.backbone, progress.step + 1, total_steps)
+                    progress.step += 1
+                progress.batch_in_epoch = b + 1
+                progress.examples_seen += len(batches[b])
+                progress.train_seconds += time.perf_counter() - started
+                speed = progress.examples_seen / max(progress.train_seconds, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{speed:.0f}", refresh=False)
+                if not stepped:
+                    continue
+                if progress.step % cfg.log_every == 0:
+                    self._log({"type": "train", "step": progress.step, "epoch": progress.epoch,
+                               "loss": progress.loss_sum / progress.loss_count, "lr": scheduler.get_last_lr()[0],
+                               "examples_per_second": speed})
+                    progress.loss_sum, progress.loss_count = 0.0, 0
+                if cfg.eval_every and progress.step % cfg.eval_every == 0 and b + 1 < len(batches):
+                    best_state = self._evaluate_and_track(dev_features, progress, best_state)
+                    if progress.stopped_early:
+                        break
+                if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
+                    self._checkpoint(progress, best_state, optimizer, scheduler)
+                for callback in self.step_callbacks:
+                    callback(progress)
+            if not progress.stopped_early:
+                best_state = self._evaluate_and_track(dev_features, progress, best_state)
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                self._checkpoint(progress, best_state, optimizer, scheduler)
+        bar.close()
+        if best_state:
+            load_adapter_state(self.model, self.method, best_state)
+        return {
+            "steps": progress.step,
+            "epochs_run": progress.epoch,
+            "best_step": progress.best_step,
+            f"best_dev_{self.task.primary_metric}": progress.best_metric,
+            "stopped_early": progress.stopped_early,
+            "train_seconds": round(progress.train_seconds, 2),
+            "train_examples_seen": progress.examples_seen,
+            "examples_per_second": round(progress.examples_seen / max(progress.train_seconds, 1e-9), 1),
+            "history": progress.history,
+        }
+
+    def _evaluate_and_track(self, dev_features, progress: Progress, best_state: dict) -> dict:
+        metrics = self.evaluate(dev_features)
+        score = metrics[self.task.primary_metric]
+        record = {"type": "eval", "step": progress.step, "epoch": progress.epoch,
+                  **{f"dev_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
+        self._log(record)
+        progress.history.append(record)
+        tqdm.write(f"step {progress.step}: dev {self.task.primary_metric} {score:.4f}", file=sys.stderr)
+        if progress.best_metric is None or score > progress.best_metric:
+            progress.best_metric, progress.best_step, progress.evals_without_gain = score, progress.step, 0
+            return adapter_state(self.model, self.method)
+        progress.evals_without_gain += 1
+        if self.config.patience and progress.evals_without_gain >= self.config.patience:
+            progress.stopped_early = True
+            tqdm.write(f"early stop: no gain for {self.config.patience} evaluations", file=sys.stderr)
+        return best_state
+
+    def _checkpoint(self, progress, best_state, optimizer, scheduler) -> None:
+        save_checkpoint(self.checkpoint_dir, progress, adapter_state(self.model, self.method), best_state,
+                        optimizer, scheduler)

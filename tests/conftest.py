@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny randomly initialised BERT saved as a local model directory, and toy data."""
+
+import random
+import string
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+POSITIVE = ["good", "great", "fun", "lovely", "superb", "moving", "bright", "warm"]
+NEGATIVE = ["bad", "dull", "awful", "boring", "weak", "flat", "grim", "cold"]
+FILLER = ["the", "film", "was", "a", "plot", "and", "very", "story", "acting", "it", "is", "of"]
+
+
+def _vocab() -> list[str]:
+    special = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    letters = list(string.ascii_lowercase + string.digits + string.punctuation)
+    return special + letters + [f"##{c}" for c in letters] + POSITIVE + NEGATIVE + FILLER
+
+
+def make_tiny_bert(directory, seed: int = 0, layers: int = 2) -> str:
+    """Save a 2-layer, 32-wide BERT with a word-piece tokenizer to `directory`; returns its path."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(_vocab())}, do_lower_case=True)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return str(directory)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory) -> str:
+    return make_tiny_bert(tmp_path_factory.mktemp("other-bert"), seed=1)
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.choice(["pos", "neg"])
+        words = rng.sample(FILLER, rng.randint(2, 5))
+        words.insert(rng.randint(0, len(words)), rng.choice(POSITIVE if label == "pos" else NEGATIVE))
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path, rows, header=("sentence", "label")) -> str:
+    path.write_text("\t".join(header) + "\n" + "".join(f"{t}\t{l}\n" for t, l in rows))
+    return str(path)
+
+
+@pytest.fixture
+def toy_data(tmp_path) -> dict[str, str]:
+    return {
+        "train": write_tsv(tmp_path / "train.tsv", sentiment_rows(96, 0)),
+        "dev": write_tsv(tmp_path / "dev.tsv", sentiment_rows(32, 1)),
+    }
+
+
+def build_classifier(model_dir: str, method: str, options: dict | None = None, labels=("neg", "pos"), seed=0):
+    """(task model, method, trainable params, backbone) for a method on a tiny model, like `train` builds it."""
+    from slimtune.adaptation import attach
+    from slimtune.methods.registry import create_method
+    from slimtune.models.loading import load_backbone
+    from slimtune.tasks import get_task
+
+    backbone = load_backbone(model_dir)
+    torch.manual_seed(seed)
+    model = get_task("classify").build_model(backbone, list(labels))
+    m = create_method(method, options or {})
+    params = attach(model, m)
+    return model, m, params, backbone
+
+
+def toy_batch(backbone, n: int = 6, seed: int = 0) -> dict:
+    from slimtune.data.batching import pad_batch
+
+    rows = sentiment_rows(n, seed)
+    enc = backbone.tokenizer([t for t, _ in rows])
+    feats = [{"input_ids": ids, "labels": int(l == "pos")} for ids, (_, l) in zip(enc["input_ids"], rows)]
+    return pad_batch(feats, backbone.tokenizer.pad_token_id)

@@ -1,0 +1,25 @@
+import pytest
+
+from slimtune.errors import SlimtuneError
+from slimtune.methods.registry import available_methods, create_method
+
+
+def test_core_methods_are_registered():
+    assert {"full", "head", "lora"} <= set(available_methods())
+
+
+def test_unknown_method_lists_available():
+    with pytest.raises(SlimtuneError, match="unknown method 'lorra'; available: .*lora"):
+        create_method("lorra")
+
+
+def test_unknown_option_lists_known_ones():
+    with pytest.raises(SlimtuneError, match="unknown option 'rank' for method lora; its options are: r, alpha"):
+        create_method("lora", {"rank": "4"})
+
+
+def test_options_are_typed():
+    method = create_method("lora", {"r": "16", "alpha": "8", "targets": "query, key"})
+    assert (method.options.r, method.options.alpha, method.options.targets) == (16, 8.0, ("query", "key"))
+    with pytest.raises(SlimtuneError, match="r='x'"):
+        create_method("lora", {"r": "x"})

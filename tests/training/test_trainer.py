@@ -1,0 +1,84 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from slimtune.training.run import TrainRequest, train
+from slimtune.training.trainer import TrainConfig
+from tests.conftest import build_classifier, toy_batch
+
+
+@pytest.mark.parametrize("method", ["full", "head", "lora"])
+def test_one_step_changes_only_the_intended_parameters(tiny_model, method):
+    model, m, params, backbone = build_classifier(tiny_model, method)
+    trainable = {id(p) for p in params}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    batch = toy_batch(backbone)
+    torch.nn.functional.cross_entropy(model(**batch), batch["labels"]).backward()
+    optimizer.step()
+    for name, p in model.named_parameters():
+        if id(p) in trainable:
+            assert p.requires_grad
+        else:
+            assert not p.requires_grad and torch.equal(p, before[name]), name
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    expected = {"head.1.weight", "head.1.bias"}
+    if method == "lora":
+        expected |= {n for n in before if n.endswith("lora_A") or n.endswith("lora_B")}
+    if method == "full":
+        assert changed >= expected and len(changed) > len(before) // 2
+    else:
+        # LoRA's A only moves once B is non-zero, so after one step B (and the head) changed
+        assert {n for n in changed if "lora_A" not in n} == {n for n in expected if "lora_A" not in n}
+
+
+def _request(tiny_model, toy_data, out, **config):
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=5e-3, patience=0, seed=7, **config)
+    return TrainRequest(task="classify", method="lora", train_path=toy_data["train"], dev_path=toy_data["dev"],
+                        out_dir=str(out), model=tiny_model, options={"r": "4", "dropout": "0.1"}, config=cfg)
+
+
+def test_interrupted_then_resumed_run_equals_uninterrupted(tiny_model, toy_data, tmp_path):
+    train(_request(tiny_model, toy_data, tmp_path / "a", checkpoint_every=5))
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_at_step_17(progress):
+        if progress.step == 17:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(_request(tiny_model, toy_data, tmp_path / "b", checkpoint_every=5), step_callbacks=[stop_at_step_17])
+    assert not (tmp_path / "b" / "adapter.safetensors").exists()
+    request = _request(tiny_model, toy_data, tmp_path / "b", checkpoint_every=5)
+    request.resume = True
+    train(request)
+    a = load_file(tmp_path / "a" / "adapter.safetensors")
+    b = load_file(tmp_path / "b" / "adapter.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    log_a = (tmp_path / "a" / "metrics.jsonl").read_text()
+    log_b = (tmp_path / "b" / "metrics.jsonl").read_text()
+    strip = lambda log: [l.split('"lr"')[0] for l in log.splitlines()]  # examples/s differ between runs
+    assert strip(log_a) == strip(log_b)
+
+
+def test_training_learns_the_toy_task_and_keeps_best_weights(tiny_model, toy_data, tmp_path):
+    request = _request(tiny_model, toy_data, tmp_path / "run")
+    request.config.epochs = 6
+    request.config.lr = 3e-3
+    request.method, request.options = "full", {}
+    summary = train(request)
+    assert summary["best_dev_accuracy"] >= 0.9
+    evals = [h["dev_accuracy"] for h in summary["history"]]
+    assert summary["best_dev_accuracy"] == max(evals)
+
+
+def test_early_stopping_stops(tiny_model, toy_data, tmp_path):
+    request = _request(tiny_model, toy_data, tmp_path / "run", eval_every=1)
+    request.config.lr = 1e-9
+    request.config.patience = 2
+    summary = train(request)
+    assert summary["stopped_early"] and summary["steps"] == 3
