@@ -36,6 +36,14 @@ class Method:
         """The backbone parameters this method trains, found by module structure."""
         raise NotImplementedError
 
+    def count_parameters(self, backbone: nn.Module) -> int:
+        """Trainable backbone parameters by the method's own formula over the model's config and shapes.
+
+        `slimtune plan` reports it before any layer is wrapped, and the contract
+        test checks it against what injection really produced.
+        """
+        raise NotImplementedError
+
     def state_dict(self, backbone: nn.Module) -> dict[str, torch.Tensor]:
         """What the adapter file must hold to rebuild this method on a fresh base."""
         wanted = {id(p) for p in self.trainable_parameters(backbone)}

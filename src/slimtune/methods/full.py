@@ -14,6 +14,9 @@ class FullFineTuning(Method):
     def inject(self, backbone: nn.Module) -> None:
         backbone.requires_grad_(True)
 
+    def count_parameters(self, backbone: nn.Module) -> int:
+        return sum(p.numel() for p in backbone.parameters())
+
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         return list(backbone.parameters())
 

@@ -11,6 +11,9 @@ class HeadOnly(Method):
     mergeable = True  # nothing wraps the base, so there is nothing to fold
     default_lr = 5e-3
 
+    def count_parameters(self, backbone: nn.Module) -> int:
+        return 0
+
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         return []
 

@@ -87,6 +87,11 @@ class LoRA(Method):
             layer = backbone.get_submodule(name)
             replace_module(backbone, name, LoRALinear(layer, self.options.r, self.options.alpha, self.options.dropout))
 
+    def count_parameters(self, backbone: nn.Module) -> int:
+        targets = self.options.targets or default_targets(backbone)
+        layers = [backbone.get_submodule(n) for n in find_linear_targets(backbone, targets)]
+        return sum(self.options.r * (layer.in_features + layer.out_features) for layer in layers)
+
     def _layers(self, backbone: nn.Module) -> list[LoRALinear]:
         return [m for m in backbone.modules() if isinstance(m, LoRALinear)]
 

@@ -17,6 +17,8 @@ class SequenceClassifier(nn.Module):
 
     def __init__(self, backbone: nn.Module, num_labels: int, pooling: str, dropout: float = 0.1):
         super().__init__()
+        if pooling != "pooler" and getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # unused: dropping it saves compute and keeps "full" honest
         self.backbone = backbone
         self.pooling = pooling
         hidden = backbone.config.hidden_size

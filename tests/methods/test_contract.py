@@ -1,0 +1,86 @@
+"""The contract every registered method keeps, present and future: no per-method code here."""
+
+import copy
+
+import pytest
+import torch
+
+from slimtune.adaptation import adapter_state, attach, load_adapter_state
+from slimtune.methods.registry import available_methods, create_method
+from slimtune.models.surgery import unwrap
+from tests.conftest import build_classifier, toy_batch
+
+METHODS = sorted(available_methods())
+
+
+def _fresh(tiny_model, method_name):
+    model, method, params, backbone = build_classifier(tiny_model, method_name)
+    return model, method, params, backbone
+
+
+@pytest.mark.parametrize("method_name", METHODS)
+def test_trainable_parameters_match_the_methods_formula(tiny_model, method_name):
+    from slimtune.models.loading import load_backbone
+    from slimtune.tasks import get_task
+
+    model = get_task("classify").build_model(load_backbone(tiny_model), ["neg", "pos"])
+    method = create_method(method_name)
+    predicted = method.count_parameters(model.backbone)
+    params = attach(model, method)
+    head = sum(p.numel() for m in model.head_modules() for p in m.parameters())
+    assert sum(p.numel() for p in params) == predicted + head
+    trainable = {id(p) for p in params}
+    assert all(p.requires_grad == (id(p) in trainable) for p in model.parameters())
+
+
+@pytest.mark.parametrize("method_name", METHODS)
+def test_training_changes_exactly_the_trainable_parameters(tiny_model, method_name):
+    model, method, params, backbone = _fresh(tiny_model, method_name)
+    trainable = {id(p) for p in params}
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    for seed in (0, 1):  # two steps: zero-initialised factors (LoRA's B) only move the others on step 2
+        batch = toy_batch(backbone, seed=seed)
+        loss = torch.nn.functional.cross_entropy(model(**batch), batch["labels"])
+        extra = method.extra_loss(model.backbone)
+        (loss + extra if extra is not None else loss).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        method.on_step(model.backbone, seed + 1, 2)
+    for name, p in model.named_parameters():
+        if id(p) in trainable:
+            assert not torch.equal(p, before[name]), f"{name} is trainable but did not change"
+        else:
+            assert torch.equal(p, before[name]), f"{name} is frozen but changed"
+
+
+def _perturbed(tiny_model, method_name):
+    model, method, params, backbone = _fresh(tiny_model, method_name)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for p in params:
+            p.add_(torch.randn_like(p) * 0.05)
+    return model.eval(), method, backbone
+
+
+@pytest.mark.parametrize("method_name", METHODS)
+def test_save_then_load_reproduces_logits(tiny_model, method_name):
+    model, method, backbone = _perturbed(tiny_model, method_name)
+    batch = toy_batch(backbone)
+    state = adapter_state(model, method)
+    fresh, fresh_method, _, _ = build_classifier(tiny_model, method_name, seed=99)
+    load_adapter_state(fresh, fresh_method, state)
+    assert torch.equal(model(**batch), fresh.eval()(**batch))
+
+
+@pytest.mark.parametrize("method_name", [m for m in METHODS if available_methods()[m].mergeable])
+def test_merged_outputs_equal_unmerged(tiny_model, method_name):
+    model, method, backbone = _perturbed(tiny_model, method_name)
+    batch = toy_batch(backbone)
+    unmerged = model(**batch)
+    merged_model = copy.deepcopy(model)
+    method.merge(merged_model.backbone)
+    assert (merged_model(**batch) - unmerged).abs().max() < 1e-5
+    unwrap(merged_model.backbone)
+    assert not any(hasattr(m, "base_layer") for m in merged_model.modules())
+    assert (merged_model(**batch) - unmerged).abs().max() < 1e-5
