@@ -9,6 +9,7 @@ dev split (never the held-out split). Prints a Markdown table.
 import argparse
 import tempfile
 
+from slimtune.cli.common import parse_set
 from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 
@@ -19,16 +20,22 @@ def main() -> None:
     parser.add_argument("--train", default="data/sst2/train_8k.tsv.gz")
     parser.add_argument("--dev", default="data/sst2/dev_1k.tsv.gz")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="method option")
+    parser.add_argument("--no-header", action="store_true")
     args = parser.parse_args()
-    print("| method | lr | dev accuracy | train s | examples/s |\n|---|---|---|---|---|")
+    options = parse_set(args.set)
+    if not args.no_header:
+        print("| method | options | batch | lr | dev accuracy | train s | examples/s |\n|---|---|---|---|---|---|---|")
     for spec in args.methods:
         method, _, rates = spec.partition(":")
         for lr in map(float, rates.split(",")):
             with tempfile.TemporaryDirectory() as out:
-                config = TrainConfig(epochs=args.epochs, lr=lr, patience=0)
+                config = TrainConfig(epochs=args.epochs, lr=lr, patience=0, batch_size=args.batch_size)
                 s = train(TrainRequest(task="classify", method=method, train_path=args.train,
-                                       dev_path=args.dev, out_dir=out, config=config))
-            print(f"| {method} | {lr:g} | {s['best_dev_accuracy']:.4f} | {s['train_seconds']:.0f} | "
+                                       dev_path=args.dev, out_dir=out, config=config, options=options))
+            shown = " ".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+            print(f"| {method} | {shown} | {args.batch_size} | {lr:g} | {s['best_dev_accuracy']:.4f} | {s['train_seconds']:.0f} | "
                   f"{s['examples_per_second']:.0f} |", flush=True)
 
 

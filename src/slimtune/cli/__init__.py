@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # weight-loading chatter is not the user's business
+    hf_logging.disable_progress_bar()
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args) or 0
