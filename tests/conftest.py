@@ -86,3 +86,13 @@ def toy_batch(backbone, n: int = 6, seed: int = 0) -> dict:
     enc = backbone.tokenizer([t for t, _ in rows])
     feats = [{"input_ids": ids, "labels": int(l == "pos")} for ids, (_, l) in zip(enc["input_ids"], rows)]
     return pad_batch(feats, backbone.tokenizer.pad_token_id)
+
+
+def tiny_llama(seed: int = 0):
+    """A 2-layer Llama-style decoder with grouped-query attention (9 query heads, 3 key/value heads), random weights."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=100, hidden_size=36, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=64)
+    return LlamaModel(config).eval()

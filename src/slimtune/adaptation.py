@@ -27,9 +27,14 @@ def attach(model: nn.Module, method: Method) -> list[nn.Parameter]:
     return unique
 
 
-def adapter_state(model: nn.Module, method: Method) -> dict[str, torch.Tensor]:
-    """Everything trained: the method's state under `backbone.` and the head's parameters."""
-    state = {f"backbone.{k}": v for k, v in method.state_dict(model.backbone).items()}
+def adapter_state(model: nn.Module, method: Method, export: bool = False) -> dict[str, torch.Tensor]:
+    """Everything trained: the method's state under `backbone.` and the head's parameters.
+
+    `export` asks for the form written to the adapter file (training-only parts folded
+    away, see `Method.export_state_dict`); checkpoints keep the full training state.
+    """
+    backbone_state = method.export_state_dict(model.backbone) if export else method.state_dict(model.backbone)
+    state = {f"backbone.{k}": v for k, v in backbone_state.items()}
     state.update({n: p.detach().clone() for n, p in head_parameters(model).items()})
     return state
 

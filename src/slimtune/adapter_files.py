@@ -54,7 +54,7 @@ def run_config(task, method, model_spec: str | None, base_fingerprint: str, back
 def save_adapter(run_dir: Path, model, method, config: dict) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_safetensors(run_dir / ADAPTER_FILE, adapter_state(model, method), metadata={"format": "slimtune"})
+    write_safetensors(run_dir / ADAPTER_FILE, adapter_state(model, method, export=True), metadata={"format": "slimtune"})
     write_json(run_dir / CONFIG_FILE, config)
     return run_dir / ADAPTER_FILE
 

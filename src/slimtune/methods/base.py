@@ -49,6 +49,15 @@ class Method:
         wanted = {id(p) for p in self.trainable_parameters(backbone)}
         return {n: p.detach().clone() for n, p in backbone.named_parameters() if id(p) in wanted}
 
+    def export_state_dict(self, backbone: nn.Module) -> dict[str, torch.Tensor]:
+        """What the saved adapter file holds: the training state, unless the method has training-only parts.
+
+        Checkpoints keep `state_dict` so a resumed run continues exactly; a method
+        that trains through scaffolding (prefix tuning's reparameterisation MLP)
+        folds it away here, and its `load_state_dict` accepts both forms.
+        """
+        return self.state_dict(backbone)
+
     def load_state_dict(self, backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
         own = dict(backbone.named_parameters())
         missing = set(self.state_dict(backbone)) - set(state)
