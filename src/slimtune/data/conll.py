@@ -87,8 +87,8 @@ def read_conll(path, scheme: str | None = None, with_tags: bool = True) -> list[
         scheme, evidence = tag_schemes.detect_scheme([s.tags for s in sentences])
         if evidence is not None:
             s, i = evidence
-            because = (f" (the file reads as IOB1 because of {sentences[s].tags[i]} at line {sentences[s].lines[i]}; "
-                       "if the file is IOB2, that tag is the mistake; --scheme forces a scheme)")
+            because = (f" (read as IOB2 because {sentences[s].tags[i]} at line {sentences[s].lines[i]} opens an "
+                       "entity, which IOB1 does not allow; --scheme forces a scheme)")
     for sentence in sentences:
         sentence.scheme = scheme
         try:

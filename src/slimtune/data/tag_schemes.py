@@ -38,31 +38,32 @@ def parse_tag(tag: str, index: int = 0) -> tuple[str, str | None]:
     return prefix, entity_type
 
 
-def _starts_with_inside(tags: list[str]) -> int | None:
-    """Index of the first I-X that does not continue an X entity (legal only in IOB1), else None."""
-    previous = (None, None)
-    for i, tag in enumerate(tags):
-        prefix, entity_type = parse_tag(tag, i)
-        if prefix == "I" and not (previous[0] in ("B", "I") and previous[1] == entity_type):
-            return i
-        previous = (prefix, entity_type)
+def _first(sequences: list[list[str]], prefix: str) -> tuple[int, int] | None:
+    """(sequence, index) of the first `prefix` tag that does not continue an entity of its type."""
+    for s, tags in enumerate(sequences):
+        previous = (None, None)
+        for i, tag in enumerate(tags):
+            current = parse_tag(tag, i)
+            if current[0] == prefix and not (previous[0] in ("B", "I") and previous[1] == current[1]):
+                return s, i
+            previous = current
     return None
 
 
 def detect_scheme(sequences: list[list[str]]) -> tuple[str, tuple[int, int] | None]:
-    """(scheme, evidence): E-/S- tags mean IOBES; an I- that opens an entity means IOB1; else IOB2.
+    """(scheme, evidence) from the tags a file uses.
 
-    `evidence` is (sequence, index) of the tag that decided IOB1, for error messages.
+    E-/S- tags mean IOBES. An I- that opens an entity is legal only in IOB1, a
+    B- that opens one only in IOB2; with only the first, IOB1, otherwise IOB2.
+    When a file has both, it is read as IOB2 and `evidence` is (sequence, index)
+    of that B-, so an error at an I- can say why IOB2 was assumed.
     """
-    for s, tags in enumerate(sequences):
-        for i, tag in enumerate(tags):
-            if parse_tag(tag, i)[0] in ("E", "S"):
-                return "iobes", None
-    for s, tags in enumerate(sequences):
-        opener = _starts_with_inside(tags)
-        if opener is not None:
-            return "iob1", (s, opener)
-    return "iob2", None
+    if any(parse_tag(tag, i)[0] in ("E", "S") for tags in sequences for i, tag in enumerate(tags)):
+        return "iobes", None
+    if _first(sequences, "I") is None:
+        return "iob2", None
+    opening_b = _first(sequences, "B")
+    return ("iob1", None) if opening_b is None else ("iob2", opening_b)
 
 
 def _describe(prefix: str | None, entity_type: str | None) -> str:

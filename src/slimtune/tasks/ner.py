@@ -123,7 +123,7 @@ class NerTask(Task):
         return len(sentences)
 
     def format_prediction(self, text: str, prediction: dict) -> str:
-        lines = [text] + [f"  {e['type']:<8}{e['start']}:{e['end']:<10}{e['score']:.4f}  {e['text']}"
+        lines = [text] + [f"  {e['type']:<8}{str(e['start']) + ':' + str(e['end']):<12}{e['score']:.4f}  {e['text']}"
                           for e in prediction["entities"]]
         return "\n".join(lines if prediction["entities"] else lines + ["  (no entities)"])
 
