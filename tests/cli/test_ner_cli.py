@@ -49,6 +49,8 @@ def test_predict_prints_entities_with_character_spans(runs, capsys):
     assert prediction["tags"][:2] == ["B-PER", "E-PER"]  # in the training data's scheme
     assert main(["predict", "--adapter", str(runs["root"] / "full"), text]) == 0
     assert "  PER     0:10" in capsys.readouterr().out
+    assert main(["predict", "--adapter", str(runs["root"] / "full"), " "]) == 0
+    assert "(no entities)" in capsys.readouterr().out
 
 
 def test_predict_appends_a_tag_column_to_a_conll_file(runs, tmp_path):

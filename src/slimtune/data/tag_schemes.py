@@ -80,12 +80,14 @@ def to_spans(tags: list[str], scheme: str) -> list[Span]:
     for i, tag in enumerate(tags):
         prefix, entity_type = parse_tag(tag, i)
         if prefix != "O" and prefix not in _PREFIXES[scheme]:
-            raise TagError(i, f"{tag} is not a {scheme.upper()} tag (that scheme uses {'/'.join(_PREFIXES[scheme])}- and O)")
+            used = "/".join(_PREFIXES[scheme])
+            raise TagError(i, f"{tag} is not a {scheme.upper()} tag (that scheme uses {used}- and O)")
         continues = open_type is not None and open_type == entity_type
         after = _describe(*previous)
         if scheme == "iobes":
             if prefix in ("I", "E") and not continues:
-                raise TagError(i, f"{tag} after {after}: an {prefix}- tag must follow B-{entity_type} or I-{entity_type}")
+                raise TagError(i, f"{tag} after {after}: an {prefix}- tag must follow "
+                                  f"B-{entity_type} or I-{entity_type}")
             if prefix in ("B", "S", "O") and open_type is not None:
                 raise TagError(i, f"{tag} after {after}: the {open_type} entity was not closed with E-{open_type}")
         elif scheme == "iob2" and prefix == "I" and not continues:

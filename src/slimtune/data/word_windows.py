@@ -78,51 +78,60 @@ def _readable(words: list[str], counts: list[int], unk_token: str | None) -> lis
     return [w if c else unk_token for w, c in zip(words, counts)]
 
 
+def _window_feature(encoded, w: int, sentence: int, words: int, start: int, owned_here) -> dict:
+    """Feature for window `w` of `encoded`, holding the sentence's words from `start` on.
+
+    `owned_here(word)` says whether this window decides that word.
+    """
+    owned, seen = [], set()
+    for position, local in enumerate(encoded.word_ids(w)):
+        if local is not None and local not in seen:  # a word's first sub-token
+            seen.add(local)
+            if owned_here(start + local):
+                owned.append((start + local, position))
+    feature = {"input_ids": encoded["input_ids"][w], "sentence": sentence, "words": words, "owned": owned}
+    if "token_type_ids" in encoded:
+        feature["token_type_ids"] = encoded["token_type_ids"][w]
+    return feature
+
+
 def encode_words(sentences: list[list[str]], tokenizer, max_length: int,
                  labels: list[list[int]] | None = None) -> list[dict]:
     """Model features for word-split sentences, one per window.
 
     Each feature has `input_ids` (and `token_type_ids` when the model takes
-    them), `sentence` (its index) and `words` (that sentence's length), `owned`
-    ([(word, position)] for the words it decides) and, when `labels` (per-word label ids) are given, `labels`
-    (per position, LABEL_PAD except at owned words' first sub-tokens).
+    them), `sentence` (its index), `words` (that sentence's length), `owned`
+    ([(word, position)] for the words this window decides) and, when per-word
+    label ids are given, `labels` (per position: LABEL_PAD except at owned
+    words' first sub-tokens).
     """
     capacity = _check_tokenizer(tokenizer, max_length)
-    encoded = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False)
-    plans = []  # (sentence, words, windows, owners)
+    if not sentences:
+        return []
+    counted = tokenizer(sentences, is_split_into_words=True, add_special_tokens=False, verbose=False)
+    plans = []  # (words, windows, owners) per sentence
     for s, words in enumerate(sentences):
-        counts = _piece_counts(encoded.word_ids(s), len(words))
+        counts = _piece_counts(counted.word_ids(s), len(words))
         if 0 in counts:
             words = _readable(words, counts, tokenizer.unk_token)
             counts = _piece_counts(tokenizer(words, is_split_into_words=True).word_ids(), len(words))
         windows = plan_windows(counts, capacity)
-        plans.append((s, words, windows, assign_owners(counts, windows)))
+        plans.append((words, windows, assign_owners(counts, windows)))
 
-    window_words = [words[a:b] for _, words, windows, _ in plans for a, b in windows]
-    windows_encoded = tokenizer(window_words, is_split_into_words=True, truncation=True, max_length=max_length)
-    with_types = "token_type_ids" in windows_encoded
+    encoded = tokenizer([words[a:b] for words, windows, _ in plans for a, b in windows],
+                        is_split_into_words=True, truncation=True, max_length=max_length)
     features, w = [], 0
-    for s, words, windows, owners in plans:
+    for s, (words, windows, owners) in enumerate(plans):
         for index, (start, _) in enumerate(windows):
-            word_ids = windows_encoded.word_ids(w)
-            owned, seen = [], set()
-            for position, local in enumerate(word_ids):
-                if local is not None and local not in seen:
-                    seen.add(local)
-                    if owners[start + local] == index:
-                        owned.append((start + local, position))
-            if owned:
-                feature = {"input_ids": windows_encoded["input_ids"][w], "sentence": s, "words": len(words),
-                           "owned": owned}
-                if with_types:
-                    feature["token_type_ids"] = windows_encoded["token_type_ids"][w]
-                if labels is not None:
-                    row = [LABEL_PAD] * len(word_ids)
-                    for word, position in owned:
-                        row[position] = labels[s][word]
-                    feature["labels"] = row
-                features.append(feature)
+            feature = _window_feature(encoded, w, s, len(words), start, lambda word: owners[word] == index)
             w += 1
+            if not feature["owned"]:
+                continue  # only continuation pieces of a long word, or context decided elsewhere
+            if labels is not None:
+                feature["labels"] = [LABEL_PAD] * len(feature["input_ids"])
+                for word, position in feature["owned"]:
+                    feature["labels"][position] = labels[s][word]
+            features.append(feature)
     return features
 
 
