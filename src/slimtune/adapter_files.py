@@ -37,7 +37,9 @@ class LoadedAdapter:
         return self.config["labels"]
 
 
-def run_config(task, method, model_spec: str | None, base_fingerprint: str, backbone: Backbone, labels) -> dict:
+def run_config(task, method, model_spec: str | None, base_fingerprint: str, backbone: Backbone, labels,
+               task_settings: dict | None = None) -> dict:
+    """adapter_config.json: everything needed to rebuild the model, plus what the task asks to keep."""
     return {
         "slimtune_version": slimtune.__version__,
         "task": task.name,
@@ -48,6 +50,7 @@ def run_config(task, method, model_spec: str | None, base_fingerprint: str, back
         "pooling": backbone.pooling,
         "max_length": backbone.max_length,
         "labels": labels,
+        **(task_settings or {}),
     }
 
 

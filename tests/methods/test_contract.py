@@ -1,4 +1,4 @@
-"""The contract every registered method keeps, present and future: no per-method code here."""
+"""The contract every registered method keeps on every task, present and future: no per-method code here."""
 
 import copy
 
@@ -8,22 +8,24 @@ import torch
 from slimtune.adaptation import adapter_state, attach, load_adapter_state
 from slimtune.methods.registry import available_methods, create_method
 from slimtune.models.surgery import unwrap
-from tests.conftest import build_classifier, toy_batch
+from slimtune.tasks import get_task
+from tests.conftest import TASK_BATCHES, TASK_LABELS, build_classifier
 
 METHODS = sorted(available_methods())
+TASKS = sorted(TASK_BATCHES)
+CASES = [(task, method) for task in TASKS for method in METHODS]
+MERGEABLE = [(task, method) for task, method in CASES if available_methods()[method].mergeable]
 
 
-def _fresh(tiny_model, method_name):
-    model, method, params, backbone = build_classifier(tiny_model, method_name)
-    return model, method, params, backbone
+def _fresh(tiny_model, task, method_name, seed=0):
+    return build_classifier(tiny_model, method_name, task=task, seed=seed)
 
 
-@pytest.mark.parametrize("method_name", METHODS)
-def test_trainable_parameters_match_the_methods_formula(tiny_model, method_name):
+@pytest.mark.parametrize("task,method_name", CASES)
+def test_trainable_parameters_match_the_methods_formula(tiny_model, task, method_name):
     from slimtune.models.loading import load_backbone
-    from slimtune.tasks import get_task
 
-    model = get_task("classify").build_model(load_backbone(tiny_model), ["neg", "pos"])
+    model = get_task(task).build_model(load_backbone(tiny_model), TASK_LABELS[task])
     method = create_method(method_name)
     predicted = method.count_parameters(model.backbone)
     params = attach(model, method)
@@ -33,15 +35,15 @@ def test_trainable_parameters_match_the_methods_formula(tiny_model, method_name)
     assert all(p.requires_grad == (id(p) in trainable) for p in model.parameters())
 
 
-@pytest.mark.parametrize("method_name", METHODS)
-def test_training_changes_exactly_the_trainable_parameters(tiny_model, method_name):
-    model, method, params, backbone = _fresh(tiny_model, method_name)
+@pytest.mark.parametrize("task,method_name", CASES)
+def test_training_changes_exactly_the_trainable_parameters(tiny_model, task, method_name):
+    model, method, params, backbone = _fresh(tiny_model, task, method_name)
     trainable = {id(p) for p in params}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.AdamW(params, lr=1e-2)
     for seed in (0, 1):  # two steps: zero-initialised factors (LoRA's B) only move the others on step 2
-        batch = toy_batch(backbone, seed=seed)
-        loss = torch.nn.functional.cross_entropy(model(**batch), batch["labels"])
+        batch = TASK_BATCHES[task](backbone, seed=seed)
+        loss = get_task(task).loss(model(**batch), batch["labels"])
         extra = method.extra_loss(model.backbone)
         (loss + extra if extra is not None else loss).backward()
         optimizer.step()
@@ -54,8 +56,8 @@ def test_training_changes_exactly_the_trainable_parameters(tiny_model, method_na
             assert torch.equal(p, before[name]), f"{name} is frozen but changed"
 
 
-def _perturbed(tiny_model, method_name):
-    model, method, params, backbone = _fresh(tiny_model, method_name)
+def _perturbed(tiny_model, task, method_name):
+    model, method, params, backbone = _fresh(tiny_model, task, method_name)
     torch.manual_seed(3)
     with torch.no_grad():
         for p in params:
@@ -63,20 +65,20 @@ def _perturbed(tiny_model, method_name):
     return model.eval(), method, backbone
 
 
-@pytest.mark.parametrize("method_name", METHODS)
-def test_save_then_load_reproduces_logits(tiny_model, method_name):
-    model, method, backbone = _perturbed(tiny_model, method_name)
-    batch = toy_batch(backbone)
+@pytest.mark.parametrize("task,method_name", CASES)
+def test_save_then_load_reproduces_logits(tiny_model, task, method_name):
+    model, method, backbone = _perturbed(tiny_model, task, method_name)
+    batch = TASK_BATCHES[task](backbone)
     state = adapter_state(model, method)
-    fresh, fresh_method, _, _ = build_classifier(tiny_model, method_name, seed=99)
+    fresh, fresh_method, _, _ = _fresh(tiny_model, task, method_name, seed=99)
     load_adapter_state(fresh, fresh_method, state)
     assert torch.equal(model(**batch), fresh.eval()(**batch))
 
 
-@pytest.mark.parametrize("method_name", [m for m in METHODS if available_methods()[m].mergeable])
-def test_merged_outputs_equal_unmerged(tiny_model, method_name):
-    model, method, backbone = _perturbed(tiny_model, method_name)
-    batch = toy_batch(backbone)
+@pytest.mark.parametrize("task,method_name", MERGEABLE)
+def test_merged_outputs_equal_unmerged(tiny_model, task, method_name):
+    model, method, backbone = _perturbed(tiny_model, task, method_name)
+    batch = TASK_BATCHES[task](backbone)
     unmerged = model(**batch)
     merged_model = copy.deepcopy(model)
     method.merge(merged_model.backbone)

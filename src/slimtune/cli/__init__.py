@@ -18,6 +18,9 @@ EPILOG = """examples:
   slimtune eval --adapter runs/sst2 --data data/sst2/heldout_2k.tsv.gz
   slimtune predict --adapter runs/sst2 "a gripping, funny film"
   slimtune merge --adapter runs/sst2 --out merged/sst2
+  slimtune train --task ner --method lora --train data/conll2003/train.txt.gz \\
+      --dev data/conll2003/valid.txt.gz --out runs/conll
+  slimtune predict --adapter runs/conll "EU rejects German call to boycott British lamb."
   slimtune methods
 """
 

@@ -18,13 +18,18 @@ def parse_set(pairs: list[str] | None) -> dict[str, str]:
     return options
 
 
-def add_column_flags(parser: argparse.ArgumentParser) -> None:
+def add_reader_flags(parser: argparse.ArgumentParser) -> None:
+    """How data files are read: table columns (classify) or the tag scheme of CoNLL files (ner)."""
+    from slimtune.data.tag_schemes import SCHEMES
+
     parser.add_argument("--text-col", help="name of the text column (default: sentence, text or content)")
     parser.add_argument("--label-col", help="name of the label column (default: label)")
+    parser.add_argument("--scheme", choices=SCHEMES,
+                        help="tag scheme of CoNLL files, iob2 being BIO (default: detected from the tags)")
 
 
-def columns(args) -> dict:
-    return {"text_col": args.text_col, "label_col": args.label_col}
+def reader_options(args) -> dict:
+    return {"text_col": args.text_col, "label_col": args.label_col, "scheme": args.scheme}
 
 
 def read_inputs(texts: list[str], file: str | None) -> list[str]:

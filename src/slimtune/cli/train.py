@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from slimtune.cli.common import add_column_flags, columns, parse_set
+from slimtune.cli.common import add_reader_flags, parse_set, reader_options
 from slimtune.training.trainer import TrainConfig
 
 HELP = """Fine-tune a pretrained model on labelled data with one method.
@@ -17,6 +17,7 @@ examples:
   slimtune train --task classify --method lora --train train.tsv --out runs/lora
   slimtune train --task classify --method lora --train train.csv --dev dev.csv \\
       --set r=16 --set targets=query,key,value --epochs 2 --out runs/lora16
+  slimtune train --task ner --method lora --train train.conll --dev valid.conll --out runs/ner
   slimtune train ... --checkpoint-every 100 --out runs/x     # then, after an interruption:
   slimtune train ... --checkpoint-every 100 --out runs/x --resume
 """
@@ -25,9 +26,9 @@ examples:
 def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model with a PEFT method", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="classify", help="task: classify (default)")
+    p.add_argument("--task", default="classify", help="task: classify (default) or ner (CoNLL files)")
     p.add_argument("--method", required=True, help="PEFT method (see `slimtune methods`)")
-    p.add_argument("--train", required=True, metavar="PATH", help="training data (.tsv, .csv, .jsonl; .gz ok)")
+    p.add_argument("--train", required=True, metavar="PATH", help="training data (.tsv, .csv, .jsonl; CoNLL for ner; .gz ok)")
     p.add_argument("--dev", metavar="PATH", help="validation data; default: a seeded 10%% split of train")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     p.add_argument("--model", metavar="ID|PATH", help="Hugging Face id or local directory (default: bundled all-MiniLM-L6-v2)")
@@ -48,7 +49,7 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
     p.add_argument("--max-length", type=int, help="token limit per text (default: the model's window)")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
-    add_column_flags(p)
+    add_reader_flags(p)
     p.set_defaults(handler=run)
 
 
@@ -65,7 +66,7 @@ def run(args) -> int:
     request = TrainRequest(
         task=args.task, method=args.method, train_path=args.train, out_dir=args.out, dev_path=args.dev,
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
-        max_length=args.max_length, pooling=args.pooling, columns=columns(args), resume=args.resume,
+        max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
         overwrite=args.overwrite, config=config,
     )
     summary = train(request)

@@ -37,3 +37,23 @@ class SequenceClassifier(nn.Module):
         else:
             pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
         return self.head(pooled)
+
+
+class TokenClassifier(nn.Module):
+    """Backbone → dropout → linear on every token; logits [B, T, num_labels]."""
+
+    def __init__(self, backbone: nn.Module, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # unused per token; transformers' token classifiers have none either
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+
+    def head_modules(self) -> list[nn.Module]:
+        return [self.head]
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None, **_) -> torch.Tensor:
+        extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
+        return self.head(out.last_hidden_state)

@@ -6,8 +6,9 @@ from slimtune.tasks.base import Task
 
 def get_task(name: str) -> Task:
     from slimtune.tasks.classify import ClassificationTask
+    from slimtune.tasks.ner import NerTask
 
-    tasks = {"classify": ClassificationTask}
+    tasks = {"classify": ClassificationTask, "ner": NerTask}
     if name not in tasks:
         raise SlimtuneError(f"unknown task {name!r}; available: {', '.join(tasks)}")
     return tasks[name]()

@@ -3,16 +3,31 @@
 import torch
 from torch import nn
 
+from slimtune.errors import SlimtuneError
+
+
+def refuse_options(task_name: str, options: dict) -> None:
+    """Reader or output flags given to a task that has no use for them are an error, not ignored."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise SlimtuneError(f"{flags} does not apply to task {task_name}")
+
 
 class Task:
     name: str
     primary_metric: str  # higher is better; drives early stopping and best-weight selection
 
-    def read(self, path, **columns) -> list:
+    def read(self, path, **options) -> list:
+        """Rows of a data file; `options` are the reader flags (columns, tag scheme), None when not given."""
         raise NotImplementedError
 
     def label_names(self, rows: list) -> list[str]:
         raise NotImplementedError
+
+    def run_settings(self, train_rows: list) -> dict:
+        """What else adapter_config.json must record to use the adapter later (e.g. a tag scheme)."""
+        return {}
 
     def encode(self, rows: list, tokenizer, labels: list[str], max_length: int) -> list[dict]:
         """Tokenised features; each has `input_ids` and, when labelled, `labels`."""
@@ -26,3 +41,7 @@ class Task:
 
     def evaluate(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int, labels: list[str]) -> dict:
         raise NotImplementedError
+
+    def predict_file(self, loaded, in_path, out_path, batch_size: int, **options) -> int:
+        """Write a copy of a data file with predictions added; returns the number of rows predicted."""
+        raise SlimtuneError(f"task {self.name} cannot annotate a data file")

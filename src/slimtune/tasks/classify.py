@@ -7,7 +7,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 from slimtune.data.table import read_labelled_texts
 from slimtune.errors import SlimtuneError
 from slimtune.models.task_models import SequenceClassifier
-from slimtune.tasks.base import Task
+from slimtune.tasks.base import Task, refuse_options
 from slimtune.training.inference import predict_logits
 
 
@@ -23,7 +23,8 @@ class ClassificationTask(Task):
     name = "classify"
     primary_metric = "accuracy"
 
-    def read(self, path, text_col=None, label_col=None):
+    def read(self, path, text_col=None, label_col=None, **options):
+        refuse_options(self.name, options)
         return read_labelled_texts(path, text_col, label_col)
 
     def label_names(self, rows):
@@ -65,9 +66,10 @@ class ClassificationTask(Task):
             "examples": len(features),
         }
 
-    def predict(self, loaded, texts: list[str], batch_size: int) -> list[dict]:
+    def predict(self, loaded, texts: list[str], batch_size: int, **options) -> list[dict]:
         from slimtune.data.table import LabelledText
 
+        refuse_options(self.name, options)
         rows = [LabelledText(t, None) for t in texts]
         features = self.encode(rows, loaded.backbone.tokenizer, loaded.labels, loaded.backbone.max_length)
         probs = predict_logits(loaded.model, features, loaded.backbone.tokenizer.pad_token_id, batch_size).softmax(-1)

@@ -30,7 +30,7 @@ class TrainRequest:
     dev_fraction: float = 0.1
     max_length: int | None = None
     pooling: str | None = None
-    columns: dict = field(default_factory=dict)
+    read_options: dict = field(default_factory=dict)  # reader flags: table columns, tag scheme
     resume: bool = False
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -62,9 +62,9 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     cfg = request.config
     if cfg.lr is None:
         cfg.lr = method.default_lr
-    train_rows = task.read(request.train_path, **request.columns)
+    train_rows = task.read(request.train_path, **request.read_options)
     if request.dev_path:
-        dev_rows = task.read(request.dev_path, **request.columns)
+        dev_rows = task.read(request.dev_path, **request.read_options)
     else:
         train_rows, dev_rows = split_dev(train_rows, request.dev_fraction, cfg.seed)
     if request.max_train_examples and len(train_rows) > request.max_train_examples:
@@ -79,7 +79,7 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     params = attach(model, method)
     train_features = task.encode(train_rows, backbone.tokenizer, labels, backbone.max_length)
     dev_features = task.encode(dev_rows, backbone.tokenizer, labels, backbone.max_length)
-    config = run_config(task, method, request.model, base_fingerprint, backbone, labels)
+    config = run_config(task, method, request.model, base_fingerprint, backbone, labels, task.run_settings(train_rows))
 
     trainer = Trainer(model, method, task, params, cfg, out, backbone.tokenizer.pad_token_id, labels)
     trainer.step_callbacks.extend(step_callbacks)

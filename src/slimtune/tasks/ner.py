@@ -1,0 +1,161 @@
+"""Named-entity recognition: one IOB2 tag per word, read from and written to CoNLL files.
+
+Labels are IOB2 tags whatever scheme the training file used; the file's scheme
+is recorded so predictions are written back in it. A word is tagged from its
+first sub-token, and predicted sequences are read the way conlleval reads them
+(an I-X that does not continue an X entity opens one), so the entities printed
+are the entities scored.
+"""
+
+import torch
+import torch.nn.functional as F
+
+from slimtune.data import tag_schemes
+from slimtune.data.batching import LABEL_PAD
+from slimtune.data.conll import Sentence, read_conll, write_with_predictions
+from slimtune.data.word_windows import encode_words, stitch
+from slimtune.data.words import split_words
+from slimtune.errors import SlimtuneError
+from slimtune.models.task_models import TokenClassifier
+from slimtune.tasks.base import Task, refuse_options
+from slimtune.tasks.entity_metrics import entity_scores
+from slimtune.training.inference import run_batches
+
+
+def _tag_ids(sentence: Sentence, index: dict[str, int], labels: list[str]) -> list[int]:
+    ids = []
+    for tag, line in zip(sentence.tags, sentence.lines):
+        if tag not in index:
+            raise SlimtuneError(f"{sentence.source}:{line}: tag {tag!r} is not one of the model's labels {labels}")
+        ids.append(index[tag])
+    return ids
+
+
+def _word_predictions(model, features, pad_id: int, batch_size: int) -> tuple[list, list, float, int]:
+    """(label ids, probabilities) per feature and position, and the summed loss over labelled positions."""
+    ids, probabilities = [None] * len(features), [None] * len(features)
+    loss_sum, loss_count = 0.0, 0
+    for indices, batch, logits in run_batches(model, features, pad_id, batch_size):  # logits [B, T, C]
+        best = logits.softmax(-1).max(-1)
+        for row, i in enumerate(indices):
+            ids[i], probabilities[i] = best.indices[row].tolist(), best.values[row].tolist()
+        if "labels" in batch:
+            loss_sum += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
+                                        ignore_index=LABEL_PAD, reduction="sum").item()
+            loss_count += int((batch["labels"] != LABEL_PAD).sum())
+    return ids, probabilities, loss_sum, loss_count
+
+
+class NerTask(Task):
+    name = "ner"
+    primary_metric = "f1"
+
+    def read(self, path, scheme=None, **options):
+        refuse_options(self.name, options)
+        return read_conll(path, scheme)
+
+    def label_names(self, rows):
+        """O, then B- and I- of every entity type in the data, types in alphabetical order."""
+        types = sorted({tag[2:] for row in rows for tag in row.tags if tag != "O"})
+        return ["O"] + [f"{prefix}-{t}" for t in types for prefix in "BI"]
+
+    def run_settings(self, train_rows):
+        return {"scheme": train_rows[0].scheme}
+
+    def encode(self, rows, tokenizer, labels, max_length):
+        index = {name: i for i, name in enumerate(labels)}
+        tag_ids = [_tag_ids(row, index, labels) for row in rows] if rows and rows[0].tags is not None else None
+        return encode_words([row.words for row in rows], tokenizer, max_length, tag_ids)
+
+    def build_model(self, backbone, labels):
+        return TokenClassifier(backbone.model, len(labels))
+
+    def loss(self, logits, labels):
+        return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD)
+
+    def evaluate(self, model, features, pad_id, batch_size, labels):
+        ids, _, loss_sum, loss_count = _word_predictions(model, features, pad_id, batch_size)
+        gold = [[labels[i] for i in sentence] for sentence in stitch(features, [f["labels"] for f in features])]
+        predicted = [tag_schemes.repair([labels[i] for i in sentence]) for sentence in stitch(features, ids)]
+        return {**entity_scores(gold, predicted), "loss": loss_sum / max(loss_count, 1),
+                "sentences": len(gold), "words": sum(map(len, gold))}
+
+    def _predict_words(self, loaded, sentences: list[list[str]], batch_size: int) -> list[tuple[list, list]]:
+        """(IOB2 tags, probabilities) per sentence of words; empty sentences get empty lists."""
+        filled = [i for i, words in enumerate(sentences) if words]
+        features = encode_words([sentences[i] for i in filled], loaded.backbone.tokenizer,
+                                loaded.backbone.max_length)
+        ids, probabilities, _, _ = _word_predictions(loaded.model, features, loaded.backbone.tokenizer.pad_token_id,
+                                                     batch_size)
+        out = [([], [])] * len(sentences)
+        for i, sentence_ids, sentence_probs in zip(filled, stitch(features, ids), stitch(features, probabilities)):
+            out[i] = (tag_schemes.repair([loaded.labels[j] for j in sentence_ids]), sentence_probs)
+        return out
+
+    def predict(self, loaded, texts, batch_size, scheme=None, **options):
+        """Entities with character spans; `scheme` sets how the per-word tags are written."""
+        refuse_options(self.name, options)
+        scheme = scheme or loaded.config.get("scheme", tag_schemes.INTERNAL_SCHEME)
+        split = [split_words(text) for text in texts]
+        predictions = self._predict_words(loaded, [[w for w, _, _ in words] for words in split], batch_size)
+        out = []
+        for text, words, (tags, probabilities) in zip(texts, split, predictions):
+            entities = []
+            for span in tag_schemes.to_spans(tags, tag_schemes.INTERNAL_SCHEME):
+                start, end = words[span.start][1], words[span.end - 1][2]
+                score = sum(probabilities[span.start : span.end]) / (span.end - span.start)
+                entities.append({"type": span.type, "start": start, "end": end, "text": text[start:end],
+                                 "score": round(score, 4)})
+            out.append({"entities": entities, "words": [w for w, _, _ in words],
+                        "tags": tag_schemes.convert(tags, tag_schemes.INTERNAL_SCHEME, scheme)})
+        return out
+
+    def predict_file(self, loaded, in_path, out_path, batch_size, scheme=None, **options):
+        """Append a predicted-tag column to a CoNLL file (written in the training data's scheme by default)."""
+        refuse_options(self.name, options)
+        scheme = scheme or loaded.config.get("scheme", tag_schemes.INTERNAL_SCHEME)
+        sentences = read_conll(in_path, with_tags=False)
+        predictions = self._predict_words(loaded, [s.words for s in sentences], batch_size)
+        by_line = {}
+        for sentence, (tags, _) in zip(sentences, predictions):
+            by_line.update(zip(sentence.lines, tag_schemes.convert(tags, tag_schemes.INTERNAL_SCHEME, scheme)))
+        write_with_predictions(in_path, out_path, by_line)
+        return len(sentences)
+
+    def format_prediction(self, text: str, prediction: dict) -> str:
+        lines = [text] + [f"  {e['type']:<8}{str(e['start']) + ':' + str(e['end']):<12}{e['score']:.4f}  {e['text']}"
+                          for e in prediction["entities"]]
+        return "\n".join(lines if prediction["entities"] else lines + ["  (no entities)"])
+
+    def format_report(self, metrics: dict) -> str:
+        lines = [f"entity F1 {metrics['f1']:.4f}   precision {metrics['precision']:.4f}   "
+                 f"recall {metrics['recall']:.4f}   token accuracy {metrics['token_accuracy']:.4f}   "
+                 f"loss {metrics['loss']:.4f}   ({metrics['sentences']} sentences, {metrics['words']} words)", "",
+                 f"{'type':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+        for name, row in metrics["per_type"].items():
+            lines.append(f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
+                         f"{row['support']:>10}")
+        return "\n".join(lines)
+
+    def save_merged(self, loaded, out_dir) -> None:
+        """A directory `transformers.AutoModelForTokenClassification` loads, giving the same logits."""
+        import copy
+
+        from transformers import AutoModelForTokenClassification
+
+        backbone = loaded.model.backbone
+        config = copy.deepcopy(backbone.config)
+        config.id2label = dict(enumerate(loaded.labels))
+        config.label2id = {name: i for i, name in enumerate(loaded.labels)}
+        config.architectures = None
+        model = AutoModelForTokenClassification.from_config(config)
+        classifier = getattr(model, "classifier", None)
+        if not isinstance(classifier, torch.nn.Linear):
+            raise SlimtuneError(f"{type(model).__name__} has no linear `classifier` head to receive the trained one")
+        try:
+            model.base_model.load_state_dict(backbone.state_dict())
+        except RuntimeError as e:
+            raise SlimtuneError(f"the trained encoder does not fit {type(model).__name__}: {e}") from None
+        classifier.load_state_dict(loaded.model.head[-1].state_dict())
+        model.save_pretrained(out_dir)
+        loaded.backbone.tokenizer.save_pretrained(out_dir)
