@@ -126,7 +126,8 @@ class BlockOutputCache(nn.Module):
         self.keys = []
         for row in range(ids.shape[0]):
             real = mask_cpu[row]
-            key = ids_cpu[row][real].numpy().tobytes()
+            start = int(real.int().argmax())  # the first real token: left padding shifts positions
+            key = start.to_bytes(4, "little") + ids_cpu[row][real].numpy().tobytes()
             if types_cpu is not None:
                 key += b"|" + types_cpu[row][real].numpy().tobytes()
             self.keys.append(key)
