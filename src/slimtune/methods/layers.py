@@ -108,7 +108,7 @@ class BlockOutputCache(nn.Module):
         return [m for m in [embeddings, *(stack[i].base_layer for i in range(self.below))] if m is not None]
 
     def before_forward(self, backbone: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.hit, self.keys = False, None
+        self.end_batch()
         if not isinstance(self._context["stack"][self.below - 1], CachedBlock):
             return  # unwrapped for export: the cache is out of the model
         for module in self._frozen_modules():
@@ -139,6 +139,9 @@ class BlockOutputCache(nn.Module):
         else:
             self.misses += len(self.keys)
 
+    def end_batch(self) -> None:
+        self.hit, self.keys, self.mask = False, None, None
+
     def serve(self, like: torch.Tensor) -> torch.Tensor:
         """[B, T, H] from the kept rows, shaped like the hidden states entering the block."""
         out = like.new_zeros(like.shape)
@@ -166,12 +169,15 @@ class CachedBlock(nn.Module):
     def forward(self, hidden_states: torch.Tensor, *args, **kwargs):
         cache = self.cache
         if cache.hit:
-            hidden = cache.serve(hidden_states) if self.is_last else hidden_states
-            return (hidden,) if cache.tuple_output else hidden
-        out = self.base_layer(hidden_states, *args, **kwargs)
-        cache.tuple_output = not isinstance(out, torch.Tensor)
-        if self.is_last and cache.keys is not None:
-            cache.keep(out[0] if cache.tuple_output else out)
+            out = cache.serve(hidden_states) if self.is_last else hidden_states
+            out = (out,) if cache.tuple_output else out
+        else:
+            out = self.base_layer(hidden_states, *args, **kwargs)
+            cache.tuple_output = not isinstance(out, torch.Tensor)
+            if self.is_last and cache.keys is not None:
+                cache.keep(out[0] if cache.tuple_output else out)
+        if self.is_last:
+            cache.end_batch()  # nothing carries over to a call that bypasses the pre-hook
         return out
 
 
