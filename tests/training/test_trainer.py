@@ -82,3 +82,15 @@ def test_early_stopping_stops(tiny_model, toy_data, tmp_path):
     request.config.patience = 2
     summary = train(request)
     assert summary["stopped_early"] and summary["steps"] == 3
+
+
+def test_train_gives_data_dependent_methods_their_batches(tiny_model, toy_data, tmp_path):
+    import warnings
+
+    request = _request(tiny_model, toy_data, tmp_path / "run")
+    request.method, request.options = "subnetwork", {"selection": "fisher", "density": "0.05"}
+    request.config.epochs = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(request)
+    assert not [w for w in caught if "prepare()" in str(w.message)]

@@ -74,6 +74,13 @@ class Method:
     def unmerge(self, backbone: nn.Module) -> None:
         raise NotImplementedError(f"{self.name} cannot be merged")
 
+    def prepare(self, model: nn.Module, batches, loss_fn) -> None:
+        """Data-dependent set-up, called by `train()` once after injection and before the first step.
+
+        `batches` yields padded training batches, `loss_fn(logits, labels)` is the task loss;
+        subnetwork's Fisher mask needs them. Most methods need nothing here.
+        """
+
     def on_step(self, backbone: nn.Module, step: int, total_steps: int) -> None:
         """Called by the trainer after every optimizer step."""
 

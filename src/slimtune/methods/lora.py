@@ -78,7 +78,7 @@ class LoRA(Method):
     name = "lora"
     summary = "low-rank updates B·A added to chosen linear layers (mergeable)"
     Options = LoRAOptions
-    default_lr = 1e-3
+    default_lr = 2e-3  # measured: docs/results.md, "Choosing the defaults"
     mergeable = True
 
     def inject(self, backbone: nn.Module) -> None:

@@ -10,6 +10,7 @@ import torch
 from slimtune.adaptation import attach
 from slimtune.adapter_files import ADAPTER_FILE, run_config, save_adapter
 from slimtune.atomic import write_json
+from slimtune.data.batching import length_grouped_batches, pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import fingerprint, load_backbone
@@ -81,7 +82,10 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     dev_features = task.encode(dev_rows, backbone.tokenizer, labels, backbone.max_length)
     config = run_config(task, method, request.model, base_fingerprint, backbone, labels, task.run_settings(train_rows))
 
-    trainer = Trainer(model, method, task, params, cfg, out, backbone.tokenizer.pad_token_id, labels)
+    pad_id = backbone.tokenizer.pad_token_id
+    order = length_grouped_batches([len(f["input_ids"]) for f in train_features], cfg.batch_size, cfg.seed, 0)
+    method.prepare(model, (pad_batch([train_features[i] for i in b], pad_id) for b in order), task.loss)
+    trainer = Trainer(model, method, task, params, cfg, out, pad_id, labels)
     trainer.step_callbacks.extend(step_callbacks)
     summary = trainer.fit(train_features, dev_features, resume=request.resume)
     adapter_path = save_adapter(out, model, method, config)
