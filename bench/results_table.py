@@ -6,7 +6,7 @@ time, then is scored on a test file the training never saw. Prints Markdown rows
     python bench/results_table.py --task classify --methods full head lora \\
         --train data/sst2/train_8k.tsv.gz --dev data/sst2/dev_1k.tsv.gz --test data/sst2/heldout_2k.tsv.gz
     python bench/results_table.py --task ner --methods lora --epochs 3 \\
-        --train data/conll2003/train.txt.gz --dev data/conll2003/valid.txt.gz --test data/conll2003/valid.txt.gz
+        --train data/conll2003/train.txt.gz --test data/conll2003/valid.txt.gz
 """
 
 import argparse
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--task", default="classify")
     parser.add_argument("--methods", nargs="+", required=True, metavar="METHOD[:KEY=VALUE,...]")
     parser.add_argument("--train", required=True)
-    parser.add_argument("--dev", required=True)
+    parser.add_argument("--dev", help="validation file for early stopping (default: a seeded split of --train)")
     parser.add_argument("--test", required=True)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--lr", type=float, help="override every method's default")
