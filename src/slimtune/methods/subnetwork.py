@@ -102,7 +102,7 @@ class SubnetworkOptions:
     density: float = field(default=0.005, metadata={"help": "fraction of each Linear weight matrix that trains"})
     selection: str = field(default="magnitude", metadata={
         "help": "how the weights are chosen: magnitude (largest |w|), fisher (largest squared gradient on a few "
-                "training batches; needs the trainer to call prepare()) or random"})
+                "training batches, given by train()) or random"})
     seed: int = field(default=0, metadata={"help": "seed for selection=random"})
     fisher_batches: int = field(default=8, metadata={"help": "training batches the fisher estimate uses"})
 
