@@ -18,6 +18,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.models.folding import FoldableWrapper, set_merged
 from slimtune.methods.layers import transformer_blocks
 from slimtune.models.surgery import replace_module
 
@@ -71,7 +72,7 @@ def head_geometry(config) -> tuple[int, int]:
     return heads, getattr(config, "head_dim", None) or config.hidden_size // heads
 
 
-class HeadSliceLinear(nn.Module):
+class HeadSliceLinear(FoldableWrapper):
     """A frozen projection plus trainable deltas on some heads' channels.
 
     `channels` [n·d] lists the selected heads' channels (heads 0,2 with d=8 → 0..7, 16..23). For query/key/value
@@ -89,7 +90,6 @@ class HeadSliceLinear(nn.Module):
         self.delta_weight = nn.Parameter(torch.zeros(shape))
         with_bias = axis == 0 and base_layer.bias is not None
         self.delta_bias = nn.Parameter(torch.zeros(n)) if with_bias else None
-        self.merged = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
@@ -99,21 +99,10 @@ class HeadSliceLinear(nn.Module):
             return out.index_add(-1, self.channels, F.linear(x, self.delta_weight, self.delta_bias))
         return out + F.linear(x.index_select(-1, self.channels), self.delta_weight)
 
-    @torch.no_grad()
     def _fold(self, sign: float) -> None:
         self.base_layer.weight.index_add_(self.axis, self.channels, self.delta_weight, alpha=sign)
         if self.delta_bias is not None:
             self.base_layer.bias.index_add_(0, self.channels, self.delta_bias, alpha=sign)
-
-    def merge(self) -> None:
-        if not self.merged:
-            self._fold(1.0)
-            self.merged = True
-
-    def unmerge(self) -> None:
-        if self.merged:
-            self._fold(-1.0)
-            self.merged = False
 
 
 @dataclass
@@ -197,9 +186,7 @@ class AttentionOnly(Method):
         return [m for m in backbone.modules() if isinstance(m, HeadSliceLinear)]
 
     def merge(self, backbone: nn.Module) -> None:
-        for layer in self._wrappers(backbone):
-            layer.merge()
+        set_merged(backbone, HeadSliceLinear, True)
 
     def unmerge(self, backbone: nn.Module) -> None:
-        for layer in self._wrappers(backbone):
-            layer.unmerge()
+        set_merged(backbone, HeadSliceLinear, False)

@@ -11,10 +11,11 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.models.folding import FoldableWrapper, set_merged
 from slimtune.models.surgery import find_linear_targets, replace_module
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(FoldableWrapper):
     """Wraps (never subclasses) a linear layer, so it stacks on quantized or pruned layers."""
 
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float):
@@ -25,7 +26,6 @@ class LoRALinear(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.scaling = alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self.merged = False
 
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling  # [out, in]
@@ -36,17 +36,8 @@ class LoRALinear(nn.Module):
             return out
         return out + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
 
-    @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self.base_layer.weight += self.delta_weight()
-            self.merged = True
-
-    @torch.no_grad()
-    def unmerge(self) -> None:
-        if self.merged:
-            self.base_layer.weight -= self.delta_weight()
-            self.merged = False
+    def _fold(self, sign: float) -> None:
+        self.base_layer.weight.add_(self.delta_weight(), alpha=sign)
 
 
 def default_targets(backbone: nn.Module) -> tuple[str, ...]:
@@ -99,9 +90,7 @@ class LoRA(Method):
         return [p for layer in self._layers(backbone) for p in (layer.lora_A, layer.lora_B)]
 
     def merge(self, backbone: nn.Module) -> None:
-        for layer in self._layers(backbone):
-            layer.merge()
+        set_merged(backbone, LoRALinear, True)
 
     def unmerge(self, backbone: nn.Module) -> None:
-        for layer in self._layers(backbone):
-            layer.unmerge()
+        set_merged(backbone, LoRALinear, False)

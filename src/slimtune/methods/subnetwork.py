@@ -23,6 +23,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.models.folding import FoldableWrapper, set_merged
 from slimtune.models.surgery import replace_module
 
 SELECTIONS = ("magnitude", "fisher", "random")
@@ -38,7 +39,7 @@ def top_positions(scores: torch.Tensor, k: int) -> torch.Tensor:
     return scores.flatten().topk(k).indices.sort().values
 
 
-class SparseDeltaLinear(nn.Module):
+class SparseDeltaLinear(FoldableWrapper):
     """A frozen linear layer whose weight gets trainable values at fixed positions: W + scatter(values, indices)."""
 
     def __init__(self, base_layer: nn.Linear, indices: torch.Tensor):
@@ -46,7 +47,6 @@ class SparseDeltaLinear(nn.Module):
         self.base_layer = base_layer
         self.register_buffer("indices", indices)  # [k] long, sorted flat positions in W [out, in]
         self.values = nn.Parameter(torch.zeros(len(indices), dtype=base_layer.weight.dtype))  # [k]
-        self.merged = False
 
     def effective_weight(self) -> torch.Tensor:
         weight = self.base_layer.weight
@@ -62,19 +62,8 @@ class SparseDeltaLinear(nn.Module):
         """Move the k trainable positions before training (the values must still be zero)."""
         self.indices.copy_(indices)
 
-    @torch.no_grad()
     def _fold(self, sign: float) -> None:
         self.base_layer.weight.view(-1).index_add_(0, self.indices, self.values, alpha=sign)
-
-    def merge(self) -> None:
-        if not self.merged:
-            self._fold(1.0)
-            self.merged = True
-
-    def unmerge(self) -> None:
-        if self.merged:
-            self._fold(-1.0)
-            self.merged = False
 
 
 def sparse_targets(backbone: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -207,9 +196,7 @@ class Subnetwork(Method):
                 layer.values.copy_(state[f"{name}.values"])
 
     def merge(self, backbone: nn.Module) -> None:
-        for _, layer in self._layers(backbone):
-            layer.merge()
+        set_merged(backbone, SparseDeltaLinear, True)
 
     def unmerge(self, backbone: nn.Module) -> None:
-        for _, layer in self._layers(backbone):
-            layer.unmerge()
+        set_merged(backbone, SparseDeltaLinear, False)
