@@ -1,5 +1,6 @@
 """Periodic training checkpoints that `--resume` continues from to the same result."""
 
+import json
 import random
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -51,8 +52,6 @@ def save_checkpoint(directory: Path, progress: Progress, trainable: dict, best: 
 
 def load_checkpoint(directory: Path, optimizer, scheduler):
     """(progress, trainable state, best state); restores optimizer, scheduler and RNG in place."""
-    import json
-
     if not (directory / "progress.json").exists():
         old = directory.with_name(directory.name + ".old")
         directory = old if (old / "progress.json").exists() else directory

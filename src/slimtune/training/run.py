@@ -1,6 +1,5 @@
 """One training run from files to a saved adapter: the API behind `slimtune train`."""
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,9 +98,9 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
 
 
 def describe(summary: dict, metric: str) -> str:
-    best = summary.get(f"best_dev_{metric}")
-    return json.dumps({k: v for k, v in summary.items() if k != "history"}) if best is None else (
-        f"best dev {metric} {best:.4f} (step {summary['best_step']}); "
+    """One line for the terminal: best dev score, what was trained, what it cost."""
+    return (
+        f"best dev {metric} {summary[f'best_dev_{metric}']:.4f} (step {summary['best_step']}); "
         f"trainable {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
         f"({summary['trainable_percent']:.2f}%); adapter {summary['adapter_bytes'] / 1024:.1f} KiB; "
         f"{summary['train_seconds']:.1f} s training, {summary['examples_per_second']:.0f} examples/s"
