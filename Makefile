@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # Fine-tune the bundled MiniLM with LoRA on 8,000 SST-2 sentences, then score a held-out split.
 demo: $(STAMP)
 	$(BIN)/slimtune train --task classify --method lora --train data/sst2/train_8k.tsv.gz \
-		--dev data/sst2/dev_1k.tsv.gz --epochs 1 --out runs/demo-sst2-lora
+		--dev data/sst2/dev_1k.tsv.gz --epochs 1 --out runs/demo-sst2-lora --overwrite
 	$(BIN)/slimtune eval --adapter runs/demo-sst2-lora --data data/sst2/heldout_2k.tsv.gz
 
 test: $(STAMP)
