@@ -19,7 +19,7 @@ from torch import nn
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.models.folding import FoldableWrapper, set_merged
-from slimtune.methods.layers import transformer_blocks
+from slimtune.models.surgery import transformer_blocks
 from slimtune.models.surgery import replace_module
 
 HEAD_ATTRIBUTES = ("num_attention_heads", "num_heads", "n_heads", "attention_head_size", "head_dim")

@@ -19,26 +19,10 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.models.surgery import transformer_blocks
 
 DEFAULT_TOP_LAYERS = 2
 _RANGE = re.compile(r"(\d+)(?:-(\d+))?")
-
-
-def _unwrapped(module: nn.Module) -> nn.Module:
-    while hasattr(module, "base_layer"):
-        module = module.base_layer
-    return module
-
-
-def transformer_blocks(backbone: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks: a ModuleList of same-type layers, preferably `num_hidden_layers` long."""
-    depth = getattr(backbone.config, "num_hidden_layers", None)
-    stacks = [m for m in backbone.modules()
-              if isinstance(m, nn.ModuleList) and len(m) and len({type(_unwrapped(b)) for b in m}) == 1]
-    if not stacks:
-        raise SlimtuneError(f"cannot find the transformer blocks of {type(backbone).__name__} "
-                            "(an nn.ModuleList of identical layers)")
-    return max(stacks, key=lambda s: (len(s) == depth, sum(p.numel() for p in s.parameters())))
 
 
 def parse_layer_spec(spec: str) -> list[int]:

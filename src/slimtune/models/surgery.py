@@ -34,8 +34,23 @@ def find_linear_targets(backbone: nn.Module, patterns: tuple[str, ...]) -> list[
 def unwrap(backbone: nn.Module) -> None:
     """Replace every wrapper (a module holding `base_layer`) by its base layer, innermost last."""
     wrapped = [n for n, m in backbone.named_modules() if hasattr(m, "base_layer") and n]
-    for name in sorted(wrapped, key=len):
-        module = backbone.get_submodule(name) if name else backbone
-        while hasattr(module, "base_layer"):
-            module = module.base_layer
-        replace_module(backbone, name, module)
+    outermost = [n for n in wrapped if not any(n.startswith(other + ".") for other in wrapped)]
+    for name in outermost:  # stacked wrappers inside go with their outer one
+        replace_module(backbone, name, _unwrapped(backbone.get_submodule(name)))
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    while hasattr(module, "base_layer"):
+        module = module.base_layer
+    return module
+
+
+def transformer_blocks(backbone: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks: a ModuleList of same-type layers, preferably `num_hidden_layers` long."""
+    depth = getattr(backbone.config, "num_hidden_layers", None)
+    stacks = [m for m in backbone.modules()
+              if isinstance(m, nn.ModuleList) and len(m) and len({type(_unwrapped(b)) for b in m}) == 1]
+    if not stacks:
+        raise SlimtuneError(f"cannot find the transformer blocks of {type(backbone).__name__} "
+                            "(an nn.ModuleList of identical layers)")
+    return max(stacks, key=lambda s: (len(s) == depth, sum(p.numel() for p in s.parameters())))
