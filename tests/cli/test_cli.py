@@ -41,6 +41,13 @@ def test_eval_json(trained, capsys):
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1 and metrics["examples"] == 16
 
 
+def test_eval_report_lists_every_class(trained, capsys):
+    assert main(["eval", "--adapter", str(trained["run"]), "--data", trained["dev"]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("accuracy ") and "macro-F1" in lines[0]
+    assert [l.split()[0] for l in lines[-2:]] == ["neg", "pos"] and lines[-3].split()[0] == "label"
+
+
 def test_predict_arguments_and_file(trained, capsys, tmp_path):
     assert main(["predict", "--adapter", str(trained["run"]), "good film", "dull plot"]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -45,3 +45,11 @@ class Task:
     def predict_file(self, loaded, in_path, out_path, batch_size: int, **options) -> int:
         """Write a copy of a data file with predictions added; returns the number of rows predicted."""
         raise SlimtuneError(f"task {self.name} cannot annotate a data file")
+
+
+def score_table(heading: str, rows: dict[str, tuple[float, float, float, int]]) -> list[str]:
+    """Aligned lines of precision / recall / F1 / support, one per class or entity type."""
+    lines = [f"{heading:<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, (precision, recall, f1, support) in rows.items():
+        lines.append(f"{name:<20}{precision:>10.4f}{recall:>10.4f}{f1:>10.4f}{int(support):>10}")
+    return lines

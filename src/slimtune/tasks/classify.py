@@ -7,7 +7,7 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 from slimtune.data.table import read_labelled_texts
 from slimtune.errors import SlimtuneError
 from slimtune.models.task_models import SequenceClassifier
-from slimtune.tasks.base import Task, refuse_options
+from slimtune.tasks.base import Task, refuse_options, score_table
 from slimtune.training.inference import predict_logits
 
 
@@ -85,12 +85,9 @@ class ClassificationTask(Task):
 
     def format_report(self, metrics: dict) -> str:
         lines = [f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
-                 f"loss {metrics['loss']:.4f}   ({metrics['examples']} examples)", "",
-                 f"{'label':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
-        for name, row in metrics["per_class"].items():
-            lines.append(f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1-score']:>10.4f}"
-                         f"{int(row['support']):>10}")
-        return "\n".join(lines)
+                 f"loss {metrics['loss']:.4f}   ({metrics['examples']} examples)", ""]
+        rows = {name: (r["precision"], r["recall"], r["f1-score"], r["support"]) for name, r in metrics["per_class"].items()}
+        return "\n".join(lines + score_table("label", rows))
 
     def save_merged(self, loaded, out_dir) -> None:
         """The encoder in transformers format, plus the pooling and head it needs (see HEAD_USAGE)."""

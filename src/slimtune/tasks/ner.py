@@ -17,7 +17,7 @@ from slimtune.data.word_windows import encode_words, stitch
 from slimtune.data.words import split_words
 from slimtune.errors import SlimtuneError
 from slimtune.models.task_models import TokenClassifier
-from slimtune.tasks.base import Task, refuse_options
+from slimtune.tasks.base import Task, refuse_options, score_table
 from slimtune.tasks.entity_metrics import entity_scores
 from slimtune.training.inference import run_batches
 
@@ -130,12 +130,9 @@ class NerTask(Task):
     def format_report(self, metrics: dict) -> str:
         lines = [f"entity F1 {metrics['f1']:.4f}   precision {metrics['precision']:.4f}   "
                  f"recall {metrics['recall']:.4f}   token accuracy {metrics['token_accuracy']:.4f}   "
-                 f"loss {metrics['loss']:.4f}   ({metrics['sentences']} sentences, {metrics['words']} words)", "",
-                 f"{'type':<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
-        for name, row in metrics["per_type"].items():
-            lines.append(f"{name:<20}{row['precision']:>10.4f}{row['recall']:>10.4f}{row['f1']:>10.4f}"
-                         f"{row['support']:>10}")
-        return "\n".join(lines)
+                 f"loss {metrics['loss']:.4f}   ({metrics['sentences']} sentences, {metrics['words']} words)", ""]
+        rows = {name: (r["precision"], r["recall"], r["f1"], r["support"]) for name, r in metrics["per_type"].items()}
+        return "\n".join(lines + score_table("type", rows))
 
     def save_merged(self, loaded, out_dir) -> None:
         """A directory `transformers.AutoModelForTokenClassification` loads, giving the same logits."""
