@@ -82,7 +82,7 @@ class Method:
         """
 
     def on_step(self, backbone: nn.Module, step: int, total_steps: int) -> None:
-        """Called by the trainer after every optimizer step."""
+        """Called by the trainer after every optimizer step, before `zero_grad`: the step's gradients are still there."""
 
     def extra_loss(self, backbone: nn.Module) -> torch.Tensor | None:
         """A regulariser the trainer adds to the task loss, if the method has one."""

@@ -117,8 +117,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
                     optimizer.step()
                     scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
                     self.method.on_step(self.model.backbone, progress.step + 1, total_steps)
+                    optimizer.zero_grad(set_to_none=True)
                     progress.step += 1
                 progress.batch_in_epoch = b + 1
                 progress.examples_seen += len(batches[b])
