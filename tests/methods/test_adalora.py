@@ -122,6 +122,21 @@ def test_saved_adapter_keeps_only_surviving_triplets_and_merges(tiny_model):
     assert torch.allclose(fresh(**batch), model(**batch), atol=1e-5)
 
 
+def test_a_matrix_without_gradients_keeps_its_scores_and_the_budget_still_applies(tiny_model):
+    model, method, params, backbone = build_classifier(tiny_model, "adalora", OPTIONS)
+    batch = toy_batch(backbone)
+    loss = torch.nn.functional.cross_entropy(model(**batch), batch["labels"]) + method.extra_loss(model.backbone)
+    loss.backward()
+    unused, *used = _wrappers(model).values()
+    for factor in ("lora_P", "lora_lambda", "lora_Q"):  # as for a target the forward pass did not reach
+        getattr(unused, factor).grad = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method.on_step(model.backbone, 14, 20)
+    assert not unused.lora_Q_sens_avg.any() and all(layer.lora_Q_sens_avg.any() for layer in used)
+    assert sum(int(m.rank_mask.sum()) for m in _wrappers(model).values()) == 8
+
+
 def test_on_step_without_gradients_warns_and_keeps_the_mask(tiny_model):
     model, method, params, backbone = build_classifier(tiny_model, "adalora", OPTIONS)
     with pytest.warns(UserWarning, match="no gradients"):

@@ -78,11 +78,9 @@ class SVDLoRALinear(FoldableWrapper):
         return (torch.linalg.matrix_norm(self.lora_P.T @ self.lora_P - eye)
                 + torch.linalg.matrix_norm(self.lora_Q @ self.lora_Q.T - eye))
 
-    def has_gradients(self) -> bool:
-        return all(getattr(self, factor).grad is not None for factor in FACTORS)
-
     def update_importance(self, beta1: float, beta2: float) -> None:
-        for factor in FACTORS:
+        """A factor without a gradient (a layer the forward pass did not use) keeps its averages."""
+        for factor in (f for f in FACTORS if getattr(self, f).grad is not None):
             update_sensitivity(getattr(self, factor), getattr(self, f"{factor}_sens_avg"),
                                getattr(self, f"{factor}_sens_unc"), beta1, beta2)
 
@@ -177,7 +175,7 @@ class AdaLoRA(Method):
             for layer in layers:
                 layer.apply_mask()
             return
-        if not all(layer.has_gradients() for layer in layers):
+        if all(layer.lora_lambda.grad is None for layer in layers):
             warnings.warn("adalora: on_step found no gradients (it must run before optimizer.zero_grad); "
                           "importance and rank budget were not updated", stacklevel=2)
             return
