@@ -11,13 +11,15 @@ import sys
 from slimtune import __version__
 from slimtune.errors import SlimtuneError
 
-COMMANDS = ("train", "evaluate", "predict", "merge", "methods")
+COMMANDS = ("train", "evaluate", "predict", "merge", "prune", "quantize", "methods")
 
 EPILOG = """examples:
   slimtune train --task classify --method lora --train data/sst2/train_8k.tsv.gz --out runs/sst2
   slimtune eval --adapter runs/sst2 --data data/sst2/heldout_2k.tsv.gz
   slimtune predict --adapter runs/sst2 "a gripping, funny film"
   slimtune merge --adapter runs/sst2 --out merged/sst2
+  slimtune prune --method structured --heads 36 --data data/sst2/train_8k.tsv.gz --out pruned/minilm
+  slimtune quantize --adapter runs/sst2 --out runs/sst2-int8 --data data/sst2/heldout_2k.tsv.gz
   slimtune train --task ner --method lora --train data/conll2003/train.txt.gz \\
       --dev data/conll2003/valid.txt.gz --out runs/conll
   slimtune predict --adapter runs/conll "EU rejects German call to boycott British lamb."
