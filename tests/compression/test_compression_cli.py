@@ -56,6 +56,17 @@ def test_pruned_model_trains_evaluates_and_merges(pruned, data, capsys, tmp_path
         json.loads((pruned / "prune_report.json").read_text())["layout"]["attention_heads"]
 
 
+def test_structured_prune_ranks_on_ner_data_too(tiny_model, tmp_path, capsys):
+    from tests.conftest import ner_sentences, write_conll
+
+    train = write_conll(tmp_path / "train.conll", ner_sentences(32, 0))
+    assert main(["prune", "--model", tiny_model, "--method", "structured", "--sparsity", "0.25", "--scope", "layer",
+                 "--task", "ner", "--data", train, "--out", str(tmp_path / "p"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layout"] == {"attention_heads": [3, 3], "intermediate_sizes": [48, 48]}
+    assert "probe_f1" in report["after"] and report["probe_rows"] == 32 and "ner loss" in report["importance"]
+
+
 def test_magnitude_prune_keeps_shapes_and_loads_with_plain_transformers(tiny_model, tmp_path, capsys):
     from transformers import AutoModel
 
@@ -83,6 +94,7 @@ def test_quantize_writes_an_int8_run_that_eval_and_predict_use(data, tiny_model,
     assert json.loads((out / "adapter_config.json").read_text())["quantize"] == "int8"
     assert main(["predict", "--adapter", str(out), "good film", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["label"] in ("neg", "pos")
+    assert "already quantized" in _error(capsys, ["quantize", "--adapter", str(out), "--out", str(tmp_path / "q2")])
 
 
 def _error(capsys, argv) -> str:

@@ -94,3 +94,10 @@ def _task():
     from slimtune.tasks import get_task
 
     return get_task("classify")
+
+
+def test_other_architectures_get_a_clear_error():
+    from tests.conftest import tiny_llama
+
+    with pytest.raises(SlimtuneError, match="needs a BERT-style encoder"):
+        encoder_parts(tiny_llama())

@@ -25,6 +25,7 @@ class ProbeData:
     fit: list[dict]  # features that fit the head and measure importance
     score: list[dict]  # held-out features that score it
     labels: list[str]
+    rows: int  # sampled rows; a task may cut one row into several features
 
 
 def probe_data(task, path: str, read_options: dict, backbone, examples: int, seed: int = 0) -> ProbeData:
@@ -34,9 +35,10 @@ def probe_data(task, path: str, read_options: dict, backbone, examples: int, see
     if len(rows) < 4:
         raise SlimtuneError(f"{path}: need at least 4 rows to fit and score a probe, got {len(rows)}")
     labels = task.label_names(rows)
-    features = task.encode(rows, backbone.tokenizer, labels, backbone.max_length)
-    half = len(features) // 2
-    return ProbeData(features[:half], features[half:], labels)
+    half = len(rows) // 2  # split rows, not features, so no row is cut across the halves
+    fit, score = (task.encode(part, backbone.tokenizer, labels, backbone.max_length)
+                  for part in (rows[:half], rows[half:]))
+    return ProbeData(fit, score, labels, len(rows))
 
 
 def batches(features: list[dict], pad_id: int, batch_size: int, epoch: int = 0) -> list[dict]:

@@ -81,7 +81,7 @@ def prune(request: PruneRequest) -> dict:
         _restore_pooler(model, pooler)
     report = {"model": request.model, "method": request.method, "scope": request.scope, **details,
               "latency_batch": "real" if data else f"synthetic {list(latency_batch['input_ids'].shape)}",
-              "probe_data": request.data, "probe_examples": len(data.fit) + len(data.score) if data else 0,
+              "probe_data": request.data, "probe_rows": data.rows if data else 0,
               "before": before, "after": after}
     _save(backbone, request.model, Path(request.out_dir), report)
     return report

@@ -3,7 +3,7 @@
 import shutil
 from pathlib import Path
 
-from slimtune.adapter_files import ADAPTER_FILE, CONFIG_FILE, load_adapter
+from slimtune.adapter_files import ADAPTER_FILE, CONFIG_FILE, load_adapter, read_config
 from slimtune.atomic import replace_directory, write_json
 from slimtune.compression.dynamic_int8 import merge_for_inference
 from slimtune.compression.measure import forward_latency_ms, synthetic_batch, torch_save_bytes
@@ -19,6 +19,8 @@ def quantize_adapter(adapter_dir: str, out_dir: str, model_spec: str | None = No
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
+    if read_config(adapter_dir).get("quantize"):
+        raise SlimtuneError(f"{adapter_dir} is already quantized; give the fp32 run it came from")
     fp32 = load_adapter(adapter_dir, model_spec)
     merge_for_inference(fp32)
     int8 = load_adapter(adapter_dir, model_spec, quantize=scheme)
