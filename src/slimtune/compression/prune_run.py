@@ -10,7 +10,7 @@ from slimtune.compression.magnitude import SCOPES, magnitude_prune
 from slimtune.compression.measure import (forward_latency_ms, nonzero_count, parameter_count, safetensors_bytes,
                                           synthetic_batch)
 from slimtune.compression.probe import batches, fit_probe, probe_data, probe_score
-from slimtune.compression.structured import choose_lowest, encoder_parts, layout, prune_structure
+from slimtune.compression.structured import check_count, choose_lowest, encoder_parts, layout, prune_structure
 from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.models.loading import load_backbone, resolve_model_path
@@ -64,13 +64,14 @@ def prune(request: PruneRequest) -> dict:
     latency_batch = (pad_batch(data.score[: request.batch_size], backbone.tokenizer.pad_token_id) if data
                      else synthetic_batch(model.config.vocab_size))
 
+    counts = _structured_counts(request, model) if request.method == "structured" else None
     before = _measure(model, latency_batch)
     probe = None
     if data:
         probe = fit_probe(backbone, task, data, request.batch_size)
         before["probe_" + task.primary_metric] = probe_score(probe, backbone, task, data, request.batch_size)
     if request.method == "structured":
-        details = _prune_structured(request, backbone, task, data, probe)
+        details = _prune_structured(request, counts, backbone, task, data, probe)
     else:
         details = magnitude_prune(model, request.sparsity, request.scope)
     _restore_pooler(model, pooler)
@@ -97,13 +98,23 @@ def _measure(model, latency_batch) -> dict:
             "file_bytes": safetensors_bytes(model), "latency_ms": forward_latency_ms(model, latency_batch)}
 
 
-def _prune_structured(request: PruneRequest, backbone, task, data, probe) -> dict:
+def _structured_counts(request: PruneRequest, model) -> tuple[int, int]:
+    """(heads, neurons) to remove, checked before any time is spent measuring."""
+    parts = encoder_parts(model)
+    heads, neurons = [p.num_heads for p in parts], [p.num_neurons for p in parts]
+    if request.sparsity is not None:
+        counts = round(request.sparsity * sum(heads)), round(request.sparsity * sum(neurons))
+    else:
+        counts = request.heads or 0, request.neurons or 0
+    check_count(heads, counts[0], request.scope, "heads")
+    check_count(neurons, counts[1], request.scope, "neurons")
+    return counts
+
+
+def _prune_structured(request: PruneRequest, counts: tuple[int, int], backbone, task, data, probe) -> dict:
     parts = encoder_parts(backbone.model)
     total_heads, total_neurons = sum(p.num_heads for p in parts), sum(p.num_neurons for p in parts)
-    if request.sparsity is not None:
-        n_heads, n_neurons = round(request.sparsity * total_heads), round(request.sparsity * total_neurons)
-    else:
-        n_heads, n_neurons = request.heads or 0, request.neurons or 0
+    n_heads, n_neurons = counts
     if data:
         head_scores, neuron_scores = gradient_importance(
             probe, task, batches(data.fit, backbone.tokenizer.pad_token_id, request.batch_size))

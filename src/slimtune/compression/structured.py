@@ -110,20 +110,27 @@ def remove_neurons(parts: BlockParts, neurons) -> None:
     replace_module(parts.block, PART_NAMES["ffn_out"], _sliced(parts.layer("ffn_out"), keep, 1))
 
 
+def check_count(sizes: list[int], count: int, scope: str, what: str) -> None:
+    """Refuse a removal count that would empty a layer or, per layer, not split evenly."""
+    layers, total = len(sizes), sum(sizes)
+    if count < 0 or count > total - layers:
+        raise SlimtuneError(f"can remove between 0 and {total - layers} {what} (one must remain per layer), got {count}")
+    if scope == "layer" and count % layers:
+        raise SlimtuneError(f"--scope layer removes the same number of {what} from each of the {layers} layers; "
+                            f"{count} is not a multiple of {layers}")
+    if scope == "layer" and count // layers >= min(sizes):
+        raise SlimtuneError(f"--scope layer would remove {count // layers} {what} from a layer of {min(sizes)}")
+
+
 def choose_lowest(scores: list[torch.Tensor], count: int, scope: str, what: str) -> list[list[int]]:
     """Per layer, the indices of the `count` least important units, never a layer's last one.
 
     `scores[l]` [units in layer l]; scope "global" ranks all units together,
     "layer" takes count / layers from each layer (so the layout stays uniform).
     """
-    layers, total = len(scores), sum(len(s) for s in scores)
-    if count < 0 or count > total - layers:
-        raise SlimtuneError(f"can remove between 0 and {total - layers} {what} (one must remain per layer), got {count}")
+    check_count([len(s) for s in scores], count, scope, what)
     if scope == "layer":
-        if count % layers:
-            raise SlimtuneError(f"--scope layer removes the same number of {what} from each of the {layers} layers; "
-                                f"{count} is not a multiple of {layers}")
-        return [sorted(torch.sort(s, stable=True).indices[: count // layers].tolist()) for s in scores]
+        return [sorted(torch.sort(s, stable=True).indices[: count // len(scores)].tolist()) for s in scores]
     ranked = sorted((float(score), layer, unit) for layer, s in enumerate(scores) for unit, score in enumerate(s))
     chosen, remaining, taken = [[] for _ in scores], [len(s) for s in scores], 0
     for _, layer, unit in ranked:
