@@ -79,8 +79,12 @@ def read_config(run_dir: Path) -> dict:
     return config
 
 
-def load_adapter(run_dir: Path, model_spec: str | None = None) -> LoadedAdapter:
-    """Rebuild a trained model from its run directory; `model_spec` overrides the recorded base."""
+def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | None = None) -> LoadedAdapter:
+    """Rebuild a trained model from its run directory; `model_spec` overrides the recorded base.
+
+    `quantize` ("int8"), or a "quantize" entry in the config (written by `slimtune quantize`),
+    merges the adapter where it can and quantizes the encoder for CPU inference.
+    """
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     spec = model_spec or config.get("base_model")
@@ -100,7 +104,13 @@ def load_adapter(run_dir: Path, model_spec: str | None = None) -> LoadedAdapter:
         raise SlimtuneError(f"{run_dir / ADAPTER_FILE}: cannot read adapter ({e})") from None
     load_adapter_state(model, method, state)
     model.eval()
-    return LoadedAdapter(model, method, task, backbone, config)
+    loaded = LoadedAdapter(model, method, task, backbone, config)
+    scheme = quantize or config.get("quantize")
+    if scheme:
+        from slimtune.compression.dynamic_int8 import quantize_loaded
+
+        quantize_loaded(loaded, scheme)
+    return loaded
 
 
 def _as_option(value) -> str:

