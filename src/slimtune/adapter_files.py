@@ -90,17 +90,26 @@ def load_adapter(run_dir: Path, model_spec: str | None = None) -> LoadedAdapter:
             f"{run_dir} was trained on a different base model (fingerprint {config['base_fingerprint']}); "
             f"{spec or 'the default model'} does not match it"
         )
+    model, method, task = build_adapter_model(run_dir, config, backbone)
+    return LoadedAdapter(model, method, task, backbone, config)
+
+
+def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone) -> tuple[torch.nn.Module, object, object]:
+    """(task model, method, task): the adapter of `run_dir` attached to `backbone.model` and loaded, in eval mode.
+
+    The caller has checked that `backbone` is the base the adapter was trained on.
+    """
     task = get_task(config["task"])
     method = create_method(config["method"], {k: _as_option(v) for k, v in config["options"].items()})
     model = task.build_model(backbone, config["labels"])
     attach(model, method)
     try:
-        state = load_file(str(run_dir / ADAPTER_FILE))
+        state = load_file(str(Path(run_dir) / ADAPTER_FILE))
     except (FileNotFoundError, SafetensorError, OSError) as e:
-        raise SlimtuneError(f"{run_dir / ADAPTER_FILE}: cannot read adapter ({e})") from None
+        raise SlimtuneError(f"{Path(run_dir) / ADAPTER_FILE}: cannot read adapter ({e})") from None
     load_adapter_state(model, method, state)
     model.eval()
-    return LoadedAdapter(model, method, task, backbone, config)
+    return model, method, task
 
 
 def _as_option(value) -> str:
