@@ -11,7 +11,7 @@ import sys
 from slimtune import __version__
 from slimtune.errors import SlimtuneError
 
-COMMANDS = ("train", "evaluate", "predict", "merge", "methods")
+COMMANDS = ("train", "evaluate", "predict", "merge", "methods", "serve")
 
 EPILOG = """examples:
   slimtune train --task classify --method lora --train data/sst2/train_8k.tsv.gz --out runs/sst2
@@ -22,6 +22,7 @@ EPILOG = """examples:
       --dev data/conll2003/valid.txt.gz --out runs/conll
   slimtune predict --adapter runs/conll "EU rejects German call to boycott British lamb."
   slimtune methods
+  slimtune serve --adapter sst2=runs/sst2 --adapter conll=runs/conll --port 8000
 """
 
 
