@@ -99,7 +99,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         problems = []
         for error in exc.errors():
             message = error["msg"]
-            if isinstance(error.get("ctx", {}).get("error"), str):
+            if error["type"] == "string_unicode":  # what pydantic says of a lone surrogate such as \ud800
+                message = "text is not valid Unicode (it holds a lone surrogate)"
+            elif isinstance(error.get("ctx", {}).get("error"), str):
                 message += f": {error['ctx']['error']}"
             problems.append({"loc": [str(part) for part in error["loc"]], "msg": message, "type": error["type"]})
         return SafeJSONResponse({"detail": problems}, status_code=422)

@@ -21,18 +21,14 @@ class Limits:
         return self.max_inputs * (self.max_chars * 6 + 8) + 64 * 1024
 
 
-def _readable(text: str) -> str:
+def _not_blank(text: str) -> str:
     if not text.strip():
         raise ValueError("text is empty or only whitespace")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text is not valid Unicode (it holds a lone surrogate such as \\ud800)") from None
     return text
 
 
 def predict_request_model(limits: Limits) -> type[BaseModel]:
-    Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_chars), AfterValidator(_readable)]
+    Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_chars), AfterValidator(_not_blank)]
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
