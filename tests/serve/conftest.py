@@ -41,7 +41,8 @@ def make_adapter(run_dir, model_dir: str, task_name: str, method_name: str, opti
         for p in attach(model, method):
             p.add_(torch.randn_like(p) * 0.3)
     settings = {"scheme": "iob2"} if task_name == "ner" else {}
-    save_adapter(run_dir, model, method, run_config(task, method, model_dir, base_fingerprint, backbone, labels, settings))
+    config = run_config(task, method, model_dir, base_fingerprint, backbone, labels, settings)
+    save_adapter(run_dir, model, method, config)
     return str(run_dir)
 
 

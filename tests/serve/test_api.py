@@ -120,6 +120,15 @@ def test_bad_adapter_paths_are_refused(client, path, status, message):
     assert response.status_code == status and message in response.json()["detail"]
 
 
+def test_a_link_out_of_the_allowed_directory_is_refused(client, adapter_dirs, tmp_path):
+    root = Path(next(iter(adapter_dirs.values()))).parent
+    (tmp_path / "outside").mkdir()
+    (root / "escape").symlink_to(tmp_path / "outside")
+    response = client.post("/v1/adapters", json={"name": "esc", "path": "escape"},
+                           headers={"Authorization": f"Bearer {TOKEN}"})
+    assert response.status_code == 403 and "outside the allowed directory" in response.json()["detail"]
+
+
 def test_an_adapter_of_another_base_is_refused(client, adapter_dirs, other_tiny_model):
     from tests.serve.conftest import make_adapter
 

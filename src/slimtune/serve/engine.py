@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from slimtune.data.batching import pad_batch
-from slimtune.serve.registry import SHARED, ServedAdapter, UnknownAdapter
 from slimtune.serve.multi_lora import SharedLoRABase
+from slimtune.serve.registry import SHARED, ServedAdapter, UnknownAdapter
 from slimtune.training.inference import unpad_rows
 
 

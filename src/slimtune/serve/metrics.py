@@ -61,7 +61,8 @@ class ServerMetrics:
             lines += ["# HELP slimtune_request_errors_total Requests answered with a 4xx (client) or 5xx (server).",
                       "# TYPE slimtune_request_errors_total counter"]
             for (route, method, kind), count in sorted(errors.items()):
-                lines.append(f'slimtune_request_errors_total{{route="{route}",method="{method}",kind="{kind}"}} {count}')
+                labels = f'route="{route}",method="{method}",kind="{kind}"'
+                lines.append(f"slimtune_request_errors_total{{{labels}}} {count}")
             lines += ["# HELP slimtune_request_duration_seconds Time from request to response.",
                       "# TYPE slimtune_request_duration_seconds histogram"]
             for route, histogram in sorted(self.latency.items()):
