@@ -94,16 +94,7 @@ def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | N
             f"{run_dir} was trained on a different base model (fingerprint {config['base_fingerprint']}); "
             f"{spec or 'the default model'} does not match it"
         )
-    task = get_task(config["task"])
-    method = create_method(config["method"], {k: _as_option(v) for k, v in config["options"].items()})
-    model = task.build_model(backbone, config["labels"])
-    attach(model, method)
-    try:
-        state = load_file(str(run_dir / ADAPTER_FILE))
-    except (FileNotFoundError, SafetensorError, OSError) as e:
-        raise SlimtuneError(f"{run_dir / ADAPTER_FILE}: cannot read adapter ({e})") from None
-    load_adapter_state(model, method, state)
-    model.eval()
+    model, method, task = build_adapter_model(run_dir, config, backbone)
     loaded = LoadedAdapter(model, method, task, backbone, config)
     scheme = quantize or config.get("quantize")
     if scheme:
@@ -111,6 +102,24 @@ def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | N
 
         quantize_loaded(loaded, scheme)
     return loaded
+
+
+def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone) -> tuple[torch.nn.Module, object, object]:
+    """(task model, method, task): the adapter of `run_dir` attached to `backbone.model` and loaded, in eval mode.
+
+    The caller has checked that `backbone` is the base the adapter was trained on.
+    """
+    task = get_task(config["task"])
+    method = create_method(config["method"], {k: _as_option(v) for k, v in config["options"].items()})
+    model = task.build_model(backbone, config["labels"])
+    attach(model, method)
+    try:
+        state = load_file(str(Path(run_dir) / ADAPTER_FILE))
+    except (FileNotFoundError, SafetensorError, OSError) as e:
+        raise SlimtuneError(f"{Path(run_dir) / ADAPTER_FILE}: cannot read adapter ({e})") from None
+    load_adapter_state(model, method, state)
+    model.eval()
+    return model, method, task
 
 
 def _as_option(value) -> str:

@@ -27,6 +27,7 @@ EPILOG = """examples:
   slimtune predict --adapter runs/conll "EU rejects German call to boycott British lamb."
   slimtune inspect runs/sst2
   slimtune methods
+  slimtune serve --adapter sst2=runs/sst2 --adapter conll=runs/conll --port 8000
 """
 
 

@@ -45,7 +45,18 @@ def run(args) -> int:
     loaded = load_adapter(args.adapter, args.model, args.quantize)
     for text, prediction in zip(texts, loaded.task.predict(loaded, texts, args.batch_size, **options)):
         if args.json:
-            print(json.dumps({"text": text, **prediction}))
+            print(json.dumps({"text": text, **rounded(prediction)}))
         else:
             print(loaded.task.format_prediction(text, prediction))
     return 0
+
+
+def rounded(value, digits: int = 4):
+    """Floats anywhere in a prediction rounded for printing; the prediction itself keeps full precision."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value

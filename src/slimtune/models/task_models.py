@@ -33,10 +33,12 @@ class SequenceClassifier(nn.Module):
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
         if self.pooling == "pooler":
-            pooled = out.pooler_output
-        else:
-            pooled = pool(out.last_hidden_state, attention_mask, self.pooling)
-        return self.head(pooled)
+            return self.head(out.pooler_output)
+        return self.from_hidden(out.last_hidden_state, attention_mask)
+
+    def from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, num_labels] from the backbone's token states [B, T, H] (any pooling but 'pooler')."""
+        return self.head(pool(hidden, attention_mask, self.pooling))
 
 
 class TokenClassifier(nn.Module):
@@ -56,4 +58,8 @@ class TokenClassifier(nn.Module):
     def forward(self, input_ids, attention_mask, token_type_ids=None, **_) -> torch.Tensor:
         extra = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
-        return self.head(out.last_hidden_state)
+        return self.from_hidden(out.last_hidden_state, attention_mask)
+
+    def from_hidden(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, num_labels] from the backbone's token states [B, T, H]."""
+        return self.head(hidden)

@@ -42,6 +42,28 @@ class Task:
     def evaluate(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int, labels: list[str]) -> dict:
         raise NotImplementedError
 
+    def encode_texts(self, texts: list[str], tokenizer, max_length: int) -> list[dict]:
+        """Model features for raw texts to predict; a task may give one text several features (windows)."""
+        raise NotImplementedError
+
+    def decode(self, texts: list[str], features: list[dict], outputs: list[torch.Tensor], labels: list[str],
+               config: dict, **options) -> list[dict]:
+        """One prediction per text from `outputs[i]`, the unpadded logits of `features[i]` ([C] or [T_i, C]).
+
+        Scores are full-precision floats; rounding them is for whoever prints them.
+        `config` is the adapter's config (settings the task recorded at training).
+        """
+        raise NotImplementedError
+
+    def predict(self, loaded, texts: list[str], batch_size: int, **options) -> list[dict]:
+        """Predictions for raw texts with a loaded adapter: `encode_texts`, forward passes, `decode`."""
+        from slimtune.training.inference import feature_outputs
+
+        tokenizer = loaded.backbone.tokenizer
+        features = self.encode_texts(texts, tokenizer, loaded.backbone.max_length)
+        outputs = feature_outputs(loaded.model, features, tokenizer.pad_token_id, batch_size)
+        return self.decode(texts, features, outputs, loaded.labels, loaded.config, **options)
+
     def predict_file(self, loaded, in_path, out_path, batch_size: int, **options) -> int:
         """Write a copy of a data file with predictions added; returns the number of rows predicted."""
         raise SlimtuneError(f"task {self.name} cannot annotate a data file")

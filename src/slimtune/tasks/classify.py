@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
-from slimtune.data.table import read_labelled_texts
+from slimtune.data.table import LabelledText, read_labelled_texts
 from slimtune.errors import SlimtuneError
 from slimtune.models.task_models import SequenceClassifier
 from slimtune.tasks.base import Task, refuse_options, score_table
@@ -66,18 +66,16 @@ class ClassificationTask(Task):
             "examples": len(features),
         }
 
-    def predict(self, loaded, texts: list[str], batch_size: int, **options) -> list[dict]:
-        from slimtune.data.table import LabelledText
+    def encode_texts(self, texts, tokenizer, max_length):
+        return self.encode([LabelledText(t, None) for t in texts], tokenizer, [], max_length)
 
+    def decode(self, texts, features, outputs, labels, config, **options):
         refuse_options(self.name, options)
-        rows = [LabelledText(t, None) for t in texts]
-        features = self.encode(rows, loaded.backbone.tokenizer, loaded.labels, loaded.backbone.max_length)
-        probs = predict_logits(loaded.model, features, loaded.backbone.tokenizer.pad_token_id, batch_size).softmax(-1)
         out = []
-        for row in probs:
+        for row in torch.stack(outputs).softmax(-1) if outputs else []:
             best = int(row.argmax())
-            out.append({"label": loaded.labels[best], "probability": round(float(row[best]), 4),
-                        "scores": {name: round(float(p), 4) for name, p in zip(loaded.labels, row)}})
+            out.append({"label": labels[best], "probability": float(row[best]),
+                        "scores": {name: float(p) for name, p in zip(labels, row)}})
         return out
 
     def format_prediction(self, text: str, prediction: dict) -> str:

@@ -19,7 +19,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.models.task_models import TokenClassifier
 from slimtune.tasks.base import Task, refuse_options, score_table
 from slimtune.tasks.entity_metrics import entity_scores
-from slimtune.training.inference import run_batches
+from slimtune.training.inference import feature_outputs, run_batches
 
 
 def _tag_ids(sentence: Sentence, index: dict[str, int], labels: list[str]) -> list[int]:
@@ -31,19 +31,37 @@ def _tag_ids(sentence: Sentence, index: dict[str, int], labels: list[str]) -> li
     return ids
 
 
-def _word_predictions(model, features, pad_id: int, batch_size: int) -> tuple[list, list, float, int]:
-    """(label ids, probabilities) per feature and position, and the summed loss over labelled positions."""
-    ids, probabilities = [None] * len(features), [None] * len(features)
+def _word_predictions(model, features, pad_id: int, batch_size: int) -> tuple[list, float, int]:
+    """Label ids per feature and position, and the summed loss over labelled positions."""
+    ids = [None] * len(features)
     loss_sum, loss_count = 0.0, 0
     for indices, batch, logits in run_batches(model, features, pad_id, batch_size):  # logits [B, T, C]
-        best = logits.softmax(-1).max(-1)
+        best = logits.argmax(-1)
         for row, i in enumerate(indices):
-            ids[i], probabilities[i] = best.indices[row].tolist(), best.values[row].tolist()
+            ids[i] = best[row].tolist()
         if "labels" in batch:
             loss_sum += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
                                         ignore_index=LABEL_PAD, reduction="sum").item()
             loss_count += int((batch["labels"] != LABEL_PAD).sum())
-    return ids, probabilities, loss_sum, loss_count
+    return ids, loss_sum, loss_count
+
+
+def _encode_sentences(sentences: list[list[str]], tokenizer, max_length: int) -> list[dict]:
+    """Features for the non-empty sentences of words (`sentence` numbers them among those only)."""
+    return encode_words([words for words in sentences if words], tokenizer, max_length)
+
+
+def _sentence_tags(sentences: list[list[str]], features: list[dict], outputs: list[torch.Tensor],
+                   labels: list[str]) -> list[tuple[list, list]]:
+    """(IOB2 tags, probabilities) per sentence of words, from each feature's logits [T_i, C];
+    empty sentences get empty lists."""
+    best = [logits.softmax(-1).max(-1) for logits in outputs]
+    ids, probabilities = [b.indices.tolist() for b in best], [b.values.tolist() for b in best]
+    filled = [i for i, words in enumerate(sentences) if words]
+    out = [([], [])] * len(sentences)
+    for i, sentence_ids, sentence_probs in zip(filled, stitch(features, ids), stitch(features, probabilities)):
+        out[i] = (tag_schemes.repair([labels[j] for j in sentence_ids]), sentence_probs)
+    return out
 
 
 class NerTask(Task):
@@ -74,30 +92,21 @@ class NerTask(Task):
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD)
 
     def evaluate(self, model, features, pad_id, batch_size, labels):
-        ids, _, loss_sum, loss_count = _word_predictions(model, features, pad_id, batch_size)
+        ids, loss_sum, loss_count = _word_predictions(model, features, pad_id, batch_size)
         gold = [[labels[i] for i in sentence] for sentence in stitch(features, [f["labels"] for f in features])]
         predicted = [tag_schemes.repair([labels[i] for i in sentence]) for sentence in stitch(features, ids)]
         return {**entity_scores(gold, predicted), "loss": loss_sum / max(loss_count, 1),
                 "sentences": len(gold), "words": sum(map(len, gold))}
 
-    def _predict_words(self, loaded, sentences: list[list[str]], batch_size: int) -> list[tuple[list, list]]:
-        """(IOB2 tags, probabilities) per sentence of words; empty sentences get empty lists."""
-        filled = [i for i, words in enumerate(sentences) if words]
-        features = encode_words([sentences[i] for i in filled], loaded.backbone.tokenizer,
-                                loaded.backbone.max_length)
-        ids, probabilities, _, _ = _word_predictions(loaded.model, features, loaded.backbone.tokenizer.pad_token_id,
-                                                     batch_size)
-        out = [([], [])] * len(sentences)
-        for i, sentence_ids, sentence_probs in zip(filled, stitch(features, ids), stitch(features, probabilities)):
-            out[i] = (tag_schemes.repair([loaded.labels[j] for j in sentence_ids]), sentence_probs)
-        return out
+    def encode_texts(self, texts, tokenizer, max_length):
+        return _encode_sentences([[w for w, _, _ in split_words(text)] for text in texts], tokenizer, max_length)
 
-    def predict(self, loaded, texts, batch_size, scheme=None, **options):
+    def decode(self, texts, features, outputs, labels, config, scheme=None, **options):
         """Entities with character spans; `scheme` sets how the per-word tags are written."""
         refuse_options(self.name, options)
-        scheme = scheme or loaded.config.get("scheme", tag_schemes.INTERNAL_SCHEME)
+        scheme = scheme or config.get("scheme", tag_schemes.INTERNAL_SCHEME)
         split = [split_words(text) for text in texts]
-        predictions = self._predict_words(loaded, [[w for w, _, _ in words] for words in split], batch_size)
+        predictions = _sentence_tags([[w for w, _, _ in words] for words in split], features, outputs, labels)
         out = []
         for text, words, (tags, probabilities) in zip(texts, split, predictions):
             entities = []
@@ -105,7 +114,7 @@ class NerTask(Task):
                 start, end = words[span.start][1], words[span.end - 1][2]
                 score = sum(probabilities[span.start : span.end]) / (span.end - span.start)
                 entities.append({"type": span.type, "start": start, "end": end, "text": text[start:end],
-                                 "score": round(score, 4)})
+                                 "score": score})
             out.append({"entities": entities, "words": [w for w, _, _ in words],
                         "tags": tag_schemes.convert(tags, tag_schemes.INTERNAL_SCHEME, scheme)})
         return out
@@ -115,9 +124,12 @@ class NerTask(Task):
         refuse_options(self.name, options)
         scheme = scheme or loaded.config.get("scheme", tag_schemes.INTERNAL_SCHEME)
         sentences = read_conll(in_path, with_tags=False)
-        predictions = self._predict_words(loaded, [s.words for s in sentences], batch_size)
+        tokenizer = loaded.backbone.tokenizer
+        features = _encode_sentences([s.words for s in sentences], tokenizer, loaded.backbone.max_length)
+        outputs = feature_outputs(loaded.model, features, tokenizer.pad_token_id, batch_size)
         by_line = {}
-        for sentence, (tags, _) in zip(sentences, predictions):
+        for sentence, (tags, _) in zip(sentences, _sentence_tags([s.words for s in sentences], features, outputs,
+                                                                 loaded.labels)):
             by_line.update(zip(sentence.lines, tag_schemes.convert(tags, tag_schemes.INTERNAL_SCHEME, scheme)))
         write_with_predictions(in_path, out_path, by_line)
         return len(sentences)

@@ -32,3 +32,19 @@ def predict_logits(model: nn.Module, features: list[dict], pad_id: int, batch_si
             out = torch.empty(len(features), logits.shape[-1])
         out[indices] = logits
     return out
+
+
+def unpad_rows(logits: torch.Tensor, features: list[dict]) -> list[torch.Tensor]:
+    """Per-row outputs without padding: [C] from sequence logits [B, C], [T_i, C] from token logits [B, T, C]."""
+    if logits.dim() == 2:
+        return list(logits)
+    return [row[: len(feature["input_ids"])] for row, feature in zip(logits, features)]
+
+
+def feature_outputs(model: nn.Module, features: list[dict], pad_id: int, batch_size: int) -> list[torch.Tensor]:
+    """The model's output for each feature, in input order, padding removed (see `unpad_rows`)."""
+    out: list = [None] * len(features)
+    for indices, _, logits in run_batches(model, features, pad_id, batch_size):
+        for i, row in zip(indices, unpad_rows(logits, [features[i] for i in indices])):
+            out[i] = row
+    return out

@@ -1,0 +1,116 @@
+"""`slimtune serve`: one base model and any number of adapters over it, behind an HTTP API."""
+
+import argparse
+import os
+import sys
+
+ADMIN_TOKEN_ENV = "SLIMTUNE_ADMIN_TOKEN"
+
+HELP = f"""Serve saved adapters over HTTP (FastAPI + uvicorn). One process holds one base model;
+LoRA adapters share its forward pass (rows of different adapters in one batch, each with its
+own low-rank delta); adapters of other methods run on their own copy of the base.
+
+endpoints:
+  POST /v1/predict          {{"adapter": NAME, "inputs": [TEXT, ...]}}
+  GET  /v1/adapters         the loaded adapters
+  POST /v1/adapters         {{"name": NAME, "path": DIR}}  (admin token; DIR inside --allowed-dir)
+  DELETE /v1/adapters/NAME  (admin token)
+  GET  /health, GET /metrics (Prometheus text), GET /docs (OpenAPI)
+
+The admin token is --admin-token or the environment variable {ADMIN_TOKEN_ENV}; without one,
+adapters cannot be loaded or unloaded while the server runs.
+
+examples:
+  slimtune serve --adapter sst2=runs/sst2 --adapter conll=runs/conll
+  curl -s localhost:8000/v1/predict -d '{{"adapter": "sst2", "inputs": ["a gripping film"]}}' \\
+      -H 'content-type: application/json'
+"""
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve adapters over HTTP", description=HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="an adapter to load, repeatable")
+    p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one the first adapter records)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--admin-token", metavar="TOKEN", help=f"bearer token for loading and unloading adapters "
+                                                          f"(default: ${ADMIN_TOKEN_ENV})")
+    p.add_argument("--allowed-dir", metavar="DIR", default=".",
+                   help="POST /v1/adapters loads only from inside this directory (default: the current one)")
+    p.add_argument("--max-batch-size", type=int, default=32, metavar="ROWS", help="rows per forward pass")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
+                   help="how long the first request of a batch waits for others")
+    p.add_argument("--max-inputs", type=int, default=64, help="texts per request")
+    p.add_argument("--max-chars", type=int, default=2000, help="characters per text")
+    p.add_argument("--batching", choices=("mixed", "per-adapter"), default="mixed",
+                   help="mixed: rows of all LoRA adapters share each base pass; per-adapter: one pass per adapter")
+    p.add_argument("--merge", action="store_true",
+                   help="merge a single LoRA adapter into its own copy of the base (no per-row overhead)")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    server = build_server(args)
+    config = server.config
+    print(f"slimtune serve: {len(config.app.state.server.registry.adapters)} adapter(s) on "
+          f"http://{config.host}:{config.port}", file=sys.stderr)
+    server.run()
+    return 0
+
+
+def build_server(args):
+    """The uvicorn server for parsed `serve` arguments, with the start-up adapters loaded."""
+    from pathlib import Path
+
+    import uvicorn
+
+    from slimtune.adapter_files import read_config
+    from slimtune.errors import SlimtuneError
+    from slimtune.serve.app import ServeSettings, build_app
+    from slimtune.serve.registry import AdapterRegistry
+    from slimtune.serve.schemas import Limits
+
+    adapters = [_name_and_dir(pair) for pair in args.adapter]
+    names = [name for name, _ in adapters]
+    if len(set(names)) != len(names):
+        raise SlimtuneError(f"adapter names must differ: {names}")
+    if args.merge and len(adapters) != 1:
+        raise SlimtuneError("--merge serves exactly one adapter")
+    for flag in ("max_batch_size", "max_inputs", "max_chars"):
+        if getattr(args, flag) < 1:
+            raise SlimtuneError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.max_wait_ms < 0:
+        raise SlimtuneError("--max-wait-ms cannot be negative")
+    allowed = Path(args.allowed_dir)
+    if not allowed.is_dir():
+        raise SlimtuneError(f"--allowed-dir {args.allowed_dir}: no such directory")
+    base_spec = args.model or (read_config(adapters[0][1]).get("base_model") if adapters else None)
+    registry = AdapterRegistry(base_spec)
+    for name, directory in adapters:
+        adapter = registry.prepare(name, directory, merge=args.merge)
+        registry.install(adapter)  # no batches run yet: installing outside the model thread is safe
+        registry.register(adapter)
+    settings = ServeSettings(
+        limits=Limits(max_inputs=args.max_inputs, max_chars=args.max_chars),
+        admin_token=args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
+        allowed_dir=allowed, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+        mixed_batches=args.batching == "mixed",
+    )
+    app = build_app(registry, settings)
+    return uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                         access_log=False, lifespan="on"))
+
+
+def _name_and_dir(pair: str) -> tuple[str, str]:
+    import re
+
+    from slimtune.errors import SlimtuneError
+    from slimtune.serve.schemas import NAME_PATTERN
+
+    name, sep, directory = pair.partition("=")
+    if not sep or not directory:
+        raise SlimtuneError(f"--adapter expects NAME=DIR, got {pair!r}")
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise SlimtuneError(f"adapter name {name!r} must be letters, digits, '.', '_' or '-' (at most 64)")
+    return name, directory

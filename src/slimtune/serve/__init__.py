@@ -1,0 +1,1 @@
+"""`slimtune serve`: an HTTP server for many adapters over one base model."""

@@ -1,0 +1,207 @@
+"""The HTTP API: predictions with any loaded adapter, adapter management behind a bearer token, health, metrics.
+
+Every route group is added by its own function over one `Server`; a later
+`POST /v1/generate` (causal-LM adapters) would be one more such function with
+its own job type and engine, sharing the registry, the model thread and the
+metrics. Errors a client can fix are 4xx with a `detail` saying what is wrong.
+"""
+
+import asyncio
+import json
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from slimtune.errors import SlimtuneError
+from slimtune.serve import schemas
+from slimtune.serve.batcher import MicroBatcher
+from slimtune.serve.engine import Engine, Job
+from slimtune.serve.guards import BodyGuard
+from slimtune.serve.metrics import CONTENT_TYPE, ServerMetrics
+from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegistry, UnknownAdapter
+
+
+class PathRefused(SlimtuneError):
+    """An adapter path outside the allowed directory."""
+
+
+STATUS = {UnknownAdapter: 404, AdapterConflict: 409, PathRefused: 403, AdapterRefused: 422}
+
+
+@dataclass
+class ServeSettings:
+    limits: schemas.Limits = field(default_factory=schemas.Limits)
+    admin_token: str | None = None
+    allowed_dir: Path = field(default_factory=Path.cwd)
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    mixed_batches: bool = True
+
+
+@dataclass
+class Server:
+    registry: AdapterRegistry
+    settings: ServeSettings
+    metrics: ServerMetrics
+    batcher: MicroBatcher
+
+
+class SafeJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped, so an echoed lone surrogate cannot break the encoding of an error."""
+
+    def render(self, content) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def build_app(registry: AdapterRegistry, settings: ServeSettings) -> FastAPI:
+    metrics = ServerMetrics()
+    engine = Engine(registry.shared, registry.base.tokenizer.pad_token_id, settings.max_batch_size,
+                    mixed=settings.mixed_batches, on_pass=metrics.observe_pass)
+    batcher = MicroBatcher(engine.run, settings.max_batch_size, settings.max_wait_ms / 1000)
+    server = Server(registry, settings, metrics, batcher)
+
+    async def lifespan(_):
+        batcher.start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title="slimtune serve", version="1", lifespan=lifespan, default_response_class=SafeJSONResponse,
+                  description="One base model, many fine-tuned adapters, predictions micro-batched across them.")
+    app.state.server = server
+    _add_error_handlers(app)
+    _add_predict_routes(app, server)
+    _add_admin_routes(app, server)
+    _add_status_routes(app, server)
+    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: it also counts what the guard rejects
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SlimtuneError)
+    async def user_error(_, exc: SlimtuneError):
+        return SafeJSONResponse({"detail": str(exc)}, status_code=STATUS.get(type(exc), 422))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_, exc: HTTPException):
+        return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_, exc: RequestValidationError):
+        """Each problem with its place and message; the offending input is not echoed back."""
+        problems = []
+        for error in exc.errors():
+            message = error["msg"]
+            if error["type"] == "string_unicode":  # what pydantic says of a lone surrogate such as \ud800
+                message = "text is not valid Unicode (it holds a lone surrogate)"
+            elif isinstance(error.get("ctx", {}).get("error"), str):
+                message += f": {error['ctx']['error']}"
+            problems.append({"loc": [str(part) for part in error["loc"]], "msg": message, "type": error["type"]})
+        return SafeJSONResponse({"detail": problems}, status_code=422)
+
+
+def _add_predict_routes(app: FastAPI, server: Server) -> None:
+    PredictRequest = schemas.predict_request_model(server.settings.limits)
+    registry = server.registry
+
+    @app.post("/v1/predict", response_model=schemas.PredictResponse, responses=schemas.ERRORS,
+              summary="Labels and scores (classify) or entities with character spans (ner), one per input")
+    async def predict(body: PredictRequest):
+        adapter = registry.get(body.adapter)
+        features = adapter.task.encode_texts(body.inputs, registry.base.tokenizer, adapter.max_length)
+        outputs = await server.batcher.submit(Job(adapter, features), len(features))
+        predictions = adapter.task.decode(body.inputs, features, outputs, adapter.labels, adapter.config)
+        return {"adapter": adapter.name, "task": adapter.task.name, "outputs": predictions}
+
+
+def _add_admin_routes(app: FastAPI, server: Server) -> None:
+    registry, settings = server.registry, server.settings
+    bearer = HTTPBearer(auto_error=False, description="the admin token given at start-up")
+
+    def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not settings.admin_token:
+            raise HTTPException(403, "adapter management is off: start the server with --admin-token "
+                                     "or SLIMTUNE_ADMIN_TOKEN")
+        if credentials is None:
+            raise HTTPException(401, "missing admin token: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode(), settings.admin_token.encode()):
+            raise HTTPException(403, "wrong admin token")
+
+    @app.get("/v1/adapters", response_model=schemas.AdapterList, summary="The loaded adapters")
+    async def list_adapters():
+        return {"base_model": registry.base_spec, "adapters": [a.info() for a in registry.adapters.values()]}
+
+    @app.post("/v1/adapters", status_code=201, response_model=schemas.AdapterInfo, responses=schemas.ERRORS,
+              dependencies=[Depends(require_admin)], summary="Load an adapter from a directory")
+    async def load_adapter(body: schemas.LoadAdapterRequest):
+        path = allowed_path(settings.allowed_dir, body.path)
+        registry.reserve(body.name)
+        try:
+            adapter = await asyncio.to_thread(registry.prepare, body.name, path)
+            await server.batcher.exclusive(registry.install, adapter)
+            registry.register(adapter)
+        finally:
+            registry.release(body.name)
+        return adapter.info()
+
+    @app.delete("/v1/adapters/{name}", response_model=schemas.AdapterInfo, responses=schemas.ERRORS,
+                dependencies=[Depends(require_admin)], summary="Unload an adapter")
+    async def unload_adapter(name: str = PathParam(pattern=schemas.NAME_PATTERN)):
+        adapter = registry.unregister(name)
+        await server.batcher.exclusive(registry.uninstall, adapter)
+        return adapter.info()
+
+
+def _add_status_routes(app: FastAPI, server: Server) -> None:
+    @app.get("/health", response_model=schemas.Health, summary="Liveness, and how many adapters are loaded")
+    async def health():
+        return {"status": "ok", "adapters": len(server.registry.adapters)}
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text format")
+    async def metrics():
+        return PlainTextResponse(server.metrics.render(), media_type=CONTENT_TYPE)
+
+
+def allowed_path(allowed_dir: Path, given: str) -> Path:
+    """`given` (relative to `allowed_dir` unless absolute) resolved, links included; refused outside it."""
+    root = Path(allowed_dir).resolve()
+    try:
+        path = (root / given).resolve()
+    except (OSError, ValueError) as e:
+        raise PathRefused(f"cannot use adapter path {given!r}: {e}") from None
+    if not path.is_relative_to(root):
+        raise PathRefused(f"adapter path {given!r} is outside the allowed directory {root}")
+    return path
+
+
+class RequestMetrics:
+    """Pure ASGI middleware counting every answer by route template, method and status, with its latency."""
+
+    def __init__(self, app, metrics: ServerMetrics):
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started, status = time.perf_counter(), 500
+
+        async def send_and_note(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - started)

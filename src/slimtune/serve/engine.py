@@ -1,0 +1,86 @@
+"""Running one micro-batch: rows of many requests and adapters, through as few forward passes as possible.
+
+Rows of LoRA adapters sharing the base go through one base pass per chunk of
+`max_rows`, each row with its own adapter's delta; then each adapter's head
+reads its rows' token states. With `mixed=False` the same rows run one base
+pass per adapter instead (the baseline the load test compares against). Rows
+of adapters with their own model copy run one pass per adapter.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from slimtune.data.batching import pad_batch
+from slimtune.serve.multi_lora import SharedLoRABase
+from slimtune.serve.registry import SHARED, ServedAdapter, UnknownAdapter
+from slimtune.training.inference import unpad_rows
+
+
+@dataclass
+class Job:
+    """One request's rows: its adapter and the task's features for its texts."""
+
+    adapter: ServedAdapter
+    features: list[dict]
+
+
+class Engine:
+    def __init__(self, shared: SharedLoRABase, pad_id: int, max_rows: int, mixed: bool = True, on_pass=None):
+        self.shared = shared
+        self.pad_id = pad_id
+        self.max_rows = max_rows
+        self.mixed = mixed
+        self.on_pass = on_pass  # called with (rows, adapters) after every forward pass, e.g. for metrics
+
+    @torch.no_grad()
+    def run(self, jobs: list[Job]) -> list[list[torch.Tensor] | Exception]:
+        """Per job, its features' unpadded logits in order, or the exception that job alone gets."""
+        results: list = [None] * len(jobs)
+        rows = []  # (job index, feature index, adapter, feature)
+        for j, job in enumerate(jobs):
+            if job.adapter.removed:
+                results[j] = UnknownAdapter(f"adapter {job.adapter.name!r} was unloaded before the request ran")
+                continue
+            results[j] = [None] * len(job.features)
+            rows += [(j, i, job.adapter, feature) for i, feature in enumerate(job.features)]
+        groups = defaultdict(list)  # rows run together: shared rows in one group when mixed, else one per adapter
+        for row in rows:
+            shared_pass = row[2].serving == SHARED
+            groups["shared" if shared_pass and self.mixed else row[2]].append(row)
+        for key, group in groups.items():
+            group.sort(key=lambda row: -len(row[3]["input_ids"]))  # similar lengths pad less
+            for start in range(0, len(group), self.max_rows):
+                chunk = group[start : start + self.max_rows]
+                outputs = self._shared_pass(chunk) if chunk[0][2].serving == SHARED else self._own_pass(chunk)
+                for (j, i, _, _), output in zip(chunk, outputs):
+                    results[j][i] = output
+        return results
+
+    def _shared_pass(self, chunk: list[tuple]) -> list[torch.Tensor]:
+        features = [row[3] for row in chunk]
+        batch = pad_batch(features, self.pad_id)
+        slots = torch.tensor([row[2].slot for row in chunk])
+        hidden = self.shared(batch, slots)  # [B, T, H]
+        outputs: list = [None] * len(chunk)
+        by_adapter = defaultdict(list)
+        for position, row in enumerate(chunk):
+            by_adapter[row[2]].append(position)
+        for adapter, positions in by_adapter.items():
+            index = torch.tensor(positions)
+            logits = adapter.model.from_hidden(hidden[index], batch["attention_mask"][index])
+            for position, output in zip(positions, unpad_rows(logits, [features[p] for p in positions])):
+                outputs[position] = output
+        self._record(len(chunk), len(by_adapter))
+        return outputs
+
+    def _own_pass(self, chunk: list[tuple]) -> list[torch.Tensor]:
+        features = [row[3] for row in chunk]
+        logits = chunk[0][2].model(**pad_batch(features, self.pad_id))
+        self._record(len(chunk), 1)
+        return unpad_rows(logits, features)
+
+    def _record(self, rows: int, adapters: int) -> None:
+        if self.on_pass is not None:
+            self.on_pass(rows, adapters)

@@ -1,0 +1,78 @@
+"""Adapters for serving, made without training (random non-zero updates, so every delta shows), and the real
+uvicorn server on a free loopback port in a background thread."""
+
+import socket
+import threading
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+import torch
+
+from tests.conftest import TASK_LABELS
+
+# name → (task, method, options): LoRA adapters with different tasks, ranks and targets, and one that cannot
+# share the base pass (prefix tuning changes every attention layer).
+ADAPTERS = {
+    "sst-qv": ("classify", "lora", {"r": "4", "targets": "query,value"}),
+    "sst-dense": ("classify", "lora", {"r": "2", "alpha": "8", "targets": "key,dense"}),
+    "ner-qv": ("ner", "lora", {"r": "3"}),
+    "sst-prefix": ("classify", "prefix", {}),
+}
+
+
+def make_adapter(run_dir, model_dir: str, task_name: str, method_name: str, options: dict, seed: int,
+                 pooling: str | None = None) -> str:
+    """Save an adapter whose trained parameters are random, laid out as `slimtune train` writes it."""
+    from slimtune.adapter_files import run_config, save_adapter
+    from slimtune.adaptation import attach
+    from slimtune.methods.registry import create_method
+    from slimtune.models.loading import fingerprint, load_backbone
+    from slimtune.tasks import get_task
+
+    backbone = load_backbone(model_dir, pooling=pooling)
+    base_fingerprint = fingerprint(backbone.model)
+    task, method = get_task(task_name), create_method(method_name, options)
+    labels = TASK_LABELS[task_name]
+    torch.manual_seed(seed)
+    model = task.build_model(backbone, labels)
+    with torch.no_grad():
+        for p in attach(model, method):
+            p.add_(torch.randn_like(p) * 0.3)
+    settings = {"scheme": "iob2"} if task_name == "ner" else {}
+    config = run_config(task, method, model_dir, base_fingerprint, backbone, labels, settings)
+    save_adapter(run_dir, model, method, config)
+    return str(run_dir)
+
+
+@pytest.fixture(scope="session")
+def adapter_dirs(tiny_model, tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("served")
+    return {name: make_adapter(root / name, tiny_model, task, method, options, seed)
+            for seed, (name, (task, method, options)) in enumerate(ADAPTERS.items())}
+
+
+@contextmanager
+def running_server(argv: list[str]):
+    """Start `slimtune serve ARGV` (parsed by the real CLI) on a free loopback port; yields an httpx client."""
+    from slimtune.cli import build_parser
+    from slimtune.cli.serve import build_server
+
+    server = build_server(build_parser().parse_args(["serve", *argv]))
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    host, port = sock.getsockname()
+    try:
+        with httpx.Client(base_url=f"http://{host}:{port}", timeout=30) as client:
+            yield client
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
