@@ -18,6 +18,7 @@ from slimtune.atomic import write_json, write_safetensors
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import Backbone, fingerprint, load_backbone
+from slimtune.multitask.files import check_task_name, is_multi, task_config, task_state
 from slimtune.tasks import get_task
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -73,20 +74,25 @@ def read_config(run_dir: Path) -> dict:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise SlimtuneError(f"{path}: not valid JSON ({e.msg})") from None
-    missing = {"task", "method", "options", "base_fingerprint", "labels"} - set(config)
+    multi = config.get("task") == "multi"  # a multi-task adapter lists its tasks' labels under `tasks`
+    missing = {"task", "method", "options", "base_fingerprint", "tasks" if multi else "labels"} - set(config)
     if missing:
         raise SlimtuneError(f"{path}: missing keys {sorted(missing)}")
     return config
 
 
-def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | None = None) -> LoadedAdapter:
+def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | None = None,
+                 task_name: str | None = None) -> LoadedAdapter:
     """Rebuild a trained model from its run directory; `model_spec` overrides the recorded base.
 
     `quantize` ("int8"), or a "quantize" entry in the config (written by `slimtune quantize`),
     merges the adapter where it can and quantizes the encoder for CPU inference.
+    `task_name` picks one task of a multi-task adapter, loaded as a single-task one.
     """
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
+    full_config = read_config(run_dir)
+    check_task_name(full_config, task_name, run_dir)
+    config = task_config(full_config, task_name) if is_multi(full_config) else full_config
     spec = model_spec or config.get("base_model")
     backbone = load_backbone(spec, pooling=config.get("pooling"), max_length=config.get("max_length"))
     if fingerprint(backbone.model) != config["base_fingerprint"]:
@@ -94,7 +100,7 @@ def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | N
             f"{run_dir} was trained on a different base model (fingerprint {config['base_fingerprint']}); "
             f"{spec or 'the default model'} does not match it"
         )
-    model, method, task = build_adapter_model(run_dir, config, backbone)
+    model, method, task = build_adapter_model(run_dir, full_config, backbone, task_name)
     loaded = LoadedAdapter(model, method, task, backbone, config)
     scheme = quantize or config.get("quantize")
     if scheme:
@@ -104,11 +110,17 @@ def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | N
     return loaded
 
 
-def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone) -> tuple[torch.nn.Module, object, object]:
+def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone,
+                        task_name: str | None = None) -> tuple[torch.nn.Module, object, object]:
     """(task model, method, task): the adapter of `run_dir` attached to `backbone.model` and loaded, in eval mode.
 
-    The caller has checked that `backbone` is the base the adapter was trained on.
+    The caller has checked that `backbone` is the base the adapter was trained on. For a multi-task
+    adapter, `task_name` picks the task (see `slimtune.multitask.files`).
     """
+    check_task_name(config, task_name, run_dir)
+    multi_config = config if is_multi(config) else None
+    if multi_config:
+        config = task_config(multi_config, task_name)
     task = get_task(config["task"])
     method = create_method(config["method"], {k: _as_option(v) for k, v in config["options"].items()})
     model = task.build_model(backbone, config["labels"])
@@ -117,6 +129,8 @@ def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone) -> tupl
         state = load_file(str(Path(run_dir) / ADAPTER_FILE))
     except (FileNotFoundError, SafetensorError, OSError) as e:
         raise SlimtuneError(f"{Path(run_dir) / ADAPTER_FILE}: cannot read adapter ({e})") from None
+    if multi_config:
+        state = task_state(state, multi_config, task_name)
     load_adapter_state(model, method, state)
     model.eval()
     return model, method, task

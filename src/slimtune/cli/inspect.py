@@ -60,12 +60,20 @@ def summary(config: dict, state: dict, file_bytes: int) -> str:
     head = sum(v.numel() for k, v in state.items() if not k.startswith("backbone."))
     options = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in config["options"].items())
     return "\n".join([
-        f"method      {config['method']} ({config['task']} task, labels: {', '.join(map(str, config['labels']))})",
+        f"method      {config['method']} ({_tasks(config)})",
         f"base model  {config.get('base_model') or 'default (all-MiniLM-L6-v2)'}",
         f"options     {options or 'none'}",
         f"tensors     {len(state)} ({file_bytes / 1024:.1f} KiB)",
         f"parameters  {backbone + head:,} ({backbone:,} method, {head:,} task head)",
     ])
+
+
+def _tasks(config: dict) -> str:
+    """What the adapter predicts: its task and labels, or (multi-task) each task's name and type, and the sharing."""
+    if config["task"] == "multi":
+        tasks = ", ".join(f"{name}: {entry['task']}" for name, entry in config["tasks"].items())
+        return f"multi-task, {config['sharing']} adapter; {tasks}"
+    return f"{config['task']} task, labels: {', '.join(map(str, config['labels']))}"
 
 
 def rank_rows(ranks: dict[str, int]) -> list[tuple[int | None, str, int]]:

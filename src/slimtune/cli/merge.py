@@ -8,6 +8,7 @@ def register(sub) -> None:
     p.add_argument("--adapter", required=True, metavar="DIR")
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
+    p.add_argument("--task-name", metavar="NAME", help="the task to use of a multi-task adapter")
     p.set_defaults(handler=run)
 
 
@@ -21,7 +22,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
-    loaded = load_adapter(args.adapter, args.model)
+    loaded = load_adapter(args.adapter, args.model, task_name=args.task_name)
     if not loaded.method.mergeable:
         raise SlimtuneError(f"method {loaded.method.name} adds computation that cannot be folded into the base")
     loaded.method.merge(loaded.model.backbone)

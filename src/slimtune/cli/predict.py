@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--conll-out", metavar="PATH", help="where to write --conll-in with a predicted-tag column")
     p.add_argument("--scheme", choices=SCHEMES, help="scheme of the predicted tags (ner; default: the training data's)")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
+    p.add_argument("--task-name", metavar="NAME", help="the task to use of a multi-task adapter")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--quantize", choices=("int8",),
                    help="dynamic int8 linear layers on CPU (the adapter is merged first where it can be)")
@@ -37,12 +38,12 @@ def run(args) -> int:
             raise SlimtuneError("--conll-in and --conll-out go together")
         if args.texts or args.file:
             raise SlimtuneError("give either texts (or --file) or --conll-in, not both")
-        loaded = load_adapter(args.adapter, args.model, args.quantize)
+        loaded = load_adapter(args.adapter, args.model, args.quantize, args.task_name)
         count = loaded.task.predict_file(loaded, args.conll_in, args.conll_out, args.batch_size, **options)
         print(f"tagged {count} sentences into {args.conll_out}", file=sys.stderr)
         return 0
     texts = read_inputs(args.texts, args.file)
-    loaded = load_adapter(args.adapter, args.model, args.quantize)
+    loaded = load_adapter(args.adapter, args.model, args.quantize, args.task_name)
     for text, prediction in zip(texts, loaded.task.predict(loaded, texts, args.batch_size, **options)):
         if args.json:
             print(json.dumps({"text": text, **rounded(prediction)}))

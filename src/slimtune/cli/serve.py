@@ -17,6 +17,8 @@ endpoints:
   DELETE /v1/adapters/NAME  (admin token)
   GET  /health, GET /metrics (Prometheus text), GET /docs (OpenAPI)
 
+A multi-task adapter given as NAME=DIR serves each of its tasks as the adapter NAME.TASK.
+
 The admin token is --admin-token or the environment variable {ADMIN_TOKEN_ENV}; without one,
 adapters cannot be loaded or unloaded while the server runs.
 
@@ -87,8 +89,13 @@ def build_server(args):
         raise SlimtuneError(f"--allowed-dir {args.allowed_dir}: no such directory")
     base_spec = args.model or (read_config(adapters[0][1]).get("base_model") if adapters else None)
     registry = AdapterRegistry(base_spec)
-    for name, directory in adapters:
-        adapter = registry.prepare(name, directory, merge=args.merge)
+    served = [(served_name, task_name, directory) for name, directory in adapters
+              for served_name, task_name in registry.served_tasks(name, directory)]
+    taken = [served_name for served_name, _, _ in served]
+    if len(set(taken)) != len(taken):
+        raise SlimtuneError(f"adapter names must differ (a multi-task adapter NAME serves NAME.TASK): {taken}")
+    for served_name, task_name, directory in served:
+        adapter = registry.prepare(served_name, directory, merge=args.merge, task_name=task_name)
         registry.install(adapter)  # no batches run yet: installing outside the model thread is safe
         registry.register(adapter)
     settings = ServeSettings(

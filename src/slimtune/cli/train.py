@@ -20,15 +20,18 @@ examples:
   slimtune train --task ner --method lora --train train.conll --dev valid.conll --out runs/ner
   slimtune train ... --checkpoint-every 100 --out runs/x     # then, after an interruption:
   slimtune train ... --checkpoint-every 100 --out runs/x --resume
+  slimtune train --task multi --method lora --tasks sst2=classify:sst2.tsv \\
+      --tasks conll=ner:train.conll:valid.conll --loss-weights learned --out runs/mt
 """
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model with a PEFT method", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="classify", help="task: classify (default) or ner (CoNLL files)")
+    p.add_argument("--task", default="classify",
+                   help="task: classify (default), ner (CoNLL files), or multi (several --tasks)")
     p.add_argument("--method", required=True, help="PEFT method (see `slimtune methods`)")
-    p.add_argument("--train", required=True, metavar="PATH", help="training data (.tsv, .csv, .jsonl; CoNLL for ner; .gz ok)")
+    p.add_argument("--train", metavar="PATH", help="training data (.tsv, .csv, .jsonl; CoNLL for ner; .gz ok)")
     p.add_argument("--dev", metavar="PATH", help="validation data; default: a seeded 10%% split of train")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     p.add_argument("--model", metavar="ID|PATH", help="Hugging Face id or local directory (default: bundled all-MiniLM-L6-v2)")
@@ -50,10 +53,29 @@ def register(sub) -> None:
     p.add_argument("--max-length", type=int, help="token limit per text (default: the model's window)")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
     add_reader_flags(p)
+    add_multitask_flags(p)
     p.set_defaults(handler=run)
 
 
+def add_multitask_flags(p) -> None:
+    g = p.add_argument_group("multi-task (--task multi)")
+    g.add_argument("--tasks", action="append", metavar="NAME=TYPE:TRAIN[:DEV]",
+                   help="a task of the mix, repeatable: its name, type (classify, ner), training file and optional "
+                        "dev file (default: a seeded 10%% split of its training file)")
+    g.add_argument("--sharing", choices=("shared", "per-task"), default="shared",
+                   help="one adapter for all tasks (default), or one per task over the same frozen base")
+    g.add_argument("--task-sampling", choices=("proportional", "temperature"), default="proportional",
+                   help="batches drawn from task i with p ∝ n_i (default), or p ∝ n_i^(1/T)")
+    g.add_argument("--temperature", type=float, default=2.0, metavar="T", help="T of temperature sampling")
+    g.add_argument("--loss-weights", choices=("learned", "fixed"), default="learned",
+                   help="learned: exp(-s_i)·L_i + s_i with trainable s_i (default); fixed: w_i·L_i")
+    g.add_argument("--loss-weights-lr", type=float, default=0.05, metavar="LR",
+                   help="peak learning rate of the learned s_i (default 0.05; Adam moves each ~LR per step)")
+    g.add_argument("--weights", metavar="NAME=W,...", help="fixed weights (default 1 for every task)")
+
+
 def run(args) -> int:
+    from slimtune.errors import SlimtuneError
     from slimtune.tasks import get_task
     from slimtune.training.run import TrainRequest, describe, train
 
@@ -63,6 +85,12 @@ def run(args) -> int:
         eval_every=args.eval_every, patience=args.patience, checkpoint_every=args.checkpoint_every, seed=args.seed,
     )
     config.validate()
+    if args.task == "multi":
+        return run_multitask(args, config)
+    if args.tasks:
+        raise SlimtuneError("--tasks needs --task multi")
+    if not args.train:
+        raise SlimtuneError("--train PATH is required")
     request = TrainRequest(
         task=args.task, method=args.method, train_path=args.train, out_dir=args.out, dev_path=args.dev,
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
@@ -71,5 +99,29 @@ def run(args) -> int:
     )
     summary = train(request)
     print(describe(summary, get_task(args.task).primary_metric))
+    print(f"adapter written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def run_multitask(args, config: TrainConfig) -> int:
+    from slimtune.errors import SlimtuneError
+    from slimtune.multitask.run import MultiTrainRequest, describe, train_multitask
+    from slimtune.multitask.specs import parse_task_specs, parse_weights
+
+    given = [flag for flag, value in (("--train", args.train), ("--dev", args.dev), ("--text-col", args.text_col),
+                                      ("--label-col", args.label_col), ("--scheme", args.scheme)) if value]
+    if given:
+        raise SlimtuneError(f"{', '.join(given)} does not apply to --task multi; give each task's files in --tasks")
+    if args.weights and args.loss_weights != "fixed":
+        raise SlimtuneError("--weights needs --loss-weights fixed")
+    specs = parse_task_specs(args.tasks)
+    request = MultiTrainRequest(
+        tasks=specs, method=args.method, out_dir=args.out, model=args.model, options=parse_set(args.set),
+        sharing=args.sharing, sampling=args.task_sampling, temperature=args.temperature,
+        loss_weights=args.loss_weights, loss_weights_lr=args.loss_weights_lr, fixed_weights=parse_weights(args.weights, [s.name for s in specs]),
+        max_train_examples=args.max_train_examples, max_length=args.max_length, pooling=args.pooling,
+        resume=args.resume, overwrite=args.overwrite, config=config,
+    )
+    print(describe(train_multitask(request)))
     print(f"adapter written to {args.out}", file=sys.stderr)
     return 0

@@ -9,7 +9,8 @@ pooled through the base's pooler, run on their own copy of the base, one pass
 per adapter. A lone mergeable adapter can be merged into its copy instead.
 
 Loading reads only adapter_config.json and adapter.safetensors (no pickle), and
-an adapter trained on another base is refused by its recorded fingerprint.
+an adapter trained on another base is refused by its recorded fingerprint. Each
+task of a multi-task adapter is served as an adapter of its own, NAME.TASK.
 """
 
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from torch import nn
 from slimtune.adapter_files import build_adapter_model, load_adapter, read_config
 from slimtune.errors import SlimtuneError
 from slimtune.methods.lora import LoRA
+from slimtune.multitask.files import check_task_name, is_multi, task_config
 from slimtune.models.loading import DEFAULT_MODEL, Backbone, fingerprint, load_backbone
 from slimtune.serve.multi_lora import SharedLoRABase
 
@@ -93,24 +95,36 @@ class AdapterRegistry:
     def release(self, name: str) -> None:
         self._pending.discard(name)
 
-    def prepare(self, name: str, run_dir: Path, merge: bool = False) -> ServedAdapter:
-        """Read and build an adapter (slow; any thread). Nothing is served until `install` and `register`."""
+    def served_tasks(self, name: str, run_dir: Path) -> list[tuple[str, str | None]]:
+        """(served name, task name) for each adapter a directory holds: NAME.TASK per task of a multi-task one."""
         try:
-            return self._prepare(name, Path(run_dir), merge)
+            config = read_config(Path(run_dir))
+        except SlimtuneError as e:
+            raise AdapterRefused(str(e)) from None
+        return [(f"{name}.{task}", task) for task in config["tasks"]] if is_multi(config) else [(name, None)]
+
+    def prepare(self, name: str, run_dir: Path, merge: bool = False, task_name: str | None = None) -> ServedAdapter:
+        """Read and build an adapter (slow; any thread). Nothing is served until `install` and `register`.
+
+        `task_name` picks one task of a multi-task adapter."""
+        try:
+            return self._prepare(name, Path(run_dir), merge, task_name)
         except SlimtuneError as e:
             raise AdapterRefused(str(e)) from None
         except Exception as e:  # a malformed file from outside: refuse it, whatever broke
             raise AdapterRefused(f"{run_dir}: not a usable adapter ({type(e).__name__}: {e})") from None
 
-    def _prepare(self, name: str, run_dir: Path, merge: bool) -> ServedAdapter:
-        config = read_config(run_dir)
+    def _prepare(self, name: str, run_dir: Path, merge: bool, task_name: str | None) -> ServedAdapter:
+        full_config = read_config(run_dir)
+        check_task_name(full_config, task_name, run_dir)
+        config = task_config(full_config, task_name) if is_multi(full_config) else full_config
         if config["base_fingerprint"] != self.base_fingerprint:
             raise SlimtuneError(f"{run_dir} was trained on another base model (fingerprint "
                                 f"{config['base_fingerprint']}); this server holds {self.base_spec} "
                                 f"(fingerprint {self.base_fingerprint})")
         pooling = config.get("pooling") or self.base.pooling
         if merge or config["method"] != LoRA.name or pooling == "pooler":
-            loaded = load_adapter(run_dir, self.base_spec)
+            loaded = load_adapter(run_dir, self.base_spec, task_name=task_name)
             if merge:
                 if not loaded.method.mergeable:
                     raise SlimtuneError(f"method {loaded.method.name} cannot be merged")
@@ -120,7 +134,7 @@ class AdapterRegistry:
         window = self.base.max_length
         max_length = min(config.get("max_length") or window, window)
         skeleton = Backbone(self._weightless_base(), self.base.tokenizer, pooling, max_length)
-        model, _, task = build_adapter_model(run_dir, config, skeleton)
+        model, _, task = build_adapter_model(run_dir, full_config, skeleton, task_name)
         return ServedAdapter(name, run_dir, config, task, SHARED, model, max_length)
 
     def _weightless_base(self) -> nn.Module:

@@ -39,6 +39,10 @@ class Task:
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def batch_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """The training loss of one padded batch; a multi-task mixture also reads which task the batch is from."""
+        return self.loss(logits, batch["labels"])
+
     def evaluate(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int, labels: list[str]) -> dict:
         raise NotImplementedError
 

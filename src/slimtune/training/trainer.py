@@ -19,8 +19,8 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from slimtune.adaptation import adapter_state, load_adapter_state
-from slimtune.data.batching import length_grouped_batches, pad_batch
 from slimtune.errors import SlimtuneError
+from slimtune.training.batch_source import BatchSource, FeatureBatches
 from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 
 
@@ -54,13 +54,17 @@ class Trainer:
         self.params, self.config, self.run_dir = params, config, Path(run_dir)
         self.pad_id, self.labels = pad_id, labels
         self.step_callbacks: list[Callable[[Progress], None]] = []  # called after each optimizer step
+        self.own_lr: dict[int, float] = {}  # id(param) → its own peak learning rate, no weight decay
         self.checkpoint_dir = self.run_dir / "checkpoint"
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
     def _optimizer(self):
-        decay = [p for p in self.params if p.ndim >= 2]
-        no_decay = [p for p in self.params if p.ndim < 2]  # biases and norms, by shape
+        shared_lr = [p for p in self.params if id(p) not in self.own_lr]
+        decay = [p for p in shared_lr if p.ndim >= 2]
+        no_decay = [p for p in shared_lr if p.ndim < 2]  # biases and norms, by shape
         groups = [{"params": decay, "weight_decay": self.config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups += [{"params": [p], "lr": self.own_lr[id(p)], "weight_decay": 0.0}
+                   for p in self.params if id(p) in self.own_lr]
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.config.lr)
 
     def _log(self, record: dict) -> None:
@@ -76,11 +80,12 @@ class Trainer:
     def evaluate(self, dev_features) -> dict:
         return self.task.evaluate(self.model, dev_features, self.pad_id, self.config.batch_size * 2, self.labels)
 
-    def fit(self, train_features: list[dict], dev_features: list[dict], resume: bool = False) -> dict:
+    def fit(self, train: list[dict] | BatchSource, dev_features, resume: bool = False) -> dict:
+        """Train on `train`, one task's features or a `BatchSource` (several tasks' batches by a schedule)."""
         cfg = self.config
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        lengths = [len(f["input_ids"]) for f in train_features]
-        batches_per_epoch = math.ceil(len(lengths) / cfg.batch_size)
+        source = train if isinstance(train, BatchSource) else FeatureBatches(train, cfg.batch_size, cfg.seed, self.pad_id)
+        batches_per_epoch = source.batches_per_epoch
         total_steps = math.ceil(batches_per_epoch / cfg.grad_accum) * cfg.epochs
         optimizer = self._optimizer()
         scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
@@ -99,14 +104,14 @@ class Trainer:
         bar = tqdm(total=batches_per_epoch * cfg.epochs, initial=progress.epoch * batches_per_epoch + progress.batch_in_epoch,
                    desc="train", unit="batch", file=sys.stderr, dynamic_ncols=True, disable=None)
         while progress.epoch < cfg.epochs and not progress.stopped_early:
-            batches = length_grouped_batches(lengths, cfg.batch_size, cfg.seed, progress.epoch)
+            batches = source.epoch(progress.epoch)
             for b in range(progress.batch_in_epoch, len(batches)):
                 started = time.perf_counter()
                 group_start = b - b % cfg.grad_accum
                 group_size = min(cfg.grad_accum, len(batches) - group_start)
-                batch = pad_batch([train_features[i] for i in batches[b]], self.pad_id)
+                batch = source.collate(batches[b])
                 logits = self.model(**batch)
-                loss = self.task.loss(logits, batch["labels"])
+                loss = self.task.batch_loss(logits, batch)
                 extra = self.method.extra_loss(self.model.backbone)
                 total = loss + extra if extra is not None else loss
                 (total / group_size).backward()
@@ -121,7 +126,7 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                     progress.step += 1
                 progress.batch_in_epoch = b + 1
-                progress.examples_seen += len(batches[b])
+                progress.examples_seen += source.count(batches[b])
                 progress.train_seconds += time.perf_counter() - started
                 speed = progress.examples_seen / max(progress.train_seconds, 1e-9)
                 bar.update(1)
