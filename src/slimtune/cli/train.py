@@ -118,7 +118,8 @@ def run_multitask(args, config: TrainConfig) -> int:
     request = MultiTrainRequest(
         tasks=specs, method=args.method, out_dir=args.out, model=args.model, options=parse_set(args.set),
         sharing=args.sharing, sampling=args.task_sampling, temperature=args.temperature,
-        loss_weights=args.loss_weights, loss_weights_lr=args.loss_weights_lr, fixed_weights=parse_weights(args.weights, [s.name for s in specs]),
+        loss_weights=args.loss_weights, loss_weights_lr=args.loss_weights_lr,
+        fixed_weights=parse_weights(args.weights, [spec.name for spec in specs]),
         max_train_examples=args.max_train_examples, max_length=args.max_length, pooling=args.pooling,
         resume=args.resume, overwrite=args.overwrite, config=config,
     )

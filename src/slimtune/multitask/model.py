@@ -113,5 +113,6 @@ class PerTaskMethods(Method):
                 method.on_step(encoder, step, total_steps)
 
     def extra_loss(self, backbone: nn.ModuleDict) -> torch.Tensor | None:
-        losses = [loss for _, method, encoder in self._each(backbone) if (loss := method.extra_loss(encoder)) is not None]
+        losses = [method.extra_loss(encoder) for _, method, encoder in self._each(backbone)]
+        losses = [loss for loss in losses if loss is not None]
         return sum(losses) if losses else None

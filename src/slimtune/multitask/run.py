@@ -75,7 +75,10 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
     if (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
         raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
     if request.loss_weights not in LOSS_WEIGHTINGS:
-        raise SlimtuneError(f"unknown loss weighting {request.loss_weights!r}; choose from {', '.join(LOSS_WEIGHTINGS)}")
+        raise SlimtuneError(f"unknown loss weighting {request.loss_weights!r}; "
+                            f"choose from {', '.join(LOSS_WEIGHTINGS)}")
+    if not request.loss_weights_lr > 0:
+        raise SlimtuneError("--loss-weights-lr must be positive")
     data = {spec.name: read_task_data(spec, request) for spec in request.tasks}
     names = list(data)
     tasks = {name: d.task for name, d in data.items()}
@@ -129,14 +132,14 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
                     "tasks": {n: d.task.name for n, d in data.items()}, "sharing": request.sharing,
                     "train_examples": {n: len(f) for n, f in train_features.items()},
                     "dev_examples": {n: len(f) for n, f in dev_features.items()},
-                    "batches_per_epoch": source.counts, "final_task_weights": weights.weights(), "lr": cfg.lr,
+                    "task_batches_per_epoch": source.counts, "final_task_weights": weights.weights(), "lr": cfg.lr,
                     "weights_plot": str(out / WEIGHTS_PLOT) if plotted else None})
     write_json(out / "metrics.json", summary)
     write_json(out / "train_config.json", {
         **cfg.__dict__, "tasks": [spec.__dict__ for spec in request.tasks], "options": request.options,
         "sharing": request.sharing, "sampling": request.sampling, "temperature": request.temperature,
-        "loss_weights": request.loss_weights, "loss_weights_lr": request.loss_weights_lr, "fixed_weights": request.fixed_weights,
-        "max_train_examples": request.max_train_examples})
+        "loss_weights": request.loss_weights, "loss_weights_lr": request.loss_weights_lr,
+        "fixed_weights": request.fixed_weights, "max_train_examples": request.max_train_examples})
     return summary
 
 
