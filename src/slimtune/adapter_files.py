@@ -92,6 +92,7 @@ def load_adapter(run_dir: Path, model_spec: str | None = None) -> LoadedAdapter:
         )
     task = get_task(config["task"])
     method = create_method(config["method"], {k: _as_option(v) for k, v in config["options"].items()})
+    method.check_task(task.name)
     model = task.build_model(backbone, config["labels"])
     attach(model, method)
     try:
