@@ -4,14 +4,13 @@ import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA, TruncatedSVD
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.feature_extraction.text import TfidfVectorizer
 from transformers import BertModel
 
 from slimtune.adapter_files import load_adapter
 from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
-from slimtune.methods.feature_reducers import fit_lda, fit_pca, fit_tfidf, tfidf_vectors
+from slimtune.methods.feature_reducers import fit_lda, fit_pca, fit_tfidf, lda_model, tfidf_vectors
 from slimtune.methods.features import FeatureBackbone, cache_dir
 from slimtune.methods.registry import create_method
 from slimtune.tasks import get_task
@@ -69,7 +68,7 @@ def test_projections_reproduce_sklearn_transforms():
     np.testing.assert_allclose(ours, _standardised(PCA(5, svd_solver="full").fit_transform(x)), atol=1e-4)
     lda = fit_lda(x, labels, 5)  # three classes: two directions, the other three rows are zero
     ours = x @ lda["proj"].double().numpy().T + lda["offset"].double().numpy()
-    expected = _standardised(LinearDiscriminantAnalysis(n_components=2).fit(x, labels).transform(x))
+    expected = _standardised(lda_model(x, labels, 5).transform(x))
     np.testing.assert_allclose(ours[:, :2], expected, atol=1e-4)
     assert not lda["proj"][2:].any()
 
@@ -103,6 +102,12 @@ def test_training_features_are_cached_on_disk_reused_and_invalidated(tiny_model,
     assert encoder_calls == [] and cache_file.stat().st_mtime_ns == written
     assert torch.allclose(again.backbone.proj, model.backbone.proj, atol=1e-5)
 
+    cache_file.write_bytes(b"not safetensors")  # an unreadable entry is recomputed and replaced
+    encoder_calls.clear()
+    build_classifier(tiny_model, "features", {"dim": "8", "rank": "2"})[1].prepare(again, iter(batches), None)
+    assert len(encoder_calls) == len(batches) and cache_file.stat().st_size > 100
+
+    encoder_calls.clear()
     changed = _batches(backbone, sentiment_rows(40, 1))
     build_classifier(tiny_model, "features", {"dim": "8", "rank": "2"})[1].prepare(again, iter(changed), None)
     assert len(encoder_calls) == len(changed)
@@ -127,7 +132,7 @@ def test_after_prepare_only_unseen_inputs_run_the_encoder(tiny_model, encoder_ca
 def _train(data, out, reducer, epochs=4, dim=16):
     return train(TrainRequest(task="classify", method="features", train_path=data["train"], dev_path=data["dev"],
                                out_dir=str(out), model=data["model"], options={"reducer": reducer, "dim": str(dim)},
-                               config=TrainConfig(epochs=epochs, batch_size=16, patience=0)))
+                               config=TrainConfig(epochs=epochs, batch_size=16, lr=1e-2, patience=0)))
 
 
 @pytest.mark.parametrize("reducer", ["pca", "lda", "tfidf"])
