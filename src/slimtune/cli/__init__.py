@@ -11,7 +11,7 @@ import sys
 from slimtune import __version__
 from slimtune.errors import SlimtuneError
 
-COMMANDS = ("train", "evaluate", "predict", "merge", "methods")
+COMMANDS = ("train", "evaluate", "predict", "merge", "methods", "compare", "plan")
 
 EPILOG = """examples:
   slimtune train --task classify --method lora --train data/sst2/train_8k.tsv.gz --out runs/sst2
