@@ -31,7 +31,9 @@ def test_failing_method_is_reported_and_the_others_run(compared):
     assert head["method"] == "head" and head["runs"] == 2 and head["failed"] == 0
     assert lora["method"] == "lora" and lora["runs"] == 0 and lora["failed"] == 2
     assert "match no linear layer" in lora["errors"][0]
-    assert "failed: " in (compared["out"] / "results.md").read_text().split("| lora |")[1]
+    table = (compared["out"] / "results.md").read_text()
+    assert "failed: " in table.split("| lora |")[1]
+    assert "Command: `slimtune compare --methods head,lora --train " in table and "--set lora.targets=nomatch" in table
 
 
 def test_runs_are_measured(compared):
