@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench
+.PHONY: install demo test bench benchmark
 
 install: $(STAMP)
 
@@ -31,3 +31,8 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
+
+# Every registered method on SST-2 (3 seeds) and CoNLL-2003 (1 seed): docs/benchmark.md and docs/benchmark_*.html.
+# Hours on a CPU; finished runs in runs/benchmark/ are reused, so an interrupted run continues when restarted.
+benchmark: $(STAMP)
+	$(BIN)/python bench/benchmark.py

@@ -19,7 +19,9 @@ def head_parameters(model: nn.Module) -> dict[str, nn.Parameter]:
 def attach(model: nn.Module, method: Method) -> list[nn.Parameter]:
     """Freeze the model, inject the method, and unfreeze exactly the method's and the head's parameters."""
     model.requires_grad_(False)
-    method.inject(model.backbone)
+    wrapper = method.inject(model.backbone)
+    if wrapper is not None:  # the method wraps the whole backbone (see Method.inject)
+        model.backbone = wrapper
     params = method.trainable_parameters(model.backbone) + list(head_parameters(model).values())
     unique = list({id(p): p for p in params}.values())
     for p in unique:

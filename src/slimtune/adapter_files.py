@@ -123,6 +123,7 @@ def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone,
         config = task_config(multi_config, task_name)
     task = get_task(config["task"])
     method = create_method(config["method"], {k: _as_option(v) for k, v in config["options"].items()})
+    method.check_task(task.name)
     model = task.build_model(backbone, config["labels"])
     attach(model, method)
     try:

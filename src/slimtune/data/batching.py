@@ -58,3 +58,23 @@ def pad_batch(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         else:
             batch["labels"] = torch.tensor([f["labels"] for f in features])
     return batch
+
+
+def example_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+                 ) -> list[bytes]:
+    """One key per row of a padded batch, from its real tokens only, so the same text keys alike in any batch.
+
+    The key holds the position of the first real token (left padding shifts positions), the real token ids and,
+    when given, their token type ids. input_ids, attention_mask, token_type_ids: [B, T].
+    """
+    ids, mask = input_ids.cpu().numpy(), attention_mask.cpu().numpy().astype(bool)  # numpy: per-row indexing is cheap
+    types = token_type_ids.cpu().numpy() if token_type_ids is not None else None
+    keys = []
+    for row in range(ids.shape[0]):
+        real = mask[row]
+        start = int(real.argmax())
+        key = start.to_bytes(4, "little") + ids[row][real].tobytes()
+        if types is not None:
+            key += b"|" + types[row][real].tobytes()
+        keys.append(key)
+    return keys

@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from slimtune.errors import SlimtuneError
+
 
 @dataclass
 class NoOptions:
@@ -25,12 +27,24 @@ class Method:
     Options: ClassVar[type] = NoOptions
     default_lr: ClassVar[float]
     mergeable: ClassVar[bool] = False
+    tasks: ClassVar[tuple[str, ...] | None] = None  # the tasks the method serves; None: every task
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()
 
-    def inject(self, backbone: nn.Module) -> None:
-        """Prepare a frozen backbone in place: wrap layers or unfreeze the method's parameters."""
+    def check_task(self, task_name: str) -> None:
+        """Refuse a task the method does not serve, saying why (its summary)."""
+        if self.tasks is not None and task_name not in self.tasks:
+            raise SlimtuneError(f"method {self.name} serves only task {', '.join(self.tasks)}, not {task_name}: "
+                                f"{self.summary}")
+
+    def inject(self, backbone: nn.Module) -> nn.Module | None:
+        """Prepare a frozen backbone in place: wrap layers or unfreeze the method's parameters.
+
+        A method that decides whether the backbone runs at all (features serves cached sentence features) may
+        instead return a module that wraps the whole backbone, keeping it as `base_layer`; `attach` puts that
+        module in the backbone's place, and it must answer the task model's call the way the backbone did.
+        """
 
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         """The backbone parameters this method trains, found by module structure."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from slimtune.data.batching import example_keys
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.models.surgery import transformer_blocks
@@ -104,17 +105,7 @@ class BlockOutputCache(nn.Module):
             return
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
-        types = kwargs.get("token_type_ids")
-        ids_cpu, mask_cpu = ids.cpu(), mask.cpu()
-        types_cpu = types.cpu() if types is not None else None
-        self.keys = []
-        for row in range(ids.shape[0]):
-            real = mask_cpu[row]
-            start = int(real.int().argmax())  # the first real token: left padding shifts positions
-            key = start.to_bytes(4, "little") + ids_cpu[row][real].numpy().tobytes()
-            if types_cpu is not None:
-                key += b"|" + types_cpu[row][real].numpy().tobytes()
-            self.keys.append(key)
+        self.keys = example_keys(ids, mask, kwargs.get("token_type_ids"))
         self.mask = mask
         known = sum(key in self.rows for key in self.keys)
         self.hit = known == len(self.keys)

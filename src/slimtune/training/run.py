@@ -1,6 +1,7 @@
 """One training run from files to a saved adapter: the API behind `slimtune train`."""
 
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,7 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
         raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
     task = get_task(request.task)
     method = create_method(request.method, request.options)
+    method.check_task(task.name)
     cfg = request.config
     if cfg.lr is None:
         cfg.lr = method.default_lr
@@ -83,14 +85,17 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
 
     pad_id = backbone.tokenizer.pad_token_id
     order = length_grouped_batches([len(f["input_ids"]) for f in train_features], cfg.batch_size, cfg.seed, 0)
+    started = time.perf_counter()
     method.prepare(model, (pad_batch([train_features[i] for i in b], pad_id) for b in order), task.loss)
+    prepare_seconds = time.perf_counter() - started
     trainer = Trainer(model, method, task, params, cfg, out, pad_id, labels)
     trainer.step_callbacks.extend(step_callbacks)
     summary = trainer.fit(train_features, dev_features, resume=request.resume)
     adapter_path = save_adapter(out, model, method, config)
     summary.update(count_parameters(model, params))
-    summary.update({"adapter_bytes": adapter_path.stat().st_size, "train_examples": len(train_features),
-                    "dev_examples": len(dev_features), "lr": cfg.lr, "method": method.name, "task": task.name})
+    summary.update({"prepare_seconds": round(prepare_seconds, 2), "adapter_bytes": adapter_path.stat().st_size,
+                    "train_examples": len(train_features), "dev_examples": len(dev_features), "lr": cfg.lr,
+                    "method": method.name, "task": task.name})
     write_json(out / "metrics.json", summary)
     write_json(out / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
                                            "dev": request.dev_path, "options": request.options})
@@ -99,9 +104,11 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
 
 def describe(summary: dict, metric: str) -> str:
     """One line for the terminal: best dev score, what was trained, what it cost."""
+    prepared = summary.get("prepare_seconds", 0)
     return (
         f"best dev {metric} {summary[f'best_dev_{metric}']:.4f} (step {summary['best_step']}); "
         f"trainable {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
         f"({summary['trainable_percent']:.2f}%); adapter {summary['adapter_bytes'] / 1024:.1f} KiB; "
         f"{summary['train_seconds']:.1f} s training, {summary['examples_per_second']:.0f} examples/s"
+        + (f" (after {prepared:.1f} s preparing)" if prepared >= 0.1 else "")
     )

@@ -1,0 +1,141 @@
+"""One method measured before a long run: matched modules, trainable parameters, adapter size, a few timed steps.
+
+The steps go through the real `Trainer` on a small sample (real rows from --train, or synthetic rows of
+--seq-len tokens), so the step time is the one `slimtune train` will see. It runs in its own process,
+`python -m slimtune.compare.probe REQUEST.json RESULT.json`, so the parent reads its peak resident memory the way
+`compare` reads a whole training's.
+"""
+
+import json
+import random
+import re
+import resource
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import save
+
+from slimtune.adaptation import adapter_state, attach, head_parameters
+from slimtune.data.batching import length_grouped_batches, pad_batch
+from slimtune.errors import SlimtuneError
+from slimtune.methods.registry import create_method
+from slimtune.models.loading import load_backbone
+from slimtune.tasks import get_task
+from slimtune.training.run import count_parameters
+from slimtune.training.trainer import TrainConfig, Trainer
+
+
+
+def matched_modules(backbone: torch.nn.Module) -> list[str]:
+    """Backbone modules the method adapted: each wrapper (a module holding `base_layer`), else each module that
+    owns a trainable parameter itself; in model order."""
+    names = []
+    wrappers = [n for n, m in backbone.named_modules() if n and hasattr(m, "base_layer")]
+    for name, module in backbone.named_modules():
+        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+            continue
+        outer = next((w for w in wrappers if name == w or name.startswith(w + ".")), name)
+        if outer not in names:
+            names.append(outer)
+    return names
+
+
+def group_names(names: list[str]) -> list[tuple[str, int]]:
+    """`encoder.layer.0.attention.self.query`, `...layer.1...` → [("encoder.layer.*.attention.self.query", 2)]."""
+    groups: dict[str, int] = {}
+    for name in names:
+        pattern = re.sub(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)", "*", name) or "(backbone)"
+        groups[pattern] = groups.get(pattern, 0) + 1
+    return list(groups.items())
+
+
+def sample_features(request: dict, task, tokenizer, max_length: int, rows_needed: int) -> tuple[list, list, int]:
+    """(features, labels, rows in --train or 0): a seeded sample of real rows, else synthetic ones."""
+    if request.get("train"):
+        rows = task.read(request["train"], **request.get("read_options", {}))
+        chosen = random.Random(0).sample(rows, min(rows_needed, len(rows)))
+        data_rows = len(rows)
+    else:
+        chosen, data_rows = synthetic_rows(task.name, tokenizer, request["seq_len"], rows_needed), 0
+    labels = task.label_names(chosen)
+    return task.encode(chosen, tokenizer, labels, max_length), labels, data_rows
+
+
+def synthetic_rows(task_name: str, tokenizer, seq_len: int, n: int) -> list:
+    """Rows of whole vocabulary words, about `seq_len` tokens each with [CLS] and [SEP], random labels or tags."""
+    from slimtune.data.conll import Sentence
+    from slimtune.data.table import LabelledText
+
+    rng = random.Random(0)
+    words = sorted(w for w in tokenizer.get_vocab() if w.isalpha() and w.islower())
+    rows = []
+    for _ in range(n):
+        chosen = rng.choices(words, k=max(1, seq_len - 2))
+        if task_name == "ner":
+            rows.append(Sentence(chosen, [rng.choice(("O", "B-ENT")) for _ in chosen], lines=tuple(range(len(chosen)))))
+        else:
+            rows.append(LabelledText(" ".join(chosen), rng.choice(("negative", "positive"))))
+    return rows
+
+
+def probe(request: dict) -> dict:
+    """Measure one method; `request` holds task, method, options, model, train or seq_len, batch_size, steps."""
+    task = get_task(request["task"])
+    method = create_method(request["method"], request.get("options", {}))
+    backbone = load_backbone(request.get("model"), max_length=request.get("max_length"))
+    batch_size, steps = request["batch_size"], request["steps"]
+    features, labels, data_rows = sample_features(request, task, backbone.tokenizer, backbone.max_length,
+                                                  (steps + 1) * batch_size)
+    torch.manual_seed(0)
+    model = task.build_model(backbone, labels)
+    formula = method.count_parameters(model.backbone)
+    params = attach(model, method)
+    counts = count_parameters(model, params)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    config = TrainConfig(epochs=1, batch_size=batch_size, patience=0, seed=0, lr=method.default_lr)
+    with tempfile.TemporaryDirectory(prefix="slimtune-plan-") as run_dir:
+        pad_id = backbone.tokenizer.pad_token_id
+        order = length_grouped_batches([len(f["input_ids"]) for f in features], batch_size, 0, 0)
+        method.prepare(model, (pad_batch([features[i] for i in b], pad_id) for b in order), task.loss)
+        adapter_bytes = len(save({k: v.contiguous() for k, v in adapter_state(model, method, export=True).items()},
+                                 metadata={"format": "slimtune"}))
+        trainer = Trainer(model, method, task, params, config, Path(run_dir), pad_id, labels)
+        elapsed = []
+        trainer.step_callbacks.append(lambda progress: elapsed.append(progress.train_seconds))
+        trainer.fit(features, features[:1])
+        step_seconds = [b - a for a, b in zip([0.0] + elapsed, elapsed)]
+    timed = step_seconds[1:] or step_seconds  # the first step pays one-off allocations
+    mean_step = statistics.fmean(timed)
+    tokens = statistics.fmean(len(f["input_ids"]) for f in features)
+    return {
+        "method": method.name, "options": {k: _plain(v) for k, v in method.options_dict().items()},
+        "matched": matched_modules(model.backbone), "backbone_formula": formula,
+        "head_parameters": sum(p.numel() for p in head_parameters(model).values()),
+        **counts, "adapter_bytes": adapter_bytes, "step_seconds": step_seconds, "mean_step_seconds": mean_step,
+        "examples_per_second": batch_size / mean_step, "mean_tokens": tokens, "batch_size": batch_size,
+        "data_rows": data_rows, "rss_after_loading": rss_loaded,
+        "peak_rss_in_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+def _plain(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def main(argv: list[str]) -> int:
+    request_path, result_path = argv
+    try:
+        result = probe(json.loads(Path(request_path).read_text()))
+    except SlimtuneError as e:
+        print(f"slimtune plan: error: {e}", file=sys.stderr)
+        return 2
+    Path(result_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
