@@ -1,11 +1,10 @@
 import pytest
 import torch
 
-from slimtune.adaptation import attach
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import load_backbone
-from slimtune.multitask.model import MultiTaskModel, PerTaskMethods
+from slimtune.multitask.model import MultiTaskModel, PerTaskMethods, attach_all
 from slimtune.multitask.objective import LossWeights, MultiTask
 from slimtune.tasks import get_task
 from tests.conftest import TASK_LABELS, toy_batch, toy_token_batch
@@ -13,18 +12,19 @@ from tests.conftest import TASK_LABELS, toy_batch, toy_token_batch
 TASKS = {"sst": "classify", "ner": "ner"}
 
 
-def build(tiny_model, sharing, method="lora", pooling=None, loss_weights="learned"):
+def build(tiny_model, sharing, method="lora", pooling=None, loss_weights="learned", kinds=None):
+    kinds = kinds or TASKS
     backbone = load_backbone(tiny_model, pooling=pooling)
-    tasks = {name: get_task(kind) for name, kind in TASKS.items()}
-    labels = {name: TASK_LABELS[kind] for name, kind in TASKS.items()}
+    tasks = {name: get_task(kind) for name, kind in kinds.items()}
+    labels = {name: TASK_LABELS[kind] for name, kind in kinds.items()}
     torch.manual_seed(0)
-    weights = LossWeights(list(TASKS), loss_weights)
+    weights = LossWeights(list(kinds), loss_weights)
     model = MultiTaskModel(backbone, tasks, labels, sharing, weights)
     if sharing == "shared":
         m = create_method(method, {})
     else:
-        m = PerTaskMethods({name: create_method(method, {}) for name in TASKS})
-    return model, m, attach(model, m), backbone, MultiTask(tasks, weights)
+        m = PerTaskMethods({name: create_method(method, {}) for name in kinds})
+    return model, m, attach_all(model, m, tasks), backbone, MultiTask(tasks, weights)
 
 
 def batches(backbone):
@@ -86,3 +86,11 @@ def test_per_task_refuses_methods_that_train_base_weights(tiny_model):
 def test_pooler_pooling_is_refused(tiny_model):
     with pytest.raises(SlimtuneError, match="pooler"):
         build(tiny_model, "shared", pooling="pooler")
+
+
+def test_methods_that_cannot_serve_a_task_or_replace_the_encoder_are_refused(tiny_model):
+    with pytest.raises(SlimtuneError, match="serves only task classify, not ner"):
+        build(tiny_model, "shared", method="features")
+    for sharing in ("shared", "per-task"):
+        with pytest.raises(SlimtuneError, match="replaces the whole encoder"):
+            build(tiny_model, sharing, method="features", kinds={"a": "classify", "b": "classify"})

@@ -14,6 +14,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from slimtune.adaptation import attach
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.models.loading import Backbone
@@ -60,6 +61,20 @@ class MultiTaskModel(nn.Module):
         return self.task_models[task](**batch)
 
 
+def attach_all(model: MultiTaskModel, method: Method, tasks: dict) -> list[nn.Parameter]:
+    """`attach` for a MultiTaskModel, after checking the method serves every task; a method that replaces the
+    whole encoder (features) is refused, as each task model keeps its own reference to the encoder."""
+    for task in tasks.values():
+        method.check_task(task.name)
+    params = attach(model, method)
+    if model.sharing == "shared" and any(m.backbone is not model.backbone for m in model.task_models.values()):
+        raise SlimtuneError(_WRAPS_ENCODER.format(method.name))
+    return params
+
+
+_WRAPS_ENCODER = "method {} replaces the whole encoder; multi-task runs need a method that adapts it in place"
+
+
 class PerTaskMethods(Method):
     """One instance of a method per task, each over its task's encoder copy in a ModuleDict `backbone`.
 
@@ -77,10 +92,14 @@ class PerTaskMethods(Method):
     def _each(self, backbone: nn.ModuleDict):
         return ((name, method, backbone[name]) for name, method in self.methods.items())
 
+    def check_task(self, task_name: str) -> None:
+        next(iter(self.methods.values())).check_task(task_name)
+
     def inject(self, backbone: nn.ModuleDict) -> None:
         owner = {}
         for name, method, encoder in self._each(backbone):
-            method.inject(encoder)
+            if method.inject(encoder) is not None:
+                raise SlimtuneError(_WRAPS_ENCODER.format(self.name))
             for p in method.trainable_parameters(encoder):
                 if owner.setdefault(id(p), name) != name:
                     raise SlimtuneError(f"method {self.name} trains the base's own weights, which every task "

@@ -8,14 +8,13 @@ from pathlib import Path
 import torch
 
 import slimtune
-from slimtune.adaptation import attach
 from slimtune.adapter_files import ADAPTER_FILE, save_adapter
 from slimtune.atomic import write_json
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import fingerprint, load_backbone
 from slimtune.multitask.files import MULTI
-from slimtune.multitask.model import MultiTaskModel, PerTaskMethods
+from slimtune.multitask.model import MultiTaskModel, PerTaskMethods, attach_all
 from slimtune.multitask.objective import LOSS_WEIGHTINGS, LossWeights, MultiTask
 from slimtune.multitask.plot import plot_task_weights
 from slimtune.multitask.sampling import MultiTaskBatches, task_probabilities
@@ -97,7 +96,7 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
         method = PerTaskMethods({name: create_method(request.method, request.options) for name in names})
     if cfg.lr is None:
         cfg.lr = method.default_lr
-    params = attach(model, method)
+    params = attach_all(model, method, tasks)
     tokenizer, pad_id = backbone.tokenizer, backbone.tokenizer.pad_token_id
     train_features = {n: d.task.encode(d.train_rows, tokenizer, d.labels, backbone.max_length) for n, d in data.items()}
     dev_features = {n: d.task.encode(d.dev_rows, tokenizer, d.labels, backbone.max_length) for n, d in data.items()}
