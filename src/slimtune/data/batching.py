@@ -58,3 +58,7 @@ def pad_batch(features: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         else:
             batch["labels"] = torch.tensor([f["labels"] for f in features])
     return batch
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in batch.items()}

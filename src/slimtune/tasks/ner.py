@@ -31,19 +31,13 @@ def _tag_ids(sentence: Sentence, index: dict[str, int], labels: list[str]) -> li
     return ids
 
 
-def _word_predictions(model, features, pad_id: int, batch_size: int) -> tuple[list, list, float, int]:
-    """(label ids, probabilities) per feature and position, and the summed loss over labelled positions."""
-    ids, probabilities = [None] * len(features), [None] * len(features)
-    loss_sum, loss_count = 0.0, 0
-    for indices, batch, logits in run_batches(model, features, pad_id, batch_size):  # logits [B, T, C]
-        best = logits.softmax(-1).max(-1)
+def _feature_logits(model, features, pad_id: int, batch_size: int) -> list[torch.Tensor]:
+    """Logits per feature over its own positions: [T_i, C] each, on the CPU."""
+    out = [None] * len(features)
+    for indices, _, logits in run_batches(model, features, pad_id, batch_size):  # logits [B, T, C]
         for row, i in enumerate(indices):
-            ids[i], probabilities[i] = best.indices[row].tolist(), best.values[row].tolist()
-        if "labels" in batch:
-            loss_sum += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
-                                        ignore_index=LABEL_PAD, reduction="sum").item()
-            loss_count += int((batch["labels"] != LABEL_PAD).sum())
-    return ids, probabilities, loss_sum, loss_count
+            out[i] = logits[row, : len(features[i]["input_ids"])].cpu().clone()
+    return out
 
 
 class NerTask(Task):
@@ -73,11 +67,16 @@ class NerTask(Task):
     def loss(self, logits, labels):
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD)
 
-    def evaluate(self, model, features, pad_id, batch_size, labels):
-        ids, _, loss_sum, loss_count = _word_predictions(model, features, pad_id, batch_size)
+    def outputs(self, model, features, pad_id, batch_size):
+        return _feature_logits(model, features, pad_id, batch_size)
+
+    def score(self, outputs, features, labels):
+        ids = [logits.argmax(-1).tolist() for logits in outputs]
         gold = [[labels[i] for i in sentence] for sentence in stitch(features, [f["labels"] for f in features])]
         predicted = [tag_schemes.repair([labels[i] for i in sentence]) for sentence in stitch(features, ids)]
-        return {**entity_scores(gold, predicted), "loss": loss_sum / max(loss_count, 1),
+        gold_ids = torch.tensor([i for f in features for i in f["labels"]])  # [sum T_i]
+        loss = F.cross_entropy(torch.cat(outputs), gold_ids, ignore_index=LABEL_PAD, reduction="sum").item()
+        return {**entity_scores(gold, predicted), "loss": loss / max(int((gold_ids != LABEL_PAD).sum()), 1),
                 "sentences": len(gold), "words": sum(map(len, gold))}
 
     def _predict_words(self, loaded, sentences: list[list[str]], batch_size: int) -> list[tuple[list, list]]:
@@ -85,8 +84,9 @@ class NerTask(Task):
         filled = [i for i, words in enumerate(sentences) if words]
         features = encode_words([sentences[i] for i in filled], loaded.backbone.tokenizer,
                                 loaded.backbone.max_length)
-        ids, probabilities, _, _ = _word_predictions(loaded.model, features, loaded.backbone.tokenizer.pad_token_id,
-                                                     batch_size)
+        logits = _feature_logits(loaded.model, features, loaded.backbone.tokenizer.pad_token_id, batch_size)
+        best = [row.softmax(-1).max(-1) for row in logits]
+        ids, probabilities = [b.indices.tolist() for b in best], [b.values.tolist() for b in best]
         out = [([], [])] * len(sentences)
         for i, sentence_ids, sentence_probs in zip(filled, stitch(features, ids), stitch(features, probabilities)):
             out[i] = (tag_schemes.repair([loaded.labels[j] for j in sentence_ids]), sentence_probs)
