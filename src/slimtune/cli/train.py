@@ -24,8 +24,8 @@ examples:
   slimtune train ... --checkpoint-every 100 --out runs/x     # then, after an interruption:
   slimtune train ... --checkpoint-every 100 --out runs/x --resume
   slimtune train ... --nproc 2 --out runs/x     # data-parallel on 2 local processes
-  torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --rdzv-backend c10d \
-      --rdzv-endpoint host0:29500 -m slimtune train ...   # several machines (README)
+  torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint host0:29500 \\
+      --rdzv-id job1 -m slimtune train ...   # the same on each of 2 machines (see the README)
 """
 
 
