@@ -91,7 +91,7 @@ def two_ranks(data) -> dict:
     spec = data["root"] / "spec.json"
     cli_out = data["root"] / "ddp" / "cli"
     spec.write_text(json.dumps({"model": data["model"], "cases": cases, "cli": _cli_args(data) + ["--out", str(cli_out)]}))
-    # the form `slimtune train --nproc 2` launches (see test_nproc_relaunches_the_command_under_torchrun)
+    # what `slimtune train --nproc 2` launches, with this worker for `slimtune` (see test_nproc_relaunches...)
     done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                            "-m", "tests.training.ddp_worker", str(spec)], env=_env(), capture_output=True, text=True,
                           timeout=600)
@@ -114,18 +114,23 @@ def test_two_processes_train_the_adapter_one_process_trains(two_ranks, data, tmp
 
 
 def test_nproc_relaunches_the_command_under_torchrun(monkeypatch):
+    import torch.distributed.launcher.api as launcher
+
     launched = {}
 
-    def fake_run(command, env):
-        launched.update(command=command, env=env)
-        return subprocess.CompletedProcess(command, 0)
+    def fake_launch(config, entrypoint):
+        def run(*args):
+            launched.update(config=config, command=[entrypoint, *args], threads=os.environ["OMP_NUM_THREADS"])
+        return run
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launcher, "elastic_launch", fake_launch)
+    monkeypatch.setenv("OMP_NUM_THREADS", "")  # so that the launcher's own setting is undone after the test
+    monkeypatch.delenv("OMP_NUM_THREADS")
     assert main(["train", "--method", "lora", "--train", "t.tsv", "--nproc", "2", "--out", "x"]) == 0
-    assert launched["command"] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                                   "-m", "slimtune", "train", "--method", "lora", "--train", "t.tsv", "--out", "x"]
-    assert int(launched["env"]["OMP_NUM_THREADS"]) == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert launched["command"] == [sys.executable, "-u", "-m", "slimtune", "train", "--method", "lora", "--train",
+                                   "t.tsv", "--out", "x"]
+    assert (launched["config"].nproc_per_node, launched["config"].max_nodes) == (2, 1)
+    assert int(launched["threads"]) == max(1, len(os.sched_getaffinity(0)) // 2)
 
 
 @pytest.mark.parametrize("index", range(len(VARIANTS)), ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])

@@ -2,7 +2,6 @@
 
 import argparse
 import os
-import subprocess
 import sys
 
 from slimtune.cli.common import add_reader_flags, parse_set, reader_options
@@ -53,7 +52,7 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--nproc", type=int, metavar="N", help="train data-parallel on N processes of this machine "
-                   "(through torchrun; one per GPU when there are GPUs)")
+                   "(started by torchrun's launcher; one per GPU when there are GPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
     p.add_argument("--max-length", type=int, help="token limit per text (default: the model's window)")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
@@ -77,14 +76,24 @@ def without_nproc(argv: list[str]) -> list[str]:
 
 
 def launch(args) -> int:
-    """Start `args.nproc` ranks of this same command with torchrun, each using its part of the CPU cores."""
-    env = dict(os.environ)
-    env.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // args.nproc)))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-               "-m", "slimtune", *without_nproc(args.argv)]
-    code = subprocess.run(command, env=env).returncode
-    if code:
-        raise SlimtuneError(f"the {args.nproc} training processes failed (exit status {code}); see above")
+    """Run `args.nproc` ranks of this same command under torchrun's launcher, each with its part of the CPU cores."""
+    import logging
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // args.nproc)))
+    # what `torchrun --standalone --nproc-per-node N` sets up: one node, rendezvous on a free local port
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=args.nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failure is reported below
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", "slimtune", *without_nproc(args.argv))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        raise SlimtuneError(f"rank {rank} of {args.nproc} failed first (exit status {failure.exitcode}); "
+                            "see its message above") from None
     return 0
 
 
