@@ -28,13 +28,14 @@ def _vocab() -> list[str]:
     return special + letters + [f"##{c}" for c in letters] + POSITIVE + NEGATIVE + FILLER
 
 
-def make_tiny_bert(directory, seed: int = 0, layers: int = 2) -> str:
+def make_tiny_bert(directory, seed: int = 0, layers: int = 2, dropout: float = 0.1) -> str:
     """Save a 2-layer, 32-wide BERT with a word-piece tokenizer to `directory`; returns its path."""
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(_vocab())}, do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()  # weight-loading chatter is not the user's business
     hf_logging.disable_progress_bar()
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `train --nproc` relaunches it
     try:
         return args.handler(args) or 0
     except SlimtuneError as e:

@@ -78,3 +78,7 @@ def example_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_ty
             key += b"|" + types[row][real].tobytes()
         keys.append(key)
     return keys
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {name: tensor.to(device) for name, tensor in batch.items()}

@@ -12,17 +12,25 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, mode: str) -> torch
     return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
 
 
+def head_dropout(config) -> float:
+    """The backbone's own classifier dropout, as transformers' task heads use it (0.1 when it names none)."""
+    for name in ("classifier_dropout", "hidden_dropout_prob"):
+        if getattr(config, name, None) is not None:
+            return getattr(config, name)
+    return 0.1
+
+
 class SequenceClassifier(nn.Module):
     """Backbone → pooling → dropout → linear; logits [B, num_labels]."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str, dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, num_labels: int, pooling: str):
         super().__init__()
         if pooling != "pooler" and getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # unused: dropping it saves compute and keeps "full" honest
         self.backbone = backbone
         self.pooling = pooling
         hidden = backbone.config.hidden_size
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+        self.head = nn.Sequential(nn.Dropout(head_dropout(backbone.config)), nn.Linear(hidden, num_labels))
 
     def head_modules(self) -> list[nn.Module]:
         """Modules trained with every method: the head, and the pooler when pooling goes through it."""
@@ -44,13 +52,13 @@ class SequenceClassifier(nn.Module):
 class TokenClassifier(nn.Module):
     """Backbone → dropout → linear on every token; logits [B, T, num_labels]."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int, dropout: float = 0.1):
+    def __init__(self, backbone: nn.Module, num_labels: int):
         super().__init__()
         if getattr(backbone, "pooler", None) is not None:
             backbone.pooler = None  # unused per token; transformers' token classifiers have none either
         self.backbone = backbone
         hidden = backbone.config.hidden_size
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_labels))
+        self.head = nn.Sequential(nn.Dropout(head_dropout(backbone.config)), nn.Linear(hidden, num_labels))
 
     def head_modules(self) -> list[nn.Module]:
         return [self.head]

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from slimtune.data.batching import LABEL_PAD
 from slimtune.errors import SlimtuneError
 
 
@@ -39,8 +40,28 @@ class Task:
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def evaluate(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int, labels: list[str]) -> dict:
+    def loss_units(self, features: list[dict]) -> int:
+        """How many terms `loss` averages over for these rows: labelled positions (LABEL_PAD ignored).
+
+        Distributed training weights each rank's mean loss by its share of the units, so
+        the averaged gradient is that of the global batch's mean loss.
+        """
+        units = 0
+        for feature in features:
+            labels = feature["labels"]
+            units += sum(label != LABEL_PAD for label in labels) if isinstance(labels, list) else 1
+        return units
+
+    def outputs(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int) -> list:
+        """The model's output per feature, in feature order, on the CPU (distributed evaluation gathers them)."""
         raise NotImplementedError
+
+    def score(self, outputs: list, features: list[dict], labels: list[str]) -> dict:
+        """Metrics from `outputs` of all of `features`."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int, labels: list[str]) -> dict:
+        return self.score(self.outputs(model, features, pad_id, batch_size), features, labels)
 
     def encode_texts(self, texts: list[str], tokenizer, max_length: int) -> list[dict]:
         """Model features for raw texts to predict; a task may give one text several features (windows)."""

@@ -10,11 +10,12 @@ import torch
 from slimtune.adaptation import attach
 from slimtune.adapter_files import ADAPTER_FILE, run_config, save_adapter
 from slimtune.atomic import write_json
-from slimtune.data.batching import length_grouped_batches, pad_batch
+from slimtune.data.batching import length_grouped_batches, pad_batch, to_device
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import fingerprint, load_backbone
 from slimtune.tasks import get_task
+from slimtune.training import distributed
 from slimtune.training.trainer import TrainConfig, Trainer
 
 
@@ -55,6 +56,8 @@ def count_parameters(model: torch.nn.Module, trainable: list) -> dict:
 
 
 def train(request: TrainRequest, step_callbacks=()) -> dict:
+    """Train and save; under torchrun every rank calls this, and only rank 0 writes the run directory."""
+    ranks = distributed.from_environment()
     out = Path(request.out_dir)
     if out.exists() and (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
         raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
@@ -79,6 +82,7 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     torch.manual_seed(cfg.seed)
     model = task.build_model(backbone, labels)
     params = attach(model, method)
+    model.to(ranks.device)
     train_features = task.encode(train_rows, backbone.tokenizer, labels, backbone.max_length)
     dev_features = task.encode(dev_rows, backbone.tokenizer, labels, backbone.max_length)
     config = run_config(task, method, request.model, base_fingerprint, backbone, labels, task.run_settings(train_rows))
@@ -86,13 +90,18 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     pad_id = backbone.tokenizer.pad_token_id
     order = length_grouped_batches([len(f["input_ids"]) for f in train_features], cfg.batch_size, cfg.seed, 0)
     started = time.perf_counter()
-    method.prepare(model, (pad_batch([train_features[i] for i in b], pad_id) for b in order), task.loss)
+    method.prepare(model, (to_device(pad_batch([train_features[i] for i in b], pad_id), ranks.device) for b in order),
+                   task.loss)
     prepare_seconds = time.perf_counter() - started
-    trainer = Trainer(model, method, task, params, cfg, out, pad_id, labels)
+    trainer = Trainer(model, method, task, params, cfg, out, pad_id, labels, ranks)
     trainer.step_callbacks.extend(step_callbacks)
     summary = trainer.fit(train_features, dev_features, resume=request.resume)
-    adapter_path = save_adapter(out, model, method, config)
+    model.cpu()
     summary.update(count_parameters(model, params))
+    summary["processes"] = ranks.world_size
+    if not ranks.is_main:
+        return summary
+    adapter_path = save_adapter(out, model, method, config)
     summary.update({"prepare_seconds": round(prepare_seconds, 2), "adapter_bytes": adapter_path.stat().st_size,
                     "train_examples": len(train_features), "dev_examples": len(dev_features), "lr": cfg.lr,
                     "method": method.name, "task": task.name})
