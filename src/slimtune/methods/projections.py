@@ -31,18 +31,20 @@ def sylvester_hadamard(size: int) -> torch.Tensor:
 def hadamard_transform(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """Unnormalised Walsh–Hadamard transform over the last dimension: x [..., L] → [..., L], L a power of two.
 
-    H_L is the Kronecker product of smaller Sylvester matrices (each one the top-left
-    corner of `factor` [F, F]), so the transform is a few small matmuls over a
-    reshaped x: O(L·log L·F/log F) work in dense kernels that autograd and GPUs handle well.
+    H_L is the Kronecker product of Sylvester matrices over groups of index bits (each
+    one the top-left corner of `factor` [F, F]), so the transform is a few dense
+    matmuls of x reshaped: the smallest group first, the lowest bits last as one plain
+    GEMM [N·L/F, F] × [F, F], so that no matmul runs over a tiny trailing axis.
     """
-    length = x.shape[-1]
-    shape = x.shape
-    done = 1
-    while done < length:
-        size = min(factor.shape[0], length // done)
-        h = factor[:size, :size].to(x.dtype)
-        x = torch.matmul(h, x.reshape(-1, size, length // (done * size)))  # transforms one group of index bits
-        done *= size
+    length, shape = x.shape[-1], x.shape
+    bits, factor_bits = length.bit_length() - 1, factor.shape[0].bit_length() - 1
+    groups = ([bits % factor_bits] if bits % factor_bits else []) + [factor_bits] * (bits // factor_bits)
+    after = length
+    for group in groups:
+        size = 1 << group
+        h = factor[:size, :size].to(x.dtype)  # symmetric
+        after //= size
+        x = x.reshape(-1, size) @ h if after == 1 else torch.matmul(h, x.reshape(-1, size, after))
     return x.reshape(shape)
 
 
@@ -61,13 +63,13 @@ class FastfoodProjection(nn.Module):
         self.numel, self.dim = numel, dim
         width = 1 << max(dim - 1, 1).bit_length()  # L ≥ d, a power of two
         blocks = -(-numel // width)
-        signs = torch.randint(0, 2, (blocks, width), generator=generator, dtype=torch.int8) * 2 - 1
+        signs = torch.randint(0, 2, (blocks, width), generator=generator).float() * 2 - 1
         order = torch.rand(blocks, width, generator=generator).argsort(dim=1)  # Π_b
         gaussian = torch.randn(blocks, width, generator=generator)
         gaussian = gaussian / (gaussian.norm(dim=1, keepdim=True) * math.sqrt(total_numel))  # G_b scaled by c_b
-        self.register_buffer("signs", signs, persistent=False)  # B [blocks, L] int8
-        offsets = torch.arange(blocks).unsqueeze(1) * width
-        self.register_buffer("gather", (order + offsets).flatten().to(torch.int32), persistent=False)  # Π [blocks·L]
+        # float signs and int64 positions: CPU kernels for int8 products and int32 gathers run 4-50x slower
+        self.register_buffer("signs", signs, persistent=False)  # B [blocks, L]
+        self.register_buffer("order", order, persistent=False)  # Π [blocks, L] int64
         self.register_buffer("gaussian", gaussian, persistent=False)  # c·G [blocks, L]
         self.register_buffer("hadamard", sylvester_hadamard(min(width, 32)), persistent=False)  # [F, F]
 
@@ -76,7 +78,7 @@ class FastfoodProjection(nn.Module):
         blocks, width = self.signs.shape
         x = nn.functional.pad(alpha, (0, width - self.dim)) * self.signs  # [blocks, L]
         x = hadamard_transform(x, self.hadamard)
-        x = x.flatten().index_select(0, self.gather).view(blocks, width) * self.gaussian
+        x = x.gather(1, self.order) * self.gaussian
         return hadamard_transform(x, self.hadamard).flatten()[: self.numel]
 
 
@@ -94,12 +96,13 @@ class SparseProjection(nn.Module):
         self.numel = numel
         sparsity = math.sqrt(total_numel)
         count = round(numel * dim / sparsity)
+        rows = torch.randint(0, numel, (count,), generator=generator)
+        columns = torch.randint(0, dim, (count,), generator=generator)
         signs = torch.randint(0, 2, (count,), generator=generator).float() * 2 - 1
-        self.register_buffer("rows", torch.randint(0, numel, (count,), generator=generator, dtype=torch.int32),
-                             persistent=False)  # [nnz]
-        self.register_buffer("columns", torch.randint(0, dim, (count,), generator=generator, dtype=torch.int32),
-                             persistent=False)  # [nnz]
-        self.register_buffer("values", signs * math.sqrt(sparsity / total_numel), persistent=False)  # [nnz]
+        rows, order = rows.sort()  # scattering in row order touches ΔW's memory once, in sequence
+        self.register_buffer("rows", rows, persistent=False)  # [nnz] int64 (int32 indexing is slower on CPU)
+        self.register_buffer("columns", columns[order], persistent=False)  # [nnz] int64
+        self.register_buffer("values", signs[order] * math.sqrt(sparsity / total_numel), persistent=False)  # [nnz]
 
     def forward(self, alpha: torch.Tensor) -> torch.Tensor:
         """α [d] → ΔW_m flattened [D_m]."""
@@ -110,18 +113,25 @@ class SparseProjection(nn.Module):
 class SingularProjection(nn.Module):
     """ΔW_m = U_k diag(α[offset : offset + k]) V_kᵀ from the top-k singular pairs of the frozen W₀ [out, in].
 
-    Adding it shifts W₀'s top-k singular values by α and keeps their vectors. Each
-    u_i v_iᵀ is unchanged when an SVD returns both vectors negated, so the basis is
-    recomputed from W₀ on load and never stored. Computed in float64 on the CPU so
-    that every machine finds the same vectors.
+    Adding it shifts W₀'s top-k singular values by α and keeps their vectors. The pairs
+    come from the eigenvectors of the smaller Gram matrix (float64 on the CPU, the same
+    on every machine); each u_i v_iᵀ is unchanged when an eigenvector comes back
+    negated, so the basis is recomputed from W₀ on load and never stored.
     """
 
     def __init__(self, weight: torch.Tensor, offset: int, rank: int):
         super().__init__()
         self.offset, self.rank = offset, rank
-        u, _, vh = torch.linalg.svd(weight.detach().to("cpu", torch.float64), full_matrices=False)
-        self.register_buffer("left", u[:, :rank].float(), persistent=False)  # U_k [out, k]
-        self.register_buffer("right", vh[:rank].float(), persistent=False)  # V_kᵀ [k, in]
+        w = weight.detach().to("cpu", torch.float64)  # [out, in]
+        tall = w.shape[0] >= w.shape[1]
+        gram = w.T @ w if tall else w @ w.T  # [min, min]
+        eigenvalues, vectors = torch.linalg.eigh(gram)  # ascending
+        top = vectors[:, -rank:].flip(1)  # [min, k], rank ≥ 1
+        singular = eigenvalues[-rank:].flip(0).clamp(min=1e-300).sqrt()  # [k]
+        other = (w @ top if tall else w.T @ top) / singular  # the partner vectors [max, k]
+        left, right = (other, top) if tall else (top, other)
+        self.register_buffer("left", left.float(), persistent=False)  # U_k [out, k]
+        self.register_buffer("right", right.T.float(), persistent=False)  # V_kᵀ [k, in]
 
     def forward(self, alpha: torch.Tensor) -> torch.Tensor:
         """α [d] → ΔW_m flattened [out·in]."""
