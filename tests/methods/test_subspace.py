@@ -103,7 +103,7 @@ def test_merge_folds_theta0_plus_p_alpha_into_the_weights(tiny_model, projection
 
 
 def test_svd_shifts_each_matrix_top_singular_values_by_its_slice_of_alpha(tiny_model):
-    model, method, _, _ = build_classifier(tiny_model, "subspace", {"projection": "svd", "dim": "60"})
+    model, method, _, _ = build_classifier(tiny_model, "subspace", {"projection": "svd", "dim": "60", "scale": "2"})
     alpha = _alpha(method, model)
     with torch.no_grad():
         alpha.copy_(torch.linspace(0.01, 0.6, 60))
@@ -111,7 +111,7 @@ def test_svd_shifts_each_matrix_top_singular_values_by_its_slice_of_alpha(tiny_m
         weight = layer.base_layer.weight.double()
         shifted = torch.linalg.svdvals(weight + layer.delta_weight().double())
         expected = torch.linalg.svdvals(weight)
-        expected[:5] += alpha[5 * i: 5 * i + 5].double()
+        expected[:5] += 2 * alpha[5 * i: 5 * i + 5].double()
         assert torch.allclose(shifted, expected.sort(descending=True).values, atol=1e-4)
 
 
@@ -137,6 +137,7 @@ def test_random_projections_have_unit_norm_columns_over_all_matrices(build, tole
 @pytest.mark.parametrize("options, message", [
     ({"projection": "dense"}, "projection must be one of"),
     ({"dim": "0"}, "dim must be at least 1"),
+    ({"scale": "0"}, "scale must be positive"),
     ({"projection": "svd", "dim": "1000"}, "dim must be between 12 and 384"),
     ({"targets": "pooler"}, "match no linear layer"),
 ])
