@@ -55,7 +55,9 @@ class FastfoodProjection(nn.Module):
     has L entries ±1, G_b turns its squared norm into ||G_b||² and H multiplies that by L,
     so every column of a block has norm exactly sqrt(L)·||G_b||; c_b = 1 / (||G_b||·sqrt(D))
     then gives the columns of the whole stacked P [D, d] unit norm (up to the cut rows).
-    The row scaling S of Le et al.'s Fastfood is left out, as in Li et al.'s code.
+    Aghajanyan et al.'s code uses one block of 2^⌈log2 D_m⌉ rows per matrix and no row
+    scaling S; this keeps the latter but stacks blocks as Le et al.'s Fastfood does,
+    O(D_m log d) rather than O(D_m log D_m), with less padding.
     """
 
     def __init__(self, numel: int, dim: int, total_numel: int, generator: torch.Generator):
