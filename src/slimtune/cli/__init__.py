@@ -11,7 +11,7 @@ import sys
 from slimtune import __version__
 from slimtune.errors import SlimtuneError
 
-COMMANDS = ("train", "evaluate", "predict", "merge", "methods")
+COMMANDS = ("train", "evaluate", "predict", "generate", "merge", "methods")
 
 EPILOG = """examples:
   slimtune train --task classify --method lora --train data/sst2/train_8k.tsv.gz --out runs/sst2
@@ -21,6 +21,8 @@ EPILOG = """examples:
   slimtune train --task ner --method lora --train data/conll2003/train.txt.gz \\
       --dev data/conll2003/valid.txt.gz --out runs/conll
   slimtune predict --adapter runs/conll "EU rejects German call to boycott British lamb."
+  slimtune train --task causal-lm --model smollm2-135m --method lora --train chats.jsonl --out runs/chat
+  slimtune generate --adapter runs/chat "Is this review positive or negative? A tedious mess."
   slimtune methods
 """
 

@@ -49,3 +49,18 @@ def read_inputs(texts: list[str], file: str | None) -> list[str]:
     if not texts:
         raise SlimtuneError("no input texts (all lines empty)")
     return texts
+
+
+def load_model_or_adapter(args):
+    """The adapter in --adapter; without one, the --model base as it is for --task (causal-lm only)."""
+    from slimtune.adapter_files import load_adapter, load_base_model
+
+    if args.adapter:
+        given = [f"--{name.replace('_', '-')}" for name in ("task", "quantize", "max_length")
+                 if getattr(args, name, None) is not None]
+        if given:
+            raise SlimtuneError(f"{', '.join(given)}: the adapter records these; give them only without --adapter")
+        return load_adapter(args.adapter, args.model)
+    if not args.task:
+        raise SlimtuneError("give --adapter DIR, or --task causal-lm with --model to use a base model as it is")
+    return load_base_model(args.task, args.model, getattr(args, "max_length", None), getattr(args, "quantize", None))

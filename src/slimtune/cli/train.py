@@ -20,13 +20,16 @@ examples:
   slimtune train --task ner --method lora --train train.conll --dev valid.conll --out runs/ner
   slimtune train ... --checkpoint-every 100 --out runs/x     # then, after an interruption:
   slimtune train ... --checkpoint-every 100 --out runs/x --resume
+  slimtune train --task causal-lm --model smollm2-135m --method lora --train chats.jsonl --out runs/chat
+  slimtune train --task causal-lm --model smollm2-135m --method lora --quantize int8 --train chats.jsonl --out runs/q
 """
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model with a PEFT method", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="classify", help="task: classify (default) or ner (CoNLL files)")
+    p.add_argument("--task", default="classify",
+                   help="task: classify (default), ner (CoNLL files) or causal-lm (JSONL instructions or chats)")
     p.add_argument("--method", required=True, help="PEFT method (see `slimtune methods`)")
     p.add_argument("--train", required=True, metavar="PATH", help="training data (.tsv, .csv, .jsonl; CoNLL for ner; .gz ok)")
     p.add_argument("--dev", metavar="PATH", help="validation data; default: a seeded 10%% split of train")
@@ -47,7 +50,10 @@ def register(sub) -> None:
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
-    p.add_argument("--max-length", type=int, help="token limit per text (default: the model's window)")
+    p.add_argument("--max-length", type=int,
+                   help="token limit per text (default: the model's window); causal-lm drops longer examples")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="keep the frozen base weights in int8 (per channel, weight-only); the method trains in fp32")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
     add_reader_flags(p)
     p.set_defaults(handler=run)
@@ -67,7 +73,7 @@ def run(args) -> int:
         task=args.task, method=args.method, train_path=args.train, out_dir=args.out, dev_path=args.dev,
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
-        overwrite=args.overwrite, config=config,
+        overwrite=args.overwrite, quantize=args.quantize, config=config,
     )
     summary = train(request)
     print(describe(summary, get_task(args.task).primary_metric))

@@ -9,10 +9,11 @@ import torch
 from slimtune.adaptation import attach
 from slimtune.adapter_files import ADAPTER_FILE, run_config, save_adapter
 from slimtune.atomic import write_json
+from slimtune.compression.int8 import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.data.batching import length_grouped_batches, pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
-from slimtune.models.loading import fingerprint, load_backbone
+from slimtune.models.loading import fingerprint
 from slimtune.tasks import get_task
 from slimtune.training.trainer import TrainConfig, Trainer
 
@@ -31,6 +32,7 @@ class TrainRequest:
     max_length: int | None = None
     pooling: str | None = None
     read_options: dict = field(default_factory=dict)  # reader flags: table columns, tag scheme
+    quantize: str | None = None  # "int8": keep the frozen base weights in int8 (compression/int8.py)
     resume: bool = False
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -53,11 +55,27 @@ def count_parameters(model: torch.nn.Module, trainable: list) -> dict:
     return {"trainable_parameters": n, "total_parameters": total, "trainable_percent": round(100 * n / total, 4)}
 
 
+class PeakMemory:
+    """A step callback: the largest resident set size of this process seen after any optimizer step."""
+
+    def __init__(self):
+        import psutil
+
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+
+    def __call__(self, progress) -> None:
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
 def train(request: TrainRequest, step_callbacks=()) -> dict:
     out = Path(request.out_dir)
     if out.exists() and (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
         raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
     task = get_task(request.task)
+    task.check_method(request.method)
+    if request.quantize not in (None, *QUANTIZE_CHOICES):
+        raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
     method = create_method(request.method, request.options)
     cfg = request.config
     if cfg.lr is None:
@@ -72,23 +90,30 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
         train_rows = [train_rows[i] for i in keep]
     labels = task.label_names(train_rows)
 
-    backbone = load_backbone(request.model, request.pooling, request.max_length)
+    backbone = task.load_backbone(request.model, request.pooling, request.max_length)
     base_fingerprint = fingerprint(backbone.model)
     torch.manual_seed(cfg.seed)
     model = task.build_model(backbone, labels)
     params = attach(model, method)
+    parameter_counts = count_parameters(model, params)  # before quantization turns frozen weights into buffers
+    if request.quantize:
+        quantize_frozen_linears(model.backbone)
+    memory = {"model_weight_bytes": weight_bytes(model)}
     train_features = task.encode(train_rows, backbone.tokenizer, labels, backbone.max_length)
     dev_features = task.encode(dev_rows, backbone.tokenizer, labels, backbone.max_length)
-    config = run_config(task, method, request.model, base_fingerprint, backbone, labels, task.run_settings(train_rows))
+    settings = {**task.run_settings(train_rows), **({"quantize": request.quantize} if request.quantize else {})}
+    config = run_config(task, method, request.model, base_fingerprint, backbone, labels, settings)
 
     pad_id = backbone.tokenizer.pad_token_id
     order = length_grouped_batches([len(f["input_ids"]) for f in train_features], cfg.batch_size, cfg.seed, 0)
     method.prepare(model, (pad_batch([train_features[i] for i in b], pad_id) for b in order), task.loss)
     trainer = Trainer(model, method, task, params, cfg, out, pad_id, labels)
-    trainer.step_callbacks.extend(step_callbacks)
+    peak_rss = PeakMemory()
+    trainer.step_callbacks.extend([peak_rss, *step_callbacks])
     summary = trainer.fit(train_features, dev_features, resume=request.resume)
     adapter_path = save_adapter(out, model, method, config)
-    summary.update(count_parameters(model, params))
+    summary.update(parameter_counts)
+    summary.update(memory, train_peak_rss_bytes=peak_rss.peak, quantize=request.quantize)
     summary.update({"adapter_bytes": adapter_path.stat().st_size, "train_examples": len(train_features),
                     "dev_examples": len(dev_features), "lr": cfg.lr, "method": method.name, "task": task.name})
     write_json(out / "metrics.json", summary)
