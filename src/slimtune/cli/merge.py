@@ -23,7 +23,7 @@ def run(args) -> int:
         raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
     loaded = load_adapter(args.adapter, args.model)
     if loaded.config.get("quantize"):
-        raise SlimtuneError(f"{args.adapter} was trained on a {loaded.config['quantize']} base, whose weights "
+        raise SlimtuneError(f"{args.adapter} was trained on an {loaded.config['quantize']} base, whose weights "
                             "cannot take the update exactly; retrain without --quantize to merge")
     if not loaded.method.mergeable:
         raise SlimtuneError(f"method {loaded.method.name} adds computation that cannot be folded into the base")
