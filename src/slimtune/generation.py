@@ -36,7 +36,7 @@ class GenerationOptions:
             raise SlimtuneError("top-k must not be negative")
 
 
-def _generation_config(model, options: GenerationOptions):
+def generation_config_for(model, options: GenerationOptions):
     from transformers import GenerationConfig
 
     tokenizer = model.tokenizer
@@ -64,7 +64,7 @@ def generate_ids(model, prompts: list[list[int]], options: GenerationOptions, st
     if options.seed is not None:
         torch.manual_seed(options.seed)
     tokenizer = model.tokenizer
-    config = _generation_config(model, options)
+    config = generation_config_for(model, options)
     stops = set(config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id])
     ids, mask = left_padded(prompts, tokenizer.pad_token_id)
     device = next(model.parameters()).device

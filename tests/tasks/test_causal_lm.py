@@ -7,7 +7,8 @@ import torch
 
 from slimtune.adaptation import adapter_state, load_adapter_state
 from slimtune.errors import SlimtuneError
-from slimtune.generation import GenerationOptions, _generation_config, chat_prompt_ids, generate_ids, left_padded
+from slimtune.generation import (GenerationOptions, chat_prompt_ids, generate_ids, generation_config_for,
+                                 left_padded)
 from slimtune.methods.lora import LoRALinear
 from slimtune.tasks import get_task
 from slimtune.tasks.causal_lm import normalise_answer
@@ -79,7 +80,7 @@ def test_generation_with_the_key_value_cache_equals_recomputing(tiny_lm, method,
     model, _, backbone = _perturbed(tiny_lm, method, options)
     prompts = [chat_prompt_ids(backbone.tokenizer, r["prompt"]) for r in instruction_rows(2, 1)]
     prompts[0] = prompts[0][2:]
-    config = _generation_config(model, GenerationOptions(max_new_tokens=5))
+    config = generation_config_for(model, GenerationOptions(max_new_tokens=5))
     ids, mask = left_padded(prompts, backbone.tokenizer.pad_token_id)
     with torch.no_grad():
         cached = model.generate(ids, mask, generation_config=config)
