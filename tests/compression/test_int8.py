@@ -1,11 +1,15 @@
 """Int8 frozen base: per-channel weight quantization, gradients through it, and LoRA trained on top."""
 
+import pytest
 import torch
 from torch import nn
 
 from slimtune.compression.int8 import Int8Linear, quantize_frozen_linears, quantize_per_channel, weight_bytes
+from slimtune.errors import SlimtuneError
 from slimtune.methods.lora import LoRALinear
+from slimtune.methods.registry import available_methods
 from slimtune.tasks import get_task
+from slimtune.training.run import TrainRequest, train
 from tests.conftest import build_classifier, toy_lm_batch
 
 
@@ -58,3 +62,21 @@ def test_only_frozen_linears_are_quantized():
     model[0].requires_grad_(False)
     assert quantize_frozen_linears(model) == 1
     assert isinstance(model[0], Int8Linear) and type(model[1]) is nn.Linear
+
+
+@pytest.mark.parametrize("method_name", [m for m in sorted(available_methods())
+                                         if m not in get_task("causal-lm").unsupported_methods])
+def test_every_method_trains_on_an_int8_base_or_is_refused(tiny_lm, tmp_path, method_name):
+    model, method, params, backbone = build_classifier(tiny_lm, method_name, task="causal-lm")
+    if method.needs_float_base_weights:
+        rows = tmp_path / "train.jsonl"
+        rows.write_text('{"prompt": "a", "response": "b"}\n' * 4)
+        request = TrainRequest(task="causal-lm", method=method_name, train_path=str(rows), out_dir=str(tmp_path / "o"),
+                               model=tiny_lm, quantize="int8")
+        with pytest.raises(SlimtuneError, match="--quantize int8 keeps them only as int8"):
+            train(request)
+        return
+    quantize_frozen_linears(model.backbone)
+    batch = toy_lm_batch(backbone)
+    get_task("causal-lm").loss(model(**batch), batch["labels"]).backward()
+    assert all(p.grad is not None for p in params)

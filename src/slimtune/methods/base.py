@@ -25,6 +25,9 @@ class Method:
     Options: ClassVar[type] = NoOptions
     default_lr: ClassVar[float]
     mergeable: ClassVar[bool] = False
+    # Whether the method computes with the wrapped layers' fp32 weight matrices (rather than calling the layers),
+    # which an int8 frozen base (`--quantize int8`) does not keep.
+    needs_float_base_weights: ClassVar[bool] = False
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()

@@ -77,6 +77,9 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     if request.quantize not in (None, *QUANTIZE_CHOICES):
         raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
     method = create_method(request.method, request.options)
+    if request.quantize and method.needs_float_base_weights:
+        raise SlimtuneError(f"method {method.name} computes with the base weight matrices in fp32; "
+                            f"--quantize {request.quantize} keeps them only as int8")
     cfg = request.config
     if cfg.lr is None:
         cfg.lr = method.default_lr
@@ -128,5 +131,6 @@ def describe(summary: dict, metric: str) -> str:
         f"best dev {metric} {summary[f'best_dev_{metric}']:.4f} (step {summary['best_step']}); "
         f"trainable {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
         f"({summary['trainable_percent']:.2f}%); adapter {summary['adapter_bytes'] / 1024:.1f} KiB; "
-        f"{summary['train_seconds']:.1f} s training, {summary['examples_per_second']:.0f} examples/s"
+        f"{summary['train_seconds']:.1f} s training, {summary['examples_per_second']:.3g} examples/s, "
+        f"{summary['tokens_per_second']:.0f} tokens/s"
     )
