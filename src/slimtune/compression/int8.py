@@ -67,11 +67,19 @@ class Int8Linear(nn.Module):
 
 
 def quantize_frozen_linears(root: nn.Module) -> int:
-    """Replace every nn.Linear of `root` whose parameters are all frozen by an Int8Linear; returns how many."""
+    """Replace every nn.Linear of `root` whose parameters are all frozen by an Int8Linear; returns how many.
+
+    The remaining tensors are then copied into memory the process owns: transformers
+    memory-maps safetensors checkpoints, and while any tensor still views the file
+    mapping, the fp32 pages of the replaced layers stay resident too.
+    """
     names = [n for n, m in root.named_modules()
              if type(m) is nn.Linear and n and not any(p.requires_grad for p in m.parameters())]
     for name in names:
         replace_module(root, name, Int8Linear(root.get_submodule(name)))
+    with torch.no_grad():
+        for tensor in {id(t): t for t in [*root.parameters(), *root.buffers()]}.values():
+            tensor.data = tensor.data.clone()
     return len(names)
 
 
