@@ -25,13 +25,16 @@ examples:
   slimtune train ... --nproc 2 --out runs/x     # data-parallel on 2 local processes
   torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint host0:29500 \\
       --rdzv-id job1 -m slimtune train ...   # the same on each of 2 machines (see the README)
+  slimtune train --task causal-lm --model smollm2-135m --method lora --train chats.jsonl --out runs/chat
+  slimtune train --task causal-lm --model smollm2-135m --method lora --quantize int8 --train chats.jsonl --out runs/q
 """
 
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model with a PEFT method", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--task", default="classify", help="task: classify (default) or ner (CoNLL files)")
+    p.add_argument("--task", default="classify",
+                   help="task: classify (default), ner (CoNLL files) or causal-lm (JSONL instructions or chats)")
     p.add_argument("--method", required=True, help="PEFT method (see `slimtune methods`)")
     p.add_argument("--train", required=True, metavar="PATH", help="training data (.tsv, .csv, .jsonl; CoNLL for ner; .gz ok)")
     p.add_argument("--dev", metavar="PATH", help="validation data; default: a seeded 10%% split of train")
@@ -54,7 +57,10 @@ def register(sub) -> None:
     p.add_argument("--nproc", type=int, metavar="N", help="train data-parallel on N processes of this machine "
                    "(started by torchrun's launcher; one per GPU when there are GPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
-    p.add_argument("--max-length", type=int, help="token limit per text (default: the model's window)")
+    p.add_argument("--max-length", type=int,
+                   help="token limit per text (default: the model's window); causal-lm drops longer examples")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="keep the frozen base weights in int8 (per channel, weight-only); the method trains in fp32")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
     add_reader_flags(p)
     p.set_defaults(handler=run)
@@ -127,7 +133,7 @@ def run(args) -> int:
         task=args.task, method=args.method, train_path=args.train, out_dir=args.out, dev_path=args.dev,
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
-        overwrite=args.overwrite, config=config,
+        overwrite=args.overwrite, quantize=args.quantize, config=config,
     )
     summary = train(request)
     distributed.shutdown()  # on failure a rank just exits, and torchrun stops the others

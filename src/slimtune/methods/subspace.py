@@ -98,6 +98,7 @@ class Subspace(Method):
     summary = "intrinsic-dimension fine-tuning: W₀ + P·α with only α (d values) trained, P rebuilt from a seed"
     Options = SubspaceOptions
     mergeable = True
+    needs_float_base_weights = True  # W₀ + P·α is formed from the fp32 weight matrix
     # α and the head share one learning rate. Measured on 30-step SST-2 runs with α on its own rate and the head at
     # its best 1e-2: α does best near 0.3 (0.1 and 1 worse, 3 diverges) with unit-norm columns, for all three
     # projections alike, so scale=20 puts α near 0.2 while the head keeps its 1e-2.

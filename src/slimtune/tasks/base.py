@@ -18,6 +18,18 @@ def refuse_options(task_name: str, options: dict) -> None:
 class Task:
     name: str
     primary_metric: str  # higher is better; drives early stopping and best-weight selection
+    unsupported_methods: dict[str, str] = {}  # method name → why it cannot apply to this task
+
+    def check_method(self, method_name: str) -> None:
+        if method_name in self.unsupported_methods:
+            raise SlimtuneError(f"method {method_name} does not apply to task {self.name}: "
+                                f"{self.unsupported_methods[method_name]}")
+
+    def load_backbone(self, spec, pooling=None, max_length=None):
+        """The pretrained model this task builds on (an encoder by default)."""
+        from slimtune.models.loading import load_backbone
+
+        return load_backbone(spec, pooling, max_length)
 
     def read(self, path, **options) -> list:
         """Rows of a data file; `options` are the reader flags (columns, tag scheme), None when not given."""

@@ -20,6 +20,7 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
     examples_seen: int = 0
+    tokens_seen: int = 0  # real (unpadded) input tokens
     train_seconds: float = 0.0
     best_metric: float | None = None
     best_step: int = 0

@@ -148,6 +148,7 @@ class Trainer:
                     progress.step += 1
                 progress.batch_in_epoch = b + 1
                 progress.examples_seen += len(batches[b])
+                progress.tokens_seen += sum(len(train_features[i]["input_ids"]) for i in batches[b])  # global batch
                 progress.train_seconds += time.perf_counter() - started
                 speed = progress.examples_seen / max(progress.train_seconds, 1e-9)
                 bar.update(1)
@@ -184,6 +185,7 @@ class Trainer:
             "train_seconds": round(progress.train_seconds, 2),
             "train_examples_seen": progress.examples_seen,
             "examples_per_second": round(progress.examples_seen / max(progress.train_seconds, 1e-9), 1),
+            "tokens_per_second": round(progress.tokens_seen / max(progress.train_seconds, 1e-9), 1),
             "history": progress.history,
         }
 
