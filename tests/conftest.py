@@ -19,7 +19,7 @@ FILLER = ["the", "film", "was", "a", "plot", "and", "very", "story", "acting", "
 # NER entities: not in the tiny vocabulary, so each splits into several word pieces.
 PEOPLE = [["anna"], ["bob", "marley"], ["carla"], ["dirk", "van", "dam"]]
 PLACES = [["paris"], ["oslo"], ["new", "york"], ["rome"]]
-TASK_LABELS = {"classify": ["neg", "pos"], "ner": ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]}
+TASK_LABELS = {"classify": ["neg", "pos"], "ner": ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"], "causal-lm": []}
 
 
 def _vocab() -> list[str]:
@@ -28,13 +28,14 @@ def _vocab() -> list[str]:
     return special + letters + [f"##{c}" for c in letters] + POSITIVE + NEGATIVE + FILLER
 
 
-def make_tiny_bert(directory, seed: int = 0, layers: int = 2) -> str:
+def make_tiny_bert(directory, seed: int = 0, layers: int = 2, dropout: float = 0.1) -> str:
     """Save a 2-layer, 32-wide BERT with a word-piece tokenizer to `directory`; returns its path."""
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer = BertTokenizerFast(vocab={w: i for i, w in enumerate(_vocab())}, do_lower_case=True)
     torch.manual_seed(seed)
     config = BertConfig(vocab_size=len(_vocab()), hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=128)
+                        intermediate_size=64, max_position_embeddings=128, hidden_dropout_prob=dropout,
+                        attention_probs_dropout_prob=dropout)
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return str(directory)
@@ -43,6 +44,14 @@ def make_tiny_bert(directory, seed: int = 0, layers: int = 2) -> str:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     return make_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> str:
+    """A tiny Llama causal LM directory (tests/tiny_llama.py), with biases so every method has something to train."""
+    from tests.tiny_llama import make_tiny_llama_lm
+
+    return make_tiny_llama_lm(tmp_path_factory.mktemp("tiny-llama-lm"), attention_bias=True)
 
 
 @pytest.fixture(scope="session")
@@ -78,10 +87,9 @@ def build_classifier(model_dir: str, method: str, options: dict | None = None, l
     """(task model, method, trainable params, backbone) for a method on a tiny model, like `train` builds it."""
     from slimtune.adaptation import attach
     from slimtune.methods.registry import create_method
-    from slimtune.models.loading import load_backbone
     from slimtune.tasks import get_task
 
-    backbone = load_backbone(model_dir)
+    backbone = get_task(task).load_backbone(model_dir)
     torch.manual_seed(seed)
     model = get_task(task).build_model(backbone, list(labels or TASK_LABELS[task]))
     m = create_method(method, options or {})
@@ -158,4 +166,16 @@ def toy_token_batch(backbone, n: int = 6, seed: int = 0) -> dict:
     return pad_batch(features, backbone.tokenizer.pad_token_id)
 
 
-TASK_BATCHES = {"classify": toy_batch, "ner": toy_token_batch}
+def toy_lm_batch(backbone, n: int = 6, seed: int = 0) -> dict:
+    """A padded causal-lm batch of prompt/response pairs: labels [B, T] on the response tokens only."""
+    from slimtune.data.batching import pad_batch
+    from slimtune.data.instructions import Conversation, encode_conversation
+    from tests.tiny_llama import instruction_rows
+
+    rows = [Conversation(({"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["response"]}))
+            for r in instruction_rows(n, seed)]
+    return pad_batch([encode_conversation(backbone.tokenizer, row) for row in rows], backbone.tokenizer.pad_token_id)
+
+
+TASK_BATCHES = {"classify": toy_batch, "ner": toy_token_batch, "causal-lm": toy_lm_batch}
+TASK_MODELS = {"classify": "tiny_model", "ner": "tiny_model", "causal-lm": "tiny_lm"}  # fixture names

@@ -17,7 +17,8 @@ from slimtune.adaptation import adapter_state, attach, load_adapter_state
 from slimtune.atomic import write_json, write_safetensors
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
-from slimtune.models.loading import Backbone, fingerprint, load_backbone
+from slimtune.compression.int8 import quantize_frozen_linears
+from slimtune.models.loading import Backbone, fingerprint
 from slimtune.multitask.files import check_task_name, is_multi, task_config, task_state
 from slimtune.tasks import get_task
 
@@ -28,7 +29,7 @@ CONFIG_FILE = "adapter_config.json"
 @dataclass
 class LoadedAdapter:
     model: torch.nn.Module
-    method: object
+    method: object  # None for a base model without adapter
     task: object
     backbone: Backbone
     config: dict
@@ -94,7 +95,8 @@ def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | N
     check_task_name(full_config, task_name, run_dir)
     config = task_config(full_config, task_name) if is_multi(full_config) else full_config
     spec = model_spec or config.get("base_model")
-    backbone = load_backbone(spec, pooling=config.get("pooling"), max_length=config.get("max_length"))
+    task = get_task(config["task"])
+    backbone = task.load_backbone(spec, pooling=config.get("pooling"), max_length=config.get("max_length"))
     if fingerprint(backbone.model) != config["base_fingerprint"]:
         raise SlimtuneError(
             f"{run_dir} was trained on a different base model (fingerprint {config['base_fingerprint']}); "
@@ -103,6 +105,8 @@ def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | N
     model, method, task = build_adapter_model(run_dir, full_config, backbone, task_name)
     loaded = LoadedAdapter(model, method, task, backbone, config)
     scheme = quantize or config.get("quantize")
+    if scheme and config.get("base_quantize"):
+        raise SlimtuneError(f"{run_dir} was trained on an {config['base_quantize']} base already; drop --quantize")
     if scheme:
         from slimtune.compression.dynamic_int8 import quantize_loaded
 
@@ -126,6 +130,8 @@ def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone,
     method.check_task(task.name)
     model = task.build_model(backbone, config["labels"])
     attach(model, method)
+    if config.get("base_quantize"):  # the adapter was trained on (and is used with) the int8 base
+        quantize_frozen_linears(model.backbone)
     try:
         state = load_file(str(Path(run_dir) / ADAPTER_FILE))
     except (FileNotFoundError, SafetensorError, OSError) as e:
@@ -135,6 +141,21 @@ def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone,
     load_adapter_state(model, method, state)
     model.eval()
     return model, method, task
+
+
+def load_base_model(task_name: str, model_spec: str | None, max_length: int | None = None,
+                    quantize: str | None = None) -> LoadedAdapter:
+    """A pretrained model as it is, no adapter: zero-shot scores and generation for tasks that need no new head."""
+    task = get_task(task_name)
+    if task.name != "causal-lm":
+        raise SlimtuneError(f"task {task.name} needs a trained head; pass --adapter")
+    backbone = task.load_backbone(model_spec, max_length=max_length)
+    model = task.build_model(backbone, [])
+    model.requires_grad_(False)
+    if quantize:
+        quantize_frozen_linears(model.backbone)
+    config = {"task": task.name, "base_model": model_spec, "labels": [], "base_quantize": quantize}
+    return LoadedAdapter(model.eval(), None, task, backbone, config)
 
 
 def _as_option(value) -> str:

@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 from slimtune.adaptation import adapter_state, load_adapter_state
 from slimtune.adapter_files import save_adapter
 from slimtune.errors import SlimtuneError
-from slimtune.methods.prefix import PrefixAttention
+from slimtune.methods.prefix import DecoderPrefixAttention, PrefixAttention
 from slimtune.methods.registry import create_method
 from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
@@ -117,9 +117,51 @@ def test_interrupted_reparam_run_resumes_to_the_same_adapter(tiny_model, toy_dat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_llama_style_decoder_is_refused_with_the_reason():
-    with pytest.raises(SlimtuneError, match="BERT-style self-attention.*Llama-style decoders"):
-        create_method("prefix").inject(tiny_llama())
+def test_llama_prefixes_have_the_key_value_heads_width():
+    """Grouped-query attention: 9 query heads share 3 key/value heads of 4 channels, so a prefix is [P, 3 * 4]."""
+    model = tiny_llama()
+    method = create_method("prefix", {"length": "5"})
+    method.inject(model)
+    wrappers = [m for m in model.modules() if isinstance(m, DecoderPrefixAttention)]
+    assert len(wrappers) == 2
+    assert all(w.prefix_key.shape == w.prefix_value.shape == (5, 12) for w in wrappers)
+    assert method.count_parameters(tiny_llama()) == 2 * 2 * 5 * 12
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_llama_prefix_equals_a_prefilled_key_value_cache(implementation):
+    """Independent check: the wrapped model equals the plain model given the prefixes as a cache of P past tokens
+    (the way PEFT feeds prefixes), with real tokens at positions 0..T-1, padding included."""
+    from transformers import DynamicCache
+
+    plain, wrapped = tiny_llama(), tiny_llama()
+    for model in (plain, wrapped):
+        model.config._attn_implementation = implementation
+    torch.manual_seed(0)
+    method = create_method("prefix", {"length": "3"})
+    method.inject(wrapped)
+    _perturb(method.trainable_parameters(wrapped))
+    ids = torch.randint(100, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0  # right padding in the second row
+    cache = DynamicCache(config=plain.config)
+    wrappers = [m for m in wrapped.modules() if isinstance(m, DecoderPrefixAttention)]
+    for layer, wrapper in enumerate(wrappers):
+        cache.update(*wrapper.batch_prefixes(2, 4, torch.float32), layer)
+    with torch.no_grad():
+        expected = plain(input_ids=ids, attention_mask=torch.cat([torch.ones(2, 3, dtype=torch.long), mask], 1),
+                         position_ids=torch.arange(7)[None], past_key_values=cache).last_hidden_state
+        got = wrapped(input_ids=ids, attention_mask=mask).last_hidden_state
+    real = mask.bool()
+    assert (got[real] - expected[real]).abs().max() < 1e-5
+
+
+def test_llama_like_attention_with_other_parts_is_refused_with_the_reason():
+    model = tiny_llama()
+    for layer in model.layers:
+        layer.self_attn.q_norm = torch.nn.Identity()  # as Qwen3 has: a step the wrapper would skip
+    with pytest.raises(SlimtuneError, match="Llama-style causal self-attention.*has neither"):
+        create_method("prefix").inject(model)
 
 
 def test_bad_length_is_refused():

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from slimtune.compression.int8 import Int8Linear, quantize_frozen_linears
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import load_backbone
@@ -94,3 +95,14 @@ def test_methods_that_cannot_serve_a_task_or_replace_the_encoder_are_refused(tin
     for sharing in ("shared", "per-task"):
         with pytest.raises(SlimtuneError, match="replaces the whole encoder"):
             build(tiny_model, sharing, method="features", kinds={"a": "classify", "b": "classify"})
+
+
+def test_per_task_copies_share_one_int8_base(tiny_model):
+    model, _, params, backbone, objective = build(tiny_model, "per-task")
+    quantize_frozen_linears(model.backbone)
+    query = "encoder.layer.0.attention.self.query.base_layer"
+    sst, ner = model.backbone["sst"].get_submodule(query), model.backbone["ner"].get_submodule(query)
+    assert isinstance(sst, Int8Linear) and sst is ner
+    data = batches(backbone)["ner"]
+    objective.batch_loss(model(**data), data).backward()  # the adapters still train on top
+    assert all(p.grad is not None for p in model.backbone["ner"].parameters() if p.requires_grad)

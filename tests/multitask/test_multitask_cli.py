@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from slimtune.cli import main
+from slimtune.errors import SlimtuneError
 from slimtune.multitask.run import MultiTrainRequest, train_multitask
 from slimtune.multitask.specs import TaskSpec
 from slimtune.training.trainer import TrainConfig
@@ -77,6 +78,34 @@ def test_a_multi_task_adapter_needs_a_known_task_name(run, data, capsys):
     assert "has no task 'pos'; its tasks: sst, conll" in capsys.readouterr().err
 
 
+def test_dynamic_int8_eval_by_task_name(run, data, capsys):
+    summary = json.loads((run / "metrics.json").read_text())
+    assert main(["eval", "--adapter", str(run), "--task-name", "sst", "--quantize", "int8",
+                 "--data", data["sst_dev"], "--json"]) == 0
+    accuracy = json.loads(capsys.readouterr().out)["accuracy"]
+    assert abs(accuracy - summary["best_dev_per_task"]["sst"]) <= 2 / 24  # int8 rounding may flip a row or two
+
+
+def test_multi_task_run_on_an_int8_base(data, tiny_model, tmp_path, capsys):
+    out = tmp_path / "int8"
+    assert main(["train", "--task", "multi", "--method", "lora", *task_flags(data), "--model", tiny_model,
+                 "--sharing", "per-task", "--quantize", "int8", "--epochs", "1", "--batch-size", "8",
+                 "--lr", "1e-2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert json.loads((out / "adapter_config.json").read_text())["base_quantize"] == "int8"
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["quantize"] == "int8"
+    for name, dev, metric in (("sst", data["sst_dev"], "accuracy"), ("conll", data["ner_dev"], "f1")):
+        assert main(["eval", "--adapter", str(out), "--task-name", name, "--data", dev, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)[metric] == summary["best_dev_per_task"][name]  # same int8 base
+    assert main(["eval", "--adapter", str(out), "--task-name", "sst", "--quantize", "int8",
+                 "--data", data["sst_dev"]]) == 2
+    assert "int8 base already" in capsys.readouterr().err
+    assert main(["train", "--task", "multi", "--method", "subnetwork", *task_flags(data), "--model", tiny_model,
+                 "--quantize", "int8", "--out", str(tmp_path / "refused")]) == 2
+    assert "--quantize int8 keeps them only as int8" in capsys.readouterr().err
+
+
 def test_a_single_task_adapter_refuses_a_task_name(data, tiny_model, tmp_path, capsys):
     out = str(tmp_path / "single")
     assert main(["train", "--method", "head", "--train", data["sst"], "--model", tiny_model, "--epochs", "1",
@@ -95,6 +124,8 @@ def test_a_single_task_adapter_refuses_a_task_name(data, tiny_model, tmp_path, c
     (["a=classify:{sst}", "b=ner:{ner}"], ["--weights", "a=2"], "--weights needs --loss-weights fixed"),
     (["a=classify:{sst}", "b=ner:{ner}"], ["--loss-weights", "fixed", "--weights", "c=2"], "got 'c=2'"),
     (["a=classify:{sst}", "b=ner:{ner}"], ["--train", "{sst}"], "--train does not apply to --task multi"),
+    (["a=classify:{sst}", "b=causal-lm:{sst}"], [], "task b: causal-lm cannot be mixed; multi-task runs mix"),
+    (["a=classify:{sst}", "b=ner:{ner}"], ["--nproc", "2"], "--task multi does not support --nproc yet"),
 ])
 def test_bad_multi_task_arguments_are_clear_errors(data, tiny_model, tmp_path, capsys, tasks, extra, message):
     argv = ["train", "--task", "multi", "--method", "lora", "--model", tiny_model, "--out", str(tmp_path / "x")]
@@ -149,3 +180,9 @@ def test_fixed_weights_stay_fixed_and_are_logged(data, tiny_model, tmp_path):
     weights = [r["weights"] for r in records if r["type"] == "task_weights"]
     assert len(weights) == summary["steps"] and all(w == {"sst": 1.0, "conll": 0.5} for w in weights)
     assert "loss_weights.log_vars" not in load_file(tmp_path / "fixed" / "adapter.safetensors")
+
+
+def test_a_multi_task_run_refuses_several_torchrun_processes(data, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SlimtuneError, match="--task multi does not support --nproc yet"):
+        train_multitask(_request(data, tiny_model, tmp_path / "ddp"))

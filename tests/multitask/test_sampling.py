@@ -40,8 +40,10 @@ def test_proportional_epoch_draws_every_example_once_in_a_seeded_order():
     assert source.epoch(0) == epoch and source.epoch(1) != epoch  # deterministic per (seed, epoch)
     names = [name for name, _ in epoch]
     assert sum(a != b for a, b in zip(names, names[1:])) > 5  # interleaved, not one task after the other
-    batch = source.collate(epoch[0])
-    assert batch["task"] == epoch[0][0] and batch["input_ids"].shape[0] == source.count(epoch[0])
+    rows = source.rows(epoch[0])
+    assert len(rows) == len(epoch[0][1]) and all(row["task"] == epoch[0][0] for row in rows)
+    batch = source.collate(rows[1:])  # a rank's share of the rows
+    assert batch["task"] == epoch[0][0] and batch["input_ids"].shape[0] == len(rows) - 1
 
 
 def test_temperature_over_samples_the_small_task_which_cycles_through_its_data():

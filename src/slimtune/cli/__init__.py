@@ -13,7 +13,7 @@ from slimtune import __version__
 from slimtune.errors import SlimtuneError
 
 # The order `slimtune --help` lists them in; any other module here with a `register` function follows.
-FIRST_COMMANDS = ("train", "evaluate", "predict", "merge")
+FIRST_COMMANDS = ("train", "evaluate", "predict", "generate", "merge")
 
 EPILOG = """examples:
   slimtune train --task classify --method lora --train data/sst2/train_8k.tsv.gz --out runs/sst2
@@ -26,6 +26,8 @@ EPILOG = """examples:
       --dev data/conll2003/valid.txt.gz --out runs/conll
   slimtune predict --adapter runs/conll "EU rejects German call to boycott British lamb."
   slimtune inspect runs/sst2
+  slimtune train --task causal-lm --model smollm2-135m --method lora --train chats.jsonl --out runs/chat
+  slimtune generate --adapter runs/chat "Is this review positive or negative? A tedious mess."
   slimtune methods
   slimtune serve --adapter sst2=runs/sst2 --adapter conll=runs/conll --port 8000
 """
@@ -57,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()  # weight-loading chatter is not the user's business
     hf_logging.disable_progress_bar()
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `train --nproc` relaunches it
     try:
         return args.handler(args) or 0
     except SlimtuneError as e:

@@ -49,3 +49,26 @@ def read_inputs(texts: list[str], file: str | None) -> list[str]:
     if not texts:
         raise SlimtuneError("no input texts (all lines empty)")
     return texts
+
+
+QUANTIZE_HELP = ("int8 linear layers on CPU: with --adapter, PyTorch's dynamic int8 quantization after merging the "
+                 "adapter where it can be; without (causal-lm base), int8 weights as `train --quantize int8` keeps them")
+
+
+def load_model_or_adapter(args):
+    """The adapter in --adapter (one --task-name of a multi-task adapter); without one, the --model base as it
+    is for --task (causal-lm only)."""
+    from slimtune.adapter_files import load_adapter, load_base_model
+
+    task_name = getattr(args, "task_name", None)
+    if args.adapter:
+        given = [f"--{name.replace('_', '-')}" for name in ("task", "max_length")
+                 if getattr(args, name, None) is not None]
+        if given:
+            raise SlimtuneError(f"{', '.join(given)}: the adapter records these; give them only without --adapter")
+        return load_adapter(args.adapter, args.model, getattr(args, "quantize", None), task_name)
+    if task_name is not None:
+        raise SlimtuneError("--task-name picks a task of a multi-task --adapter; give --adapter DIR")
+    if not args.task:
+        raise SlimtuneError("give --adapter DIR, or --task causal-lm with --model to use a base model as it is")
+    return load_base_model(args.task, args.model, getattr(args, "max_length", None), getattr(args, "quantize", None))

@@ -23,6 +23,9 @@ def run(args) -> int:
     if out.exists() and any(out.iterdir()):
         raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
     loaded = load_adapter(args.adapter, args.model, task_name=args.task_name)
+    if loaded.config.get("base_quantize"):
+        raise SlimtuneError(f"{args.adapter} was trained on an {loaded.config['base_quantize']} base, whose weights "
+                            "cannot take the update exactly; retrain without --quantize to merge")
     if not loaded.method.mergeable:
         raise SlimtuneError(f"method {loaded.method.name} adds computation that cannot be folded into the base")
     loaded.method.merge(loaded.model.backbone)

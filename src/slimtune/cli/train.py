@@ -1,9 +1,11 @@
 """`slimtune train`: fine-tune a model with one PEFT method and save the adapter."""
 
 import argparse
+import os
 import sys
 
 from slimtune.cli.common import add_reader_flags, parse_set, reader_options
+from slimtune.errors import SlimtuneError
 from slimtune.training.trainer import TrainConfig
 
 HELP = """Fine-tune a pretrained model on labelled data with one method.
@@ -20,6 +22,11 @@ examples:
   slimtune train --task ner --method lora --train train.conll --dev valid.conll --out runs/ner
   slimtune train ... --checkpoint-every 100 --out runs/x     # then, after an interruption:
   slimtune train ... --checkpoint-every 100 --out runs/x --resume
+  slimtune train ... --nproc 2 --out runs/x     # data-parallel on 2 local processes
+  torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint host0:29500 \\
+      --rdzv-id job1 -m slimtune train ...   # the same on each of 2 machines (see the README)
+  slimtune train --task causal-lm --model smollm2-135m --method lora --train chats.jsonl --out runs/chat
+  slimtune train --task causal-lm --model smollm2-135m --method lora --quantize int8 --train chats.jsonl --out runs/q
   slimtune train --task multi --method lora --tasks sst2=classify:sst2.tsv \\
       --tasks conll=ner:train.conll:valid.conll --loss-weights learned --out runs/mt
 """
@@ -29,7 +36,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model with a PEFT method", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="classify",
-                   help="task: classify (default), ner (CoNLL files), or multi (several --tasks)")
+                   help="task: classify (default), ner (CoNLL files), causal-lm (JSONL instructions or chats), "
+                        "or multi (several --tasks)")
     p.add_argument("--method", required=True, help="PEFT method (see `slimtune methods`)")
     p.add_argument("--train", metavar="PATH", help="training data (.tsv, .csv, .jsonl; CoNLL for ner; .gz ok)")
     p.add_argument("--dev", metavar="PATH", help="validation data; default: a seeded 10%% split of train")
@@ -38,7 +46,7 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option, repeatable (e.g. r=16)")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a seeded sample of N rows")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per step, over all processes together")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per optimizer step")
@@ -49,8 +57,13 @@ def register(sub) -> None:
     p.add_argument("--patience", type=int, default=3, help="evaluations without gain before stopping (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--nproc", type=int, metavar="N", help="train data-parallel on N processes of this machine "
+                   "(started by torchrun's launcher; one per GPU when there are GPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
-    p.add_argument("--max-length", type=int, help="token limit per text (default: the model's window)")
+    p.add_argument("--max-length", type=int,
+                   help="token limit per text (default: the model's window); causal-lm drops longer examples")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="keep the frozen base weights in int8 (per channel, weight-only); the method trains in fp32")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
     add_reader_flags(p)
     add_multitask_flags(p)
@@ -74,9 +87,59 @@ def add_multitask_flags(p) -> None:
     g.add_argument("--weights", metavar="NAME=W,...", help="fixed weights (default 1 for every task)")
 
 
+def without_nproc(argv: list[str]) -> list[str]:
+    """The command line less `--nproc N` (also `--nproc=N` or an abbreviation argparse accepted)."""
+    out, skip_value = [], False
+    for token in argv:
+        if skip_value:
+            skip_value = False
+            continue
+        name = token.split("=", 1)[0]
+        if len(name) > 2 and "--nproc".startswith(name):
+            skip_value = "=" not in token
+            continue
+        out.append(token)
+    return out
+
+
+def launch(args) -> int:
+    """Run `args.nproc` ranks of this same command under torchrun's launcher, each with its part of the CPU cores."""
+    import logging
+    import uuid
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // args.nproc)))
+    # what `torchrun --standalone --nproc-per-node N` sets up: one node, rendezvous on a free local port
+    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=args.nproc, run_id=str(uuid.uuid4()),
+                          rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)  # a failure is reported below
+    try:
+        elastic_launch(config, sys.executable)("-u", "-m", "slimtune", *without_nproc(args.argv))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        raise SlimtuneError(f"rank {rank} of {args.nproc} failed first (exit status {failure.exitcode}); "
+                            "see its message above") from None
+    return 0
+
+
+def should_launch(args) -> bool:
+    """Whether `--nproc` asks this process to start the ranks (not already one of them)."""
+    if args.nproc is None:
+        return False
+    if args.nproc < 1:
+        raise SlimtuneError("--nproc must be at least 1")
+    if args.batch_size < args.nproc:
+        raise SlimtuneError(f"--batch-size {args.batch_size} is the global batch; it cannot feed {args.nproc} processes")
+    if "LOCAL_WORLD_SIZE" in os.environ:  # set by torchrun in every rank
+        raise SlimtuneError("--nproc starts torchrun itself; under torchrun use its --nproc-per-node instead")
+    return args.nproc > 1
+
+
 def run(args) -> int:
-    from slimtune.errors import SlimtuneError
     from slimtune.tasks import get_task
+    from slimtune.training import distributed
     from slimtune.training.run import TrainRequest, describe, train
 
     config = TrainConfig(
@@ -91,20 +154,24 @@ def run(args) -> int:
         raise SlimtuneError("--tasks needs --task multi")
     if not args.train:
         raise SlimtuneError("--train PATH is required")
+    if should_launch(args):
+        return launch(args)
     request = TrainRequest(
         task=args.task, method=args.method, train_path=args.train, out_dir=args.out, dev_path=args.dev,
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
-        overwrite=args.overwrite, config=config,
+        overwrite=args.overwrite, quantize=args.quantize, config=config,
     )
     summary = train(request)
+    distributed.shutdown()  # on failure a rank just exits, and torchrun stops the others
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # rank 0 reports
     print(describe(summary, get_task(args.task).primary_metric))
     print(f"adapter written to {args.out}", file=sys.stderr)
     return 0
 
 
 def run_multitask(args, config: TrainConfig) -> int:
-    from slimtune.errors import SlimtuneError
     from slimtune.multitask.run import MultiTrainRequest, describe, train_multitask
     from slimtune.multitask.specs import parse_task_specs, parse_weights
 
@@ -112,6 +179,8 @@ def run_multitask(args, config: TrainConfig) -> int:
                                       ("--label-col", args.label_col), ("--scheme", args.scheme)) if value]
     if given:
         raise SlimtuneError(f"{', '.join(given)} does not apply to --task multi; give each task's files in --tasks")
+    if args.nproc not in (None, 1):
+        raise SlimtuneError("--task multi does not support --nproc yet; train it on one process")
     if args.weights and args.loss_weights != "fixed":
         raise SlimtuneError("--weights needs --loss-weights fixed")
     specs = parse_task_specs(args.tasks)
@@ -121,7 +190,7 @@ def run_multitask(args, config: TrainConfig) -> int:
         loss_weights=args.loss_weights, loss_weights_lr=args.loss_weights_lr,
         fixed_weights=parse_weights(args.weights, [spec.name for spec in specs]),
         max_train_examples=args.max_train_examples, max_length=args.max_length, pooling=args.pooling,
-        resume=args.resume, overwrite=args.overwrite, config=config,
+        quantize=args.quantize, resume=args.resume, overwrite=args.overwrite, config=config,
     )
     print(describe(train_multitask(request)))
     print(f"adapter written to {args.out}", file=sys.stderr)

@@ -78,3 +78,8 @@ def example_keys(input_ids: torch.Tensor, attention_mask: torch.Tensor, token_ty
             key += b"|" + types[row][real].tobytes()
         keys.append(key)
     return keys
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device`; other entries (a multi-task batch's task name) as they are."""
+    return {name: value.to(device) if isinstance(value, torch.Tensor) else value for name, value in batch.items()}

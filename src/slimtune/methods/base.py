@@ -28,6 +28,9 @@ class Method:
     default_lr: ClassVar[float]
     mergeable: ClassVar[bool] = False
     tasks: ClassVar[tuple[str, ...] | None] = None  # the tasks the method serves; None: every task
+    # Whether the method computes with the wrapped layers' fp32 weight matrices (rather than calling the layers),
+    # which an int8 frozen base (`--quantize int8`) does not keep.
+    needs_float_base_weights: ClassVar[bool] = False
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()

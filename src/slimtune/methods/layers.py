@@ -103,6 +103,8 @@ class BlockOutputCache(nn.Module):
                               for k in ("output_hidden_states", "output_attentions"))
         if ids is None or wants_internals or kwargs.get("inputs_embeds") is not None:
             return
+        if kwargs.get("past_key_values") is not None:  # generating: skipped blocks would leave the cache unfilled
+            return
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()
         self.keys = example_keys(ids, mask, kwargs.get("token_type_ids"))

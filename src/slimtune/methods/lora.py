@@ -12,7 +12,7 @@ from torch import nn
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.models.folding import FoldableWrapper, set_merged
-from slimtune.models.surgery import find_linear_targets, replace_module
+from slimtune.models.surgery import find_linear_targets, replace_module, transformer_blocks
 
 
 class LoRALinear(FoldableWrapper):
@@ -40,8 +40,23 @@ class LoRALinear(FoldableWrapper):
         self.base_layer.weight.add_(self.delta_weight(), alpha=sign)
 
 
+def has_gated_mlp(backbone: nn.Module) -> bool:
+    """Llama-style blocks: a gated feed-forward, two hidden→inner projections and one inner→hidden."""
+    hidden, inner = backbone.config.hidden_size, getattr(backbone.config, "intermediate_size", None)
+    try:
+        block = transformer_blocks(backbone)[0]
+    except SlimtuneError:
+        return False
+    shapes = [(m.in_features, m.out_features) for m in block.modules() if isinstance(m, nn.Linear)]
+    return inner is not None and shapes.count((hidden, inner)) == 2 and shapes.count((inner, hidden)) == 1
+
+
 def default_targets(backbone: nn.Module) -> tuple[str, ...]:
-    """Attention query and value projections, by the naming convention the architecture uses."""
+    """Every linear layer of llama-style blocks (attention and gated MLP projections, as in QLoRA); otherwise
+    the attention query and value projections, by the naming convention the architecture uses."""
+    if has_gated_mlp(backbone):
+        block = transformer_blocks(backbone)[0]
+        return tuple(dict.fromkeys(n.rsplit(".", 1)[-1] for n, m in block.named_modules() if isinstance(m, nn.Linear)))
     names = {n.rsplit(".", 1)[-1] for n, m in backbone.named_modules() if isinstance(m, nn.Linear)}
     for query, value in (("query", "value"), ("q_proj", "v_proj"), ("q_lin", "v_lin"), ("c_attn", "c_attn")):
         if query in names and value in names:
@@ -55,7 +70,8 @@ class LoRAOptions:
     alpha: float = field(default=16.0, metadata={"help": "scale; the update is multiplied by alpha/r"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
     targets: tuple[str, ...] = field(
-        default=(), metadata={"help": "linear layer names or regexes (default: attention query,value)"}
+        default=(), metadata={"help": "linear layer names or regexes (default: attention query,value; in llama-style "
+                                   "blocks every attention and MLP projection)"}
     )
 
     def validate(self) -> None:

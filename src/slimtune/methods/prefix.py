@@ -2,7 +2,7 @@
 
 Each self-attention module is wrapped: its own query/key/value projections run
 unchanged, `length` trained keys and values are put in front of the real ones,
-and the padding mask gains `length` always-visible columns. Queries are only the
+and the attention mask gains `length` always-visible columns. Queries are only the
 real tokens, so the output keeps the input's length; a padded token still sees
 exactly the prefix and the real tokens, whatever the padding.
 
@@ -11,13 +11,21 @@ reparameterisation, which steadies training); the saved adapter holds only the
 prefixes it produces, so loading needs no MLP. Here each layer has its own MLP,
 so every wrapped attention owns all it uses.
 
-Supported: bidirectional BERT-style self-attention (one module with `query`,
-`key`, `value` projections and `attention_head_size`). Prefix widths follow the
-key/value projections, so grouped-query attention (fewer key/value heads) fits
-the same shapes; Llama-style decoders still need rotary positions and a causal
-mask handled here, and are refused until then.
+Two attention shapes are supported, found by structure:
+- BERT-style bidirectional self-attention (`query`, `key`, `value` projections,
+  `attention_head_size`): `PrefixAttention`.
+- Llama-style causal self-attention (`q_proj`, `k_proj`, `v_proj`, `o_proj` and
+  nothing else, rotary position embeddings, grouped-query attention):
+  `DecoderPrefixAttention`. Prefix keys and values have the key/value projections'
+  width, kv_heads × head_dim (SmolLM2: 3 × 64, shared by 9 query heads, as the
+  real keys are); the prefix keys carry no rotary rotation, so they sit at no
+  position and every token sees them alike. They are put in front after the
+  key/value cache is updated, never into it, so generation with a cache works
+  and positions are those of the unprefixed model; the causal mask gains the
+  always-visible prefix columns.
 """
 
+import importlib
 from dataclasses import dataclass, field
 
 import torch
@@ -51,23 +59,30 @@ def extend_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
     return torch.cat([columns, mask], dim=-1)
 
 
+def projections(module: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(query, key, value) projections of a supported self-attention module."""
+    if hasattr(module, "attention_head_size"):
+        return module.query, module.key, module.value
+    return module.q_proj, module.k_proj, module.v_proj
+
+
 class PrefixAttention(nn.Module):
-    """Wraps (never subclasses) a self-attention module; keys/values [B, kv_heads, P + T, d], queries [B, heads, T, d]."""
+    """Wraps (never subclasses) a BERT-style self-attention module; keys/values [B, heads, P + T, d]."""
 
     def __init__(self, base_layer: nn.Module, key: torch.Tensor, value: torch.Tensor, reparam_hidden: int | None):
         super().__init__()
         self.base_layer = base_layer
         self.length = key.shape[0]
+        self.widths = [key.shape[1], value.shape[1]]  # kv_heads * d each
         self.reparam: nn.Sequential | None = None
         if reparam_hidden is None:
             self.prefix_key = nn.Parameter(key)  # [P, kv_heads * d]
             self.prefix_value = nn.Parameter(value)
             return
-        width, like = base_layer.query.in_features, {"device": key.device, "dtype": key.dtype}
+        width, like = projections(base_layer)[0].in_features, {"device": key.device, "dtype": key.dtype}
         self.prefix_input = nn.Parameter(torch.randn(self.length, width, **like))  # [P, H], fed to the MLP
         self.reparam = nn.Sequential(
-            nn.Linear(width, reparam_hidden, **like), nn.Tanh(),
-            nn.Linear(reparam_hidden, key.shape[1] + value.shape[1], **like),
+            nn.Linear(width, reparam_hidden, **like), nn.Tanh(), nn.Linear(reparam_hidden, sum(self.widths), **like),
         )
 
     def own_parameters(self) -> list[nn.Parameter]:
@@ -79,8 +94,12 @@ class PrefixAttention(nn.Module):
         """(keys, values), each [P, kv_heads * d]."""
         if self.reparam is None:
             return self.prefix_key, self.prefix_value
-        both = self.reparam(self.prefix_input)  # [P, 2 * kv_heads * d]
-        return both.split([self.base_layer.key.out_features, self.base_layer.value.out_features], dim=-1)
+        return self.reparam(self.prefix_input).split(self.widths, dim=-1)  # from [P, 2 * kv_heads * d]
+
+    def batch_prefixes(self, batch: int, head_dim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(keys, values), each [B, kv_heads, P, d]."""
+        return tuple(p.to(dtype).reshape(1, self.length, -1, head_dim).transpose(1, 2).expand(batch, -1, -1, -1)
+                     for p in self.prefixes())
 
     @torch.no_grad()
     def fold(self) -> None:
@@ -94,18 +113,18 @@ class PrefixAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask=None, past_key_values=None, **kwargs):
         if past_key_values is not None:
-            raise SlimtuneError("prefix tuning does not support a key/value cache")
+            raise SlimtuneError("prefix tuning does not support a key/value cache in BERT-style attention")
         base = self.base_layer
         batch, length = hidden_states.shape[:2]
         head = base.attention_head_size
 
-        def heads(x: torch.Tensor) -> torch.Tensor:  # [B, T', n * d] → [B, n, T', d]
-            return x.reshape(x.shape[0], x.shape[1], -1, head).transpose(1, 2)
+        def heads(x: torch.Tensor) -> torch.Tensor:  # [B, T, n * d] → [B, n, T, d]
+            return x.reshape(batch, length, -1, head).transpose(1, 2)
 
         query = heads(base.query(hidden_states))
-        prefix_key, prefix_value = (p.to(hidden_states.dtype).expand(batch, -1, -1) for p in self.prefixes())
-        key = torch.cat([heads(prefix_key), heads(base.key(hidden_states))], dim=2)
-        value = torch.cat([heads(prefix_value), heads(base.value(hidden_states))], dim=2)
+        prefix_key, prefix_value = self.batch_prefixes(batch, head, hidden_states.dtype)
+        key = torch.cat([prefix_key, heads(base.key(hidden_states))], dim=2)
+        value = torch.cat([prefix_value, heads(base.value(hidden_states))], dim=2)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(base.config._attn_implementation, eager_attention_forward)
         output, weights = attention(
             base, query, key, value, extend_mask(attention_mask, self.length),
@@ -114,21 +133,91 @@ class PrefixAttention(nn.Module):
         return output.reshape(batch, length, -1).contiguous(), weights
 
 
-def attention_modules(backbone: nn.Module) -> list[str]:
-    """Dotted names of the self-attention modules prefix tuning can wrap, or an error saying why there are none."""
+def causal_mask(queries: int, keys: int, device) -> torch.Tensor:
+    """[1, 1, Q, K] bool: the Q queries are the last Q of K positions and see themselves and what precedes."""
+    query_positions = torch.arange(keys - queries, keys, device=device)[:, None]
+    return (torch.arange(keys, device=device)[None, :] <= query_positions)[None, None]
+
+
+class DecoderPrefixAttention(PrefixAttention):
+    """Wraps a Llama-style causal self-attention module with grouped-query attention.
+
+    queries [B, heads, T, d]; keys/values [B, kv_heads, P + K, d] with K the cached
+    plus current tokens. Runs the base module's own projections, rotary embedding
+    (`apply_rotary_pos_emb` of the model's module), cache update and attention
+    function, in the base module's order.
+    """
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
+                past_key_values=None, **kwargs):
+        base = self.base_layer
+        batch, length = hidden_states.shape[:2]
+        code = importlib.import_module(type(base).__module__)
+
+        def heads(x: torch.Tensor) -> torch.Tensor:  # [B, T, n * d] → [B, n, T, d]
+            return x.view(batch, length, -1, base.head_dim).transpose(1, 2)
+
+        query, key = heads(base.q_proj(hidden_states)), heads(base.k_proj(hidden_states))
+        value = heads(base.v_proj(hidden_states))
+        cos, sin = position_embeddings
+        query, key = code.apply_rotary_pos_emb(query, key, cos, sin)
+        if past_key_values is not None:
+            key, value = past_key_values.update(key, value, base.layer_idx)
+        if attention_mask is None:  # the attention function would have applied a causal mask by itself
+            attention_mask = causal_mask(length, key.shape[2], hidden_states.device)
+            if base.config._attn_implementation == "eager":  # eager adds its mask to the scores
+                attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device
+                                             ).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
+        prefix_key, prefix_value = self.batch_prefixes(batch, base.head_dim, hidden_states.dtype)
+        key, value = torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(base.config._attn_implementation,
+                                                          code.eager_attention_forward)
+        output, weights = attention(
+            base, query, key, value, extend_mask(attention_mask, self.length),
+            dropout=base.attention_dropout if self.training else 0.0, scaling=base.scaling, **kwargs,
+        )
+        return base.o_proj(output.reshape(batch, length, -1).contiguous()), weights
+
+
+LLAMA_PROJECTIONS = {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def _is_bert_style(module: nn.Module) -> bool:
+    return all(isinstance(getattr(module, p, None), nn.Linear) for p in ("query", "key", "value")) \
+        and hasattr(module, "attention_head_size")
+
+
+def _is_llama_style(module: nn.Module) -> bool:
+    """Exactly the four projections (no extra norms, as Qwen3 has), head geometry, and the functions we call."""
+    code = importlib.import_module(type(module).__module__)
+    return {n for n, _ in module.named_children()} == LLAMA_PROJECTIONS \
+        and all(isinstance(getattr(module, p), nn.Linear) for p in LLAMA_PROJECTIONS) \
+        and all(hasattr(module, a) for a in ("head_dim", "layer_idx", "num_key_value_groups", "scaling")) \
+        and all(hasattr(code, f) for f in ("apply_rotary_pos_emb", "eager_attention_forward"))
+
+
+def attention_modules(backbone: nn.Module) -> list[tuple[str, type]]:
+    """(dotted name, wrapper class) of the self-attention modules prefix tuning can wrap, or an error saying why."""
     config = backbone.config
-    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
-        raise SlimtuneError("prefix tuning supports bidirectional encoders only; this model is configured as a decoder")
-    found = [
-        n for n, m in backbone.named_modules()
-        if all(isinstance(getattr(m, p, None), nn.Linear) for p in ("query", "key", "value"))
-        and hasattr(m, "attention_head_size")
-    ]
+    if getattr(config, "add_cross_attention", False):
+        raise SlimtuneError("prefix tuning supports self-attention only; this model is configured with cross-attention")
+    found = []
+    for name, module in backbone.named_modules():
+        if _is_bert_style(module):
+            if getattr(config, "is_decoder", False):
+                raise SlimtuneError("prefix tuning supports BERT-style attention in bidirectional encoders only; "
+                                    "this model is configured as a decoder")
+            found.append((name, PrefixAttention))
+        elif _is_llama_style(module):
+            if getattr(config, "sliding_window", None) is not None:
+                raise SlimtuneError("prefix tuning does not support sliding-window attention "
+                                    f"(config.sliding_window={config.sliding_window})")
+            found.append((name, DecoderPrefixAttention))
     if not found:
         raise SlimtuneError(
-            f"prefix tuning supports BERT-style self-attention (one module with query/key/value projections); "
-            f"{type(backbone).__name__} has none. Llama-style decoders (rotary positions, causal mask, grouped "
-            "key/value heads) are not supported yet"
+            f"prefix tuning supports BERT-style self-attention (query/key/value projections) and Llama-style "
+            f"causal self-attention (exactly q_proj/k_proj/v_proj/o_proj with rotary positions); "
+            f"{type(backbone).__name__} has neither"
         )
     return found
 
@@ -159,7 +248,8 @@ def activation_prefixes(backbone: nn.Module, names: list[str], length: int) -> d
     for name in names:
         module = backbone.get_submodule(name)
         hidden = captured[module][0]  # [P, H]
-        result[name] = (module.key(hidden).clone(), module.value(hidden).clone())
+        _, key, value = projections(module)
+        result[name] = (key(hidden).clone(), value(hidden).clone())
     return result
 
 
@@ -184,18 +274,18 @@ class Prefix(Method):
     default_lr = 1e-2
 
     def inject(self, backbone: nn.Module) -> None:
-        names = attention_modules(backbone)
-        initial = activation_prefixes(backbone, names, self.options.length)
+        found = attention_modules(backbone)
+        initial = activation_prefixes(backbone, [name for name, _ in found], self.options.length)
         hidden = self.options.reparam_hidden if self.options.reparam else None
-        for name in names:
+        for name, wrapper in found:
             key, value = initial[name]
-            replace_module(backbone, name, PrefixAttention(backbone.get_submodule(name), key, value, hidden))
+            replace_module(backbone, name, wrapper(backbone.get_submodule(name), key, value, hidden))
 
     def count_parameters(self, backbone: nn.Module) -> int:
         length, hidden, total = self.options.length, self.options.reparam_hidden, 0
-        for name in attention_modules(backbone):
-            module = backbone.get_submodule(name)
-            width, out = module.query.in_features, module.key.out_features + module.value.out_features
+        for name, _ in attention_modules(backbone):
+            query, key, value = projections(backbone.get_submodule(name))
+            width, out = query.in_features, key.out_features + value.out_features
             if self.options.reparam:
                 total += length * width + (width * hidden + hidden) + (hidden * out + out)  # input, 2-layer MLP
             else:

@@ -9,6 +9,12 @@ the trained vectors [P, H]:
   after forward: the P prompt positions are cut from `last_hidden_state` (and from
     `hidden_states`; `pooler_output` is recomputed from the real first token), so
     the task model sees [B, T, H] again: pooling and per-token labels are unaffected.
+
+Decoders generating with a key/value cache: the first call (empty cache) puts the
+prompt in front as above, and it stays in the cache; later calls bring only new
+tokens, so the prompt is not added again, only its P mask columns. Explicit
+position ids (transformers' generate passes them) are shifted by P, so real
+tokens sit at positions P.. as in training.
 """
 
 import inspect
@@ -29,6 +35,7 @@ class SoftPrompt(nn.Module):
     def __init__(self, embeddings: torch.Tensor):
         super().__init__()
         self.embeddings = nn.Parameter(embeddings)
+        self.prepended = False  # whether the current forward put the prompt in front (strip must cut it)
 
     @property
     def length(self) -> int:
@@ -38,8 +45,22 @@ class SoftPrompt(nn.Module):
         """Forward pre-hook: the same call with the prompt in front of the embedded input."""
         names = list(inspect.signature(backbone.forward).parameters)
         inputs = {**dict(zip(names, args)), **kwargs}
-        if inputs.get("position_ids") is not None:
-            raise SlimtuneError("prompt tuning numbers positions itself; call the backbone without position_ids")
+        cache = inputs.get("past_key_values")
+        continuing = cache is not None and cache.get_seq_length() > 0  # generating: the prompt is in the cache
+        positions = inputs.get("position_ids")
+        if positions is not None:  # real tokens after the prompt: [B, T] → [B, P + T], or shifted by P
+            positions = positions + self.length
+            if not continuing:
+                prompt_positions = torch.arange(self.length, device=positions.device)
+                positions = torch.cat([prompt_positions.expand(positions.shape[0], -1), positions], dim=1)
+            inputs["position_ids"] = positions
+        if continuing:
+            self.prepended = False
+            mask = inputs.get("attention_mask")
+            if mask is not None:
+                inputs["attention_mask"] = torch.cat([mask.new_ones(mask.shape[0], self.length), mask], dim=1)
+            return (), inputs
+        self.prepended = True
         ids, embeds = inputs.pop("input_ids", None), inputs.pop("inputs_embeds", None)
         if embeds is None:
             embeds = backbone.get_input_embeddings()(ids)  # [B, T, H]
@@ -61,6 +82,8 @@ class SoftPrompt(nn.Module):
 
     def strip(self, backbone: nn.Module, args: tuple, output):
         """Forward hook: the output as if there had been no prompt, [B, P + T, H] → [B, T, H]."""
+        if not self.prepended:
+            return output
         output.last_hidden_state = output.last_hidden_state[:, self.length:]
         if getattr(output, "hidden_states", None) is not None:
             output.hidden_states = tuple(h[:, self.length:] for h in output.hidden_states)

@@ -109,6 +109,7 @@ class Subnetwork(Method):
     summary = "sparse fine-tuning of a fixed fraction of each weight matrix, saved as indices + values"
     Options = SubnetworkOptions
     mergeable = True
+    needs_float_base_weights = True  # W + scatter(values) needs W itself
     # Reasoned, not yet swept: each trained value moves alone (no shared factor as in LoRA), so it needs a
     # rate well above full fine-tuning's 5e-5; sparse fine-tuning papers use 1e-4..1e-3 over several epochs.
     default_lr = 1e-3

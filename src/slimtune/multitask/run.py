@@ -1,6 +1,7 @@
 """One multi-task run from files to a saved adapter: the API behind `slimtune train --task multi`."""
 
 import json
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ import torch
 import slimtune
 from slimtune.adapter_files import ADAPTER_FILE, save_adapter
 from slimtune.atomic import write_json
+from slimtune.compression.int8 import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import fingerprint, load_backbone
@@ -43,6 +45,7 @@ class MultiTrainRequest:
     dev_fraction: float = 0.1
     max_length: int | None = None
     pooling: str | None = None
+    quantize: str | None = None  # "int8": keep the frozen base weights in int8 (compression/int8.py)
     resume: bool = False
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -78,6 +81,11 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
                             f"choose from {', '.join(LOSS_WEIGHTINGS)}")
     if not request.loss_weights_lr > 0:
         raise SlimtuneError("--loss-weights-lr must be positive")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SlimtuneError("--task multi does not support --nproc yet (nor several torchrun processes); "
+                            "train it on one process")
+    if request.quantize not in (None, *QUANTIZE_CHOICES):
+        raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
     data = {spec.name: read_task_data(spec, request) for spec in request.tasks}
     names = list(data)
     tasks = {name: d.task for name, d in data.items()}
@@ -94,9 +102,15 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
         method = create_method(request.method, request.options)
     else:
         method = PerTaskMethods({name: create_method(request.method, request.options) for name in names})
+    if request.quantize and method.needs_float_base_weights:
+        raise SlimtuneError(f"method {method.name} computes with the base weight matrices in fp32; "
+                            f"--quantize {request.quantize} keeps them only as int8")
     if cfg.lr is None:
         cfg.lr = method.default_lr
     params = attach_all(model, method, tasks)
+    parameter_counts = count_parameters(model, params)  # before quantization turns frozen weights into buffers
+    if request.quantize:
+        quantize_frozen_linears(model.backbone)  # per-task encoder copies keep sharing one int8 base
     tokenizer, pad_id = backbone.tokenizer, backbone.tokenizer.pad_token_id
     train_features = {n: d.task.encode(d.train_rows, tokenizer, d.labels, backbone.max_length) for n, d in data.items()}
     dev_features = {n: d.task.encode(d.dev_rows, tokenizer, d.labels, backbone.max_length) for n, d in data.items()}
@@ -116,6 +130,7 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
         "slimtune_version": slimtune.__version__, "task": MULTI, "method": method.name,
         "options": method.options_dict(), "base_model": request.model, "base_fingerprint": base_fingerprint,
         "pooling": backbone.pooling, "max_length": backbone.max_length, "sharing": request.sharing,
+        **({"base_quantize": request.quantize} if request.quantize else {}),
         "loss_weights": request.loss_weights, "task_weights": weights.weights(),
         "sampling": {"mode": request.sampling, "temperature": request.temperature, "probabilities": probabilities},
         "tasks": {n: {"task": d.task.name, "labels": d.labels, **d.task.run_settings(d.train_rows)}
@@ -124,7 +139,7 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
     adapter_path = save_adapter(out, model, method, config)
     plotted = plot_task_weights(trainer.metrics_path, out / WEIGHTS_PLOT,
                                 f"{request.loss_weights} task weights ({method.name}, {request.sharing})")
-    summary.update(count_parameters(model, params))
+    summary.update(parameter_counts, model_weight_bytes=weight_bytes(model), quantize=request.quantize)
     best = next((h for h in summary["history"] if h["step"] == summary["best_step"]), {})
     summary["best_dev_per_task"] = {n: best.get(f"dev_{n}_{t.primary_metric}") for n, t in tasks.items()}
     summary.update({"adapter_bytes": adapter_path.stat().st_size, "method": method.name, "task": MULTI,
@@ -138,7 +153,8 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
         **cfg.__dict__, "tasks": [spec.__dict__ for spec in request.tasks], "options": request.options,
         "sharing": request.sharing, "sampling": request.sampling, "temperature": request.temperature,
         "loss_weights": request.loss_weights, "loss_weights_lr": request.loss_weights_lr,
-        "fixed_weights": request.fixed_weights, "max_train_examples": request.max_train_examples})
+        "fixed_weights": request.fixed_weights, "max_train_examples": request.max_train_examples,
+        "quantize": request.quantize})
     return summary
 
 
@@ -150,7 +166,7 @@ def prepare(method, model: MultiTaskModel, source: MultiTaskBatches, objective: 
     def batches():
         for item in source.epoch(0):
             current["task"] = item[0]
-            yield source.collate(item)
+            yield source.collate(source.rows(item))
 
     method.prepare(model, batches(), lambda logits, labels: objective.tasks[current["task"]].loss(logits, labels))
 

@@ -41,11 +41,13 @@ def batch_counts(probabilities: dict[str, float], total: int) -> dict[str, int]:
 
 
 class MultiTaskBatches(BatchSource):
-    """Items are (task name, row indices); collated batches carry `task` for the model and the loss."""
+    """Items are (task name, row indices); rows carry `task` (for `MultiTask.loss_units`), and so do collated
+    batches (for the model and the loss)."""
 
     def __init__(self, features: dict[str, list[dict]], batch_size: int, seed: int, pad_id: int,
                  probabilities: dict[str, float]):
-        self.features, self.batch_size, self.seed, self.pad_id = features, batch_size, seed, pad_id
+        self.features = {name: [{**f, "task": name} for f in rows] for name, rows in features.items()}
+        self.batch_size, self.seed, self.pad_id = batch_size, seed, pad_id
         self.lengths = {name: [len(f["input_ids"]) for f in rows] for name, rows in features.items()}
         self.passes = {name: math.ceil(len(rows) / batch_size) for name, rows in features.items()}  # batches per pass
         self.batches_per_epoch = sum(self.passes.values())
@@ -67,9 +69,9 @@ class MultiTaskBatches(BatchSource):
             out.append(passes[k][index])
         return out
 
-    def collate(self, item: tuple[str, list[int]]) -> dict:
-        name, rows = item
-        return {**pad_batch([self.features[name][i] for i in rows], self.pad_id), "task": name}
+    def rows(self, item: tuple[str, list[int]]) -> list[dict]:
+        name, indices = item
+        return [self.features[name][i] for i in indices]
 
-    def count(self, item: tuple[str, list[int]]) -> int:
-        return len(item[1])
+    def collate(self, rows: list[dict]) -> dict:
+        return {**pad_batch(rows, self.pad_id), "task": rows[0]["task"]}

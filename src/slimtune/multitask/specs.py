@@ -6,6 +6,7 @@ from pathlib import Path
 
 from slimtune.errors import SlimtuneError
 
+MIXABLE = ("classify", "ner")  # task types that share one encoder base (causal-lm needs a decoder)
 TASK_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")  # no '.': a served task is addressed as ADAPTER.TASK
 
 
@@ -28,6 +29,8 @@ def parse_task_spec(text: str) -> TaskSpec:
     if not TASK_NAME.fullmatch(name):
         raise SlimtuneError(f"task name {name!r} must be 1-32 letters, digits, '_' or '-'")
     get_task(parts[0])  # an unknown type is an error naming the known ones
+    if parts[0] not in MIXABLE:
+        raise SlimtuneError(f"task {name}: {parts[0]} cannot be mixed; multi-task runs mix {', '.join(MIXABLE)}")
     for path in parts[1:]:
         if not Path(path).is_file():
             raise SlimtuneError(f"task {name}: {path}: no such file")

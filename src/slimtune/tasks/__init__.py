@@ -5,10 +5,11 @@ from slimtune.tasks.base import Task
 
 
 def get_task(name: str) -> Task:
+    from slimtune.tasks.causal_lm import CausalLMTask
     from slimtune.tasks.classify import ClassificationTask
     from slimtune.tasks.ner import NerTask
 
-    tasks = {"classify": ClassificationTask, "ner": NerTask}
+    tasks = {"classify": ClassificationTask, "ner": NerTask, "causal-lm": CausalLMTask}
     if name not in tasks:
         raise SlimtuneError(f"unknown task {name!r}; available: {', '.join(tasks)}")
     return tasks[name]()

@@ -3,6 +3,7 @@
 import torch
 from torch import nn
 
+from slimtune.data.batching import LABEL_PAD
 from slimtune.errors import SlimtuneError
 
 
@@ -17,6 +18,18 @@ def refuse_options(task_name: str, options: dict) -> None:
 class Task:
     name: str
     primary_metric: str  # higher is better; drives early stopping and best-weight selection
+    unsupported_methods: dict[str, str] = {}  # method name → why it cannot apply to this task
+
+    def check_method(self, method_name: str) -> None:
+        if method_name in self.unsupported_methods:
+            raise SlimtuneError(f"method {method_name} does not apply to task {self.name}: "
+                                f"{self.unsupported_methods[method_name]}")
+
+    def load_backbone(self, spec, pooling=None, max_length=None):
+        """The pretrained model this task builds on (an encoder by default)."""
+        from slimtune.models.loading import load_backbone
+
+        return load_backbone(spec, pooling, max_length)
 
     def read(self, path, **options) -> list:
         """Rows of a data file; `options` are the reader flags (columns, tag scheme), None when not given."""
@@ -43,8 +56,28 @@ class Task:
         """The training loss of one padded batch; a multi-task mixture also reads which task the batch is from."""
         return self.loss(logits, batch["labels"])
 
-    def evaluate(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int, labels: list[str]) -> dict:
+    def loss_units(self, features: list[dict]) -> int:
+        """How many terms `loss` averages over for these rows: labelled positions (LABEL_PAD ignored).
+
+        Distributed training weights each rank's mean loss by its share of the units, so
+        the averaged gradient is that of the global batch's mean loss.
+        """
+        units = 0
+        for feature in features:
+            labels = feature["labels"]
+            units += sum(label != LABEL_PAD for label in labels) if isinstance(labels, list) else 1
+        return units
+
+    def outputs(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int) -> list:
+        """The model's output per feature, in feature order, on the CPU (distributed evaluation gathers them)."""
         raise NotImplementedError
+
+    def score(self, outputs: list, features: list[dict], labels: list[str]) -> dict:
+        """Metrics from `outputs` of all of `features`."""
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int, labels: list[str]) -> dict:
+        return self.score(self.outputs(model, features, pad_id, batch_size), features, labels)
 
     def encode_texts(self, texts: list[str], tokenizer, max_length: int) -> list[dict]:
         """Model features for raw texts to predict; a task may give one text several features (windows)."""

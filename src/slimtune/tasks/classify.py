@@ -50,8 +50,12 @@ class ClassificationTask(Task):
     def loss(self, logits, labels):
         return F.cross_entropy(logits, labels)
 
-    def evaluate(self, model, features, pad_id, batch_size, labels):
-        logits = predict_logits(model, features, pad_id, batch_size)
+    def outputs(self, model, features, pad_id, batch_size):
+        """Logits per text, as lists of floats: [C] each."""
+        return predict_logits(model, features, pad_id, batch_size).tolist()
+
+    def score(self, outputs, features, labels):
+        logits = torch.tensor(outputs)  # [N, C]
         predicted = logits.argmax(-1).tolist()
         gold = [f["labels"] for f in features]
         ids = list(range(len(labels)))

@@ -19,7 +19,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.models.task_models import TokenClassifier
 from slimtune.tasks.base import Task, refuse_options, score_table
 from slimtune.tasks.entity_metrics import entity_scores
-from slimtune.training.inference import feature_outputs, run_batches
+from slimtune.training.inference import feature_outputs
 
 
 def _tag_ids(sentence: Sentence, index: dict[str, int], labels: list[str]) -> list[int]:
@@ -29,21 +29,6 @@ def _tag_ids(sentence: Sentence, index: dict[str, int], labels: list[str]) -> li
             raise SlimtuneError(f"{sentence.source}:{line}: tag {tag!r} is not one of the model's labels {labels}")
         ids.append(index[tag])
     return ids
-
-
-def _word_predictions(model, features, pad_id: int, batch_size: int) -> tuple[list, float, int]:
-    """Label ids per feature and position, and the summed loss over labelled positions."""
-    ids = [None] * len(features)
-    loss_sum, loss_count = 0.0, 0
-    for indices, batch, logits in run_batches(model, features, pad_id, batch_size):  # logits [B, T, C]
-        best = logits.argmax(-1)
-        for row, i in enumerate(indices):
-            ids[i] = best[row].tolist()
-        if "labels" in batch:
-            loss_sum += F.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten(),
-                                        ignore_index=LABEL_PAD, reduction="sum").item()
-            loss_count += int((batch["labels"] != LABEL_PAD).sum())
-    return ids, loss_sum, loss_count
 
 
 def _encode_sentences(sentences: list[list[str]], tokenizer, max_length: int) -> list[dict]:
@@ -91,11 +76,16 @@ class NerTask(Task):
     def loss(self, logits, labels):
         return F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=LABEL_PAD)
 
-    def evaluate(self, model, features, pad_id, batch_size, labels):
-        ids, loss_sum, loss_count = _word_predictions(model, features, pad_id, batch_size)
+    def outputs(self, model, features, pad_id, batch_size):
+        return feature_outputs(model, features, pad_id, batch_size)
+
+    def score(self, outputs, features, labels):
+        ids = [logits.argmax(-1).tolist() for logits in outputs]
         gold = [[labels[i] for i in sentence] for sentence in stitch(features, [f["labels"] for f in features])]
         predicted = [tag_schemes.repair([labels[i] for i in sentence]) for sentence in stitch(features, ids)]
-        return {**entity_scores(gold, predicted), "loss": loss_sum / max(loss_count, 1),
+        gold_ids = torch.tensor([i for f in features for i in f["labels"]])  # [sum T_i]
+        loss = F.cross_entropy(torch.cat(outputs), gold_ids, ignore_index=LABEL_PAD, reduction="sum").item()
+        return {**entity_scores(gold, predicted), "loss": loss / max(int((gold_ids != LABEL_PAD).sum()), 1),
                 "sentences": len(gold), "words": sum(map(len, gold))}
 
     def encode_texts(self, texts, tokenizer, max_length):

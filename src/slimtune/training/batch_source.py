@@ -1,7 +1,9 @@
 """Where the trainer's micro-batches come from: one task's features, or any other deterministic schedule.
 
 An epoch's batches depend only on (seed, epoch), so a resumed run replays the
-epoch it stopped in and skips the batches it had already consumed.
+epoch it stopped in and skips the batches it had already consumed. Under
+data-parallel training every rank builds the same epoch and collates its own
+share of each batch's rows.
 """
 
 import math
@@ -10,25 +12,25 @@ from slimtune.data.batching import length_grouped_batches, pad_batch
 
 
 class BatchSource:
-    """The trainer's view of training data: `batches_per_epoch` items per epoch, each collated to one batch."""
+    """The trainer's view of training data: `batches_per_epoch` items per epoch, each naming one batch's rows."""
 
     batches_per_epoch: int
 
     def epoch(self, epoch: int) -> list:
-        """The epoch's items in training order (an item names the rows of one batch)."""
+        """The epoch's items in training order."""
         raise NotImplementedError
 
-    def collate(self, item) -> dict:
-        """The padded batch of an item: model inputs and `labels` (plus anything the task's `batch_loss` reads)."""
+    def rows(self, item) -> list[dict]:
+        """The features of an item's (global) batch."""
         raise NotImplementedError
 
-    def count(self, item) -> int:
-        """Examples in an item."""
+    def collate(self, rows: list[dict]) -> dict:
+        """The padded batch of some of one item's rows: model inputs and `labels` (plus what `batch_loss` reads)."""
         raise NotImplementedError
 
 
 class FeatureBatches(BatchSource):
-    """One task's features in length-grouped batches, reshuffled every epoch."""
+    """One task's features in length-grouped batches, reshuffled every epoch; an item is a list of row indices."""
 
     def __init__(self, features: list[dict], batch_size: int, seed: int, pad_id: int):
         self.features, self.batch_size, self.seed, self.pad_id = features, batch_size, seed, pad_id
@@ -38,8 +40,8 @@ class FeatureBatches(BatchSource):
     def epoch(self, epoch: int) -> list[list[int]]:
         return length_grouped_batches(self.lengths, self.batch_size, self.seed, epoch)
 
-    def collate(self, item: list[int]) -> dict:
-        return pad_batch([self.features[i] for i in item], self.pad_id)
+    def rows(self, item: list[int]) -> list[dict]:
+        return [self.features[i] for i in item]
 
-    def count(self, item: list[int]) -> int:
-        return len(item)
+    def collate(self, rows: list[dict]) -> dict:
+        return pad_batch(rows, self.pad_id)

@@ -20,6 +20,7 @@ class Progress:
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches of `epoch` already consumed
     examples_seen: int = 0
+    tokens_seen: int = 0  # real (unpadded) input tokens
     train_seconds: float = 0.0
     best_metric: float | None = None
     best_step: int = 0
@@ -30,7 +31,9 @@ class Progress:
     loss_count: int = 0
 
 
-def save_checkpoint(directory: Path, progress: Progress, trainable: dict, best: dict, optimizer, scheduler) -> None:
+def save_checkpoint(directory: Path, progress: Progress, trainable: dict, best: dict, optimizer, scheduler,
+                    torch_rng: list[torch.Tensor]) -> None:
+    """`torch_rng`: the torch RNG state of every rank, in rank order (one entry on a single process)."""
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -42,7 +45,7 @@ def save_checkpoint(directory: Path, progress: Progress, trainable: dict, best: 
         {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch_rng,
             "python_rng": random.getstate(),
         },
     )
@@ -50,8 +53,11 @@ def save_checkpoint(directory: Path, progress: Progress, trainable: dict, best: 
     replace_directory(tmp, directory)
 
 
-def load_checkpoint(directory: Path, optimizer, scheduler):
-    """(progress, trainable state, best state); restores optimizer, scheduler and RNG in place."""
+def load_checkpoint(directory: Path, optimizer, scheduler, rank: int = 0):
+    """(progress, trainable state, best state); restores optimizer, scheduler and `rank`'s RNG in place.
+
+    A run resumed on more processes than saved it gives the extra ranks rank 0's RNG state.
+    """
     if not (directory / "progress.json").exists():
         old = directory.with_name(directory.name + ".old")
         directory = old if (old / "progress.json").exists() else directory
@@ -59,7 +65,8 @@ def load_checkpoint(directory: Path, optimizer, scheduler):
     extra = torch.load(directory / "optimizer.pt", weights_only=False)
     optimizer.load_state_dict(extra["optimizer"])
     scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["torch_rng"])
+    states = extra["torch_rng"] if isinstance(extra["torch_rng"], list) else [extra["torch_rng"]]  # older: one
+    torch.set_rng_state(states[rank] if rank < len(states) else states[0])
     random.setstate(extra["python_rng"])
     best_file = directory / "best.safetensors"
     best = load_file(best_file) if best_file.exists() else {}

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from slimtune.data.batching import length_grouped_batches, pad_batch
+from slimtune.data.batching import length_grouped_batches, pad_batch, to_device
 
 
 def run_batches(
@@ -15,10 +15,11 @@ def run_batches(
     was_training = model.training
     model.eval()
     lengths = [len(f["input_ids"]) for f in features]
+    device = next(model.parameters()).device
     try:
         with torch.no_grad():
             for indices in length_grouped_batches(lengths, batch_size, seed=0, epoch=0, shuffle=False):
-                batch = pad_batch([features[i] for i in indices], pad_id)
+                batch = to_device(pad_batch([features[i] for i in indices], pad_id), device)
                 yield indices, batch, model(**batch)
     finally:
         model.train(was_training)
@@ -30,7 +31,7 @@ def predict_logits(model: nn.Module, features: list[dict], pad_id: int, batch_si
     for indices, _, logits in run_batches(model, features, pad_id, batch_size):
         if out is None:
             out = torch.empty(len(features), logits.shape[-1])
-        out[indices] = logits
+        out[indices] = logits.cpu()
     return out
 
 
@@ -42,9 +43,9 @@ def unpad_rows(logits: torch.Tensor, features: list[dict]) -> list[torch.Tensor]
 
 
 def feature_outputs(model: nn.Module, features: list[dict], pad_id: int, batch_size: int) -> list[torch.Tensor]:
-    """The model's output for each feature, in input order, padding removed (see `unpad_rows`)."""
+    """The model's output for each feature, in input order, padding removed (see `unpad_rows`), on the CPU."""
     out: list = [None] * len(features)
     for indices, _, logits in run_batches(model, features, pad_id, batch_size):
         for i, row in zip(indices, unpad_rows(logits, [features[i] for i in indices])):
-            out[i] = row
+            out[i] = row.cpu()
     return out

@@ -10,11 +10,13 @@ import torch
 from slimtune.adaptation import attach
 from slimtune.adapter_files import ADAPTER_FILE, run_config, save_adapter
 from slimtune.atomic import write_json
-from slimtune.data.batching import length_grouped_batches, pad_batch
+from slimtune.compression.int8 import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
+from slimtune.data.batching import length_grouped_batches, pad_batch, to_device
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
-from slimtune.models.loading import fingerprint, load_backbone
+from slimtune.models.loading import fingerprint
 from slimtune.tasks import get_task
+from slimtune.training import distributed
 from slimtune.training.trainer import TrainConfig, Trainer
 
 
@@ -32,6 +34,7 @@ class TrainRequest:
     max_length: int | None = None
     pooling: str | None = None
     read_options: dict = field(default_factory=dict)  # reader flags: table columns, tag scheme
+    quantize: str | None = None  # "int8": keep the frozen base weights in int8 (compression/int8.py)
     resume: bool = False
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -54,13 +57,34 @@ def count_parameters(model: torch.nn.Module, trainable: list) -> dict:
     return {"trainable_parameters": n, "total_parameters": total, "trainable_percent": round(100 * n / total, 4)}
 
 
+class PeakMemory:
+    """A step callback: the largest resident set size of this process seen after any optimizer step."""
+
+    def __init__(self):
+        import psutil
+
+        self.process = psutil.Process()
+        self.peak = self.process.memory_info().rss
+
+    def __call__(self, progress) -> None:
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
 def train(request: TrainRequest, step_callbacks=()) -> dict:
+    """Train and save; under torchrun every rank calls this, and only rank 0 writes the run directory."""
+    ranks = distributed.from_environment()
     out = Path(request.out_dir)
     if out.exists() and (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
         raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
     task = get_task(request.task)
+    task.check_method(request.method)
+    if request.quantize not in (None, *QUANTIZE_CHOICES):
+        raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
     method = create_method(request.method, request.options)
     method.check_task(task.name)
+    if request.quantize and method.needs_float_base_weights:
+        raise SlimtuneError(f"method {method.name} computes with the base weight matrices in fp32; "
+                            f"--quantize {request.quantize} keeps them only as int8")
     cfg = request.config
     if cfg.lr is None:
         cfg.lr = method.default_lr
@@ -74,25 +98,38 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
         train_rows = [train_rows[i] for i in keep]
     labels = task.label_names(train_rows)
 
-    backbone = load_backbone(request.model, request.pooling, request.max_length)
+    backbone = task.load_backbone(request.model, request.pooling, request.max_length)
     base_fingerprint = fingerprint(backbone.model)
     torch.manual_seed(cfg.seed)
     model = task.build_model(backbone, labels)
     params = attach(model, method)
+    parameter_counts = count_parameters(model, params)  # before quantization turns frozen weights into buffers
+    if request.quantize:
+        quantize_frozen_linears(model.backbone)
+    memory = {"model_weight_bytes": weight_bytes(model)}
+    model.to(ranks.device)
     train_features = task.encode(train_rows, backbone.tokenizer, labels, backbone.max_length)
     dev_features = task.encode(dev_rows, backbone.tokenizer, labels, backbone.max_length)
-    config = run_config(task, method, request.model, base_fingerprint, backbone, labels, task.run_settings(train_rows))
+    settings = {**task.run_settings(train_rows), **({"base_quantize": request.quantize} if request.quantize else {})}
+    config = run_config(task, method, request.model, base_fingerprint, backbone, labels, settings)
 
     pad_id = backbone.tokenizer.pad_token_id
     order = length_grouped_batches([len(f["input_ids"]) for f in train_features], cfg.batch_size, cfg.seed, 0)
     started = time.perf_counter()
-    method.prepare(model, (pad_batch([train_features[i] for i in b], pad_id) for b in order), task.loss)
+    method.prepare(model, (to_device(pad_batch([train_features[i] for i in b], pad_id), ranks.device) for b in order),
+                   task.loss)
     prepare_seconds = time.perf_counter() - started
-    trainer = Trainer(model, method, task, params, cfg, out, pad_id, labels)
-    trainer.step_callbacks.extend(step_callbacks)
+    trainer = Trainer(model, method, task, params, cfg, out, pad_id, labels, ranks)
+    peak_rss = PeakMemory()
+    trainer.step_callbacks.extend([peak_rss, *step_callbacks])
     summary = trainer.fit(train_features, dev_features, resume=request.resume)
+    model.cpu()
+    summary.update(parameter_counts)
+    summary.update(memory, train_peak_rss_bytes=peak_rss.peak, quantize=request.quantize,
+                   processes=ranks.world_size)
+    if not ranks.is_main:
+        return summary
     adapter_path = save_adapter(out, model, method, config)
-    summary.update(count_parameters(model, params))
     summary.update({"prepare_seconds": round(prepare_seconds, 2), "adapter_bytes": adapter_path.stat().st_size,
                     "train_examples": len(train_features), "dev_examples": len(dev_features), "lr": cfg.lr,
                     "method": method.name, "task": task.name})
@@ -109,6 +146,7 @@ def describe(summary: dict, metric: str) -> str:
         f"best dev {metric} {summary[f'best_dev_{metric}']:.4f} (step {summary['best_step']}); "
         f"trainable {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
         f"({summary['trainable_percent']:.2f}%); adapter {summary['adapter_bytes'] / 1024:.1f} KiB; "
-        f"{summary['train_seconds']:.1f} s training, {summary['examples_per_second']:.0f} examples/s"
+        f"{summary['train_seconds']:.1f} s training, {summary['examples_per_second']:.3g} examples/s, "
+        f"{summary['tokens_per_second']:.0f} tokens/s"
         + (f" (after {prepared:.1f} s preparing)" if prepared >= 0.1 else "")
     )

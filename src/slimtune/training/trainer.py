@@ -6,6 +6,7 @@ best weights, a JSONL metrics log, and checkpoints that `resume` continues to
 the same result as an uninterrupted run.
 """
 
+import contextlib
 import json
 import math
 import sys
@@ -18,9 +19,11 @@ import torch
 from tqdm import tqdm
 
 from slimtune.adaptation import adapter_state, load_adapter_state
+from slimtune.data.batching import to_device
 from slimtune.errors import SlimtuneError
 from slimtune.training.batch_source import BatchSource, FeatureBatches
 from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
+from slimtune.training.distributed import Ranks
 
 
 @dataclass
@@ -62,9 +65,15 @@ def linear_warmup_then_decay(optimizer, warmup_steps: int, total_steps: int) -> 
 
 
 class Trainer:
-    def __init__(self, model, method, task, params, config: TrainConfig, run_dir: Path, pad_id: int, labels):
+    """Trains on one process, or as one rank of several (`ranks`, see training/distributed.py)."""
+
+    def __init__(self, model, method, task, params, config: TrainConfig, run_dir: Path, pad_id: int, labels,
+                 ranks: Ranks = Ranks()):
         config.validate()
-        self.model, self.method, self.task = model, method, task
+        if config.batch_size < ranks.world_size:
+            raise SlimtuneError(f"--batch-size {config.batch_size} is the global batch, shared by "
+                                f"{ranks.world_size} processes; give each at least one row")
+        self.model, self.method, self.task, self.ranks = model, method, task, ranks
         self.params, self.config, self.run_dir = params, config, Path(run_dir)
         self.pad_id, self.labels = pad_id, labels
         self.step_callbacks: list[Callable[[Progress], None]] = []  # called after each optimizer step
@@ -82,6 +91,8 @@ class Trainer:
         return torch.optim.AdamW([g for g in groups if g["params"]], lr=self.config.lr)
 
     def _log(self, record: dict) -> None:
+        if not self.ranks.is_main:
+            return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -91,8 +102,20 @@ class Trainer:
             kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step]
             self.metrics_path.write_text("".join(l + "\n" for l in kept))
 
-    def evaluate(self, dev_features) -> dict:
-        return self.task.evaluate(self.model, dev_features, self.pad_id, self.config.batch_size * 2, self.labels)
+    def evaluate(self, dev_features: list[dict] | dict[str, list[dict]]) -> dict:
+        """Dev metrics; with several ranks each runs its share of the rows and all score the gathered outputs.
+
+        A multi-task run's dev features are {task name: rows}, shared out task by task.
+        """
+        if isinstance(dev_features, dict):
+            mine = {name: self.ranks.share(rows) for name, rows in dev_features.items()}
+            outputs = self.task.outputs(self.model, mine, self.pad_id, self.config.batch_size * 2)
+            gathered = {name: self.ranks.gather_shares(outputs[name], len(rows)) for name, rows in dev_features.items()}
+        else:
+            outputs = self.task.outputs(self.model, self.ranks.share(dev_features), self.pad_id,
+                                        self.config.batch_size * 2)
+            gathered = self.ranks.gather_shares(outputs, len(dev_features))
+        return self.task.score(gathered, dev_features, self.labels)
 
     def fit(self, train: list[dict] | BatchSource, dev_features, resume: bool = False) -> dict:
         """Train on `train`, one task's features or a `BatchSource` (several tasks' batches by a schedule)."""
@@ -103,35 +126,35 @@ class Trainer:
         total_steps = math.ceil(batches_per_epoch / cfg.grad_accum) * cfg.epochs
         optimizer = self._optimizer()
         scheduler = linear_warmup_then_decay(optimizer, int(cfg.warmup_ratio * total_steps), total_steps)
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + self.ranks.rank)  # each rank its own dropout masks
         progress, best_state = Progress(), {}
         if resume:
             if not has_checkpoint(self.checkpoint_dir):
                 raise SlimtuneError(f"{self.run_dir}: no checkpoint to resume from")
-            progress, trainable, best_state = load_checkpoint(self.checkpoint_dir, optimizer, scheduler)
+            progress, trainable, best_state = load_checkpoint(self.checkpoint_dir, optimizer, scheduler,
+                                                              self.ranks.rank)
             load_adapter_state(self.model, self.method, trainable)
-            self._trim_log(progress.step)
-        elif self.metrics_path.exists():
+            if self.ranks.is_main:
+                self._trim_log(progress.step)
+        elif self.metrics_path.exists() and self.ranks.is_main:
             self.metrics_path.unlink()
 
         self.model.train()
+        training_model = self.ranks.wrap(self.model)
         bar = tqdm(total=batches_per_epoch * cfg.epochs, initial=progress.epoch * batches_per_epoch + progress.batch_in_epoch,
-                   desc="train", unit="batch", file=sys.stderr, dynamic_ncols=True, disable=None)
+                   desc="train", unit="batch", file=sys.stderr, dynamic_ncols=True,
+                   disable=None if self.ranks.is_main else True)
         while progress.epoch < cfg.epochs and not progress.stopped_early:
             batches = source.epoch(progress.epoch)
             for b in range(progress.batch_in_epoch, len(batches)):
                 started = time.perf_counter()
                 group_start = b - b % cfg.grad_accum
                 group_size = min(cfg.grad_accum, len(batches) - group_start)
-                batch = source.collate(batches[b])
-                logits = self.model(**batch)
-                loss = self.task.batch_loss(logits, batch)
-                extra = self.method.extra_loss(self.model.backbone)
-                total = loss + extra if extra is not None else loss
-                (total / group_size).backward()
-                progress.loss_sum += loss.item()
-                progress.loss_count += 1
                 stepped = b - group_start + 1 == group_size
+                rows = source.rows(batches[b])
+                batch_loss = self._backward(training_model, source, rows, group_size, sync=stepped)
+                progress.loss_sum += batch_loss
+                progress.loss_count += 1
                 if stepped:
                     torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
                     optimizer.step()
@@ -140,11 +163,12 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                     progress.step += 1
                 progress.batch_in_epoch = b + 1
-                progress.examples_seen += source.count(batches[b])
+                progress.examples_seen += len(rows)
+                progress.tokens_seen += sum(len(f["input_ids"]) for f in rows)  # global batch
                 progress.train_seconds += time.perf_counter() - started
                 speed = progress.examples_seen / max(progress.train_seconds, 1e-9)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", ex_s=f"{speed:.0f}", refresh=False)
+                bar.set_postfix(loss=f"{batch_loss:.4f}", ex_s=f"{speed:.0f}", refresh=False)
                 if not stepped:
                     continue
                 if progress.step % cfg.log_every == 0:
@@ -177,8 +201,28 @@ class Trainer:
             "train_seconds": round(progress.train_seconds, 2),
             "train_examples_seen": progress.examples_seen,
             "examples_per_second": round(progress.examples_seen / max(progress.train_seconds, 1e-9), 1),
+            "tokens_per_second": round(progress.tokens_seen / max(progress.train_seconds, 1e-9), 1),
             "history": progress.history,
         }
+
+    def _backward(self, training_model, source: BatchSource, rows: list[dict], group_size: int, sync: bool) -> float:
+        """Gradients of this rank's share of the global batch `rows`; returns the global batch's mean loss.
+
+        DDP all-reduces gradients on every backward unless told not to; only the step's last micro-batch
+        (`sync`) needs it. An empty share (a last batch smaller than the world) still joins, with weight 0.
+        """
+        share = self.ranks.share(rows)
+        units, batch_units = self.task.loss_units(share), self.task.loss_units(rows)
+        batch = to_device(source.collate(share or rows[:1]), self.ranks.device)
+        skip_sync = not sync and training_model is not self.model
+        with training_model.no_sync() if skip_sync else contextlib.nullcontext():
+            logits = training_model(**batch)
+            loss = self.task.batch_loss(logits, batch) if units else logits.sum() * 0.0
+            total = loss * self.ranks.loss_scale(units, batch_units)
+            extra = self.method.extra_loss(self.model.backbone)
+            total = total + extra if extra is not None else total
+            (total / group_size).backward()
+        return self.ranks.sum(loss.item() * (units / batch_units))
 
     def _evaluate_and_track(self, dev_features, progress: Progress, best_state: dict) -> dict:
         metrics = self.evaluate(dev_features)
@@ -187,16 +231,20 @@ class Trainer:
                   **{f"dev_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}}
         self._log(record)
         progress.history.append(record)
-        tqdm.write(f"step {progress.step}: dev {self.task.primary_metric} {score:.4f}", file=sys.stderr)
+        if self.ranks.is_main:
+            tqdm.write(f"step {progress.step}: dev {self.task.primary_metric} {score:.4f}", file=sys.stderr)
         if progress.best_metric is None or score > progress.best_metric:
             progress.best_metric, progress.best_step, progress.evals_without_gain = score, progress.step, 0
             return adapter_state(self.model, self.method)
         progress.evals_without_gain += 1
         if self.config.patience and progress.evals_without_gain >= self.config.patience:
             progress.stopped_early = True
-            tqdm.write(f"early stop: no gain for {self.config.patience} evaluations", file=sys.stderr)
+            if self.ranks.is_main:
+                tqdm.write(f"early stop: no gain for {self.config.patience} evaluations", file=sys.stderr)
         return best_state
 
     def _checkpoint(self, progress, best_state, optimizer, scheduler) -> None:
-        save_checkpoint(self.checkpoint_dir, progress, adapter_state(self.model, self.method), best_state,
-                        optimizer, scheduler)
+        rng_states = self.ranks.all_objects(torch.get_rng_state())  # each rank's dropout stream, for --resume
+        if self.ranks.is_main:
+            save_checkpoint(self.checkpoint_dir, progress, adapter_state(self.model, self.method), best_state,
+                            optimizer, scheduler, rng_states)
