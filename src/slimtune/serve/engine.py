@@ -4,7 +4,8 @@ Rows of LoRA adapters sharing the base go through one base pass per chunk of
 `max_rows`, each row with its own adapter's delta; then each adapter's head
 reads its rows' token states. With `mixed=False` the same rows run one base
 pass per adapter instead (the baseline the load test compares against). Rows
-of adapters with their own model copy run one pass per adapter.
+of adapters with their own model copy run one pass per adapter. (Causal-LM
+adapters generate instead: serve/generator.py.)
 """
 
 from collections import defaultdict

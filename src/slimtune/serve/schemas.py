@@ -65,7 +65,8 @@ def generate_request_model(limits: Limits) -> type[BaseModel]:
                                    description="with sample: softmax temperature")
         top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False,
                              description="with sample: nucleus probability mass")
-        top_k: int = Field(default=0, ge=0, le=MAX_TOP_K, description="with sample: keep the k likeliest tokens (0: all)")
+        top_k: int = Field(default=0, ge=0, le=MAX_TOP_K,
+                           description="with sample: keep the k likeliest tokens (0: all)")
         seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
                                  description="with sample: seed for a reproducible draw")
 
