@@ -101,13 +101,20 @@ def text_streamer(tokenizer, on_text: Callable[[str], None]):
 def generate_texts(model, prompts: list[str], options: GenerationOptions | None = None, batch_size: int = 8,
                    on_text: Callable[[str], None] | None = None) -> list[str]:
     """The model's answer to each user prompt; with `on_text`, prompts run one at a time and stream."""
-    options = options or GenerationOptions()
     tokenizer = model.tokenizer
     encoded = [chat_prompt_ids(tokenizer, text) for text in prompts]
-    texts = []
+    answers = generate_answer_ids(model, encoded, options, batch_size, on_text)
+    return [tokenizer.decode(ids, skip_special_tokens=True) for ids in answers]
+
+
+def generate_answer_ids(model, encoded: list[list[int]], options: GenerationOptions | None = None,
+                        batch_size: int = 8, on_text: Callable[[str], None] | None = None) -> list[list[int]]:
+    """The new token ids for each rendered prompt (`chat_prompt_ids`), `batch_size` prompts per `generate` call
+    (one with `on_text`, which streams); what `generate_texts` decodes and the server counts."""
+    options = options or GenerationOptions()
+    answers = []
     step = 1 if on_text else batch_size
     for start in range(0, len(encoded), step):
-        streamer = text_streamer(tokenizer, on_text) if on_text else None
-        for ids in generate_ids(model, encoded[start : start + step], options, streamer):
-            texts.append(tokenizer.decode(ids, skip_special_tokens=True))
-    return texts
+        streamer = text_streamer(model.tokenizer, on_text) if on_text else None
+        answers += generate_ids(model, encoded[start : start + step], options, streamer)
+    return answers

@@ -1,10 +1,12 @@
-"""Adapters for serving, made without training (random non-zero updates, so every delta shows), and the real
-uvicorn server on a free loopback port in a background thread."""
+"""Adapters for serving, made without training (random non-zero updates, so every delta shows): classify and
+ner ones on the tiny BERT, a causal-lm one on the tiny Llama; and the real uvicorn server on a free loopback port
+in a background thread."""
 
 import socket
 import threading
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import pytest
@@ -28,12 +30,12 @@ def make_adapter(run_dir, model_dir: str, task_name: str, method_name: str, opti
     from slimtune.adapter_files import run_config, save_adapter
     from slimtune.adaptation import attach
     from slimtune.methods.registry import create_method
-    from slimtune.models.loading import fingerprint, load_backbone
+    from slimtune.models.loading import fingerprint
     from slimtune.tasks import get_task
 
-    backbone = load_backbone(model_dir, pooling=pooling)
-    base_fingerprint = fingerprint(backbone.model)
     task, method = get_task(task_name), create_method(method_name, options)
+    backbone = task.load_backbone(model_dir, pooling=pooling)
+    base_fingerprint = fingerprint(backbone.model)
     labels = TASK_LABELS[task_name]
     torch.manual_seed(seed)
     model = task.build_model(backbone, labels)
@@ -51,6 +53,13 @@ def adapter_dirs(tiny_model, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("served")
     return {name: make_adapter(root / name, tiny_model, task, method, options, seed)
             for seed, (name, (task, method, options)) in enumerate(ADAPTERS.items())}
+
+
+@pytest.fixture(scope="session")
+def chat_dir(tiny_lm, adapter_dirs) -> str:
+    """A causal-lm LoRA adapter on the tiny Llama, next to the others (so --allowed-dir covers it)."""
+    root = Path(next(iter(adapter_dirs.values()))).parent
+    return make_adapter(root / "chat", tiny_lm, "causal-lm", "lora", {"r": "4"}, seed=11)
 
 
 @contextmanager

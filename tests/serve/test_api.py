@@ -194,6 +194,7 @@ def test_management_is_off_without_a_token(tiny_model, monkeypatch):
     (["--adapter", "a=x", "--adapter", "a=y"], "adapter names must differ"),
     (["--adapter", "a=x", "--adapter", "b=y", "--merge"], "--merge serves exactly one adapter"),
     (["--max-batch-size", "0"], "--max-batch-size must be at least 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
     (["--adapter", "a=/no/such/dir"], "no such adapter directory"),
 ])
 def test_bad_start_up_arguments(capsys, argv, message):

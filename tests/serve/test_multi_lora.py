@@ -44,7 +44,7 @@ def jobs_for(registry, names: list[str]) -> list[Job]:
 def test_mixed_batch_equals_each_adapter_alone(registry, adapter_dirs, mixed):
     assert [registry.get(n).serving for n in adapter_dirs] == [SHARED, SHARED, SHARED, OWN]
     passes = []
-    engine = Engine(registry.shared, registry.base.tokenizer.pad_token_id, max_rows=64, mixed=mixed,
+    engine = Engine(registry, max_rows=64, mixed=mixed,
                     on_pass=lambda rows, adapters: passes.append(adapters))
     names = list(adapter_dirs)
     jobs = jobs_for(registry, names)
@@ -62,7 +62,7 @@ def test_mixed_batch_equals_each_adapter_alone(registry, adapter_dirs, mixed):
 
 def test_a_delta_really_applies_per_row(registry, adapter_dirs):
     """Two LoRA adapters over the same rows differ, and each differs from the bare base."""
-    engine = Engine(registry.shared, registry.base.tokenizer.pad_token_id, max_rows=8)
+    engine = Engine(registry, max_rows=8)
     features = registry.get("sst-qv").task.encode_texts(TEXTS[:3], registry.base.tokenizer, 128)
     qv, dense = engine.run([Job(registry.get("sst-qv"), features), Job(registry.get("sst-dense"), features)])
     assert all((a - b).abs().max() > 1e-3 for a, b in zip(qv, dense))
@@ -75,7 +75,7 @@ def test_chunks_and_unloading_leave_others_unchanged(tiny_model, adapter_dirs):
         registry.install(adapter)
         registry.register(adapter)
     registry.uninstall(registry.unregister("sst-qv"))  # frees slot 0; slot 1 and 2 stay
-    engine = Engine(registry.shared, registry.base.tokenizer.pad_token_id, max_rows=3)
+    engine = Engine(registry, max_rows=3)
     jobs = jobs_for(registry, ["sst-dense", "ner-qv"])
     results = engine.run(jobs)
     assert all(len(r) == len(j.features) for r, j in zip(results, jobs))
@@ -90,7 +90,7 @@ def test_chunks_and_unloading_leave_others_unchanged(tiny_model, adapter_dirs):
 def test_merged_single_adapter_equals_unmerged(tiny_model, adapter_dirs):
     registry = AdapterRegistry(tiny_model)
     merged = registry.prepare("m", adapter_dirs["sst-qv"], merge=True)
-    engine = Engine(registry.shared, registry.base.tokenizer.pad_token_id, max_rows=8)
+    engine = Engine(registry, max_rows=8)
     features = merged.task.encode_texts(TEXTS, registry.base.tokenizer, merged.max_length)
     (result,) = engine.run([Job(merged, features)])
     assert max((g - w).abs().max() for g, w in zip(result, alone(adapter_dirs["sst-qv"], TEXTS))) < 1e-5
@@ -103,7 +103,7 @@ def test_pooler_pooled_lora_gets_its_own_copy(tiny_model, tmp_path):
     registry = AdapterRegistry(tiny_model)
     adapter = registry.prepare("p", run)
     assert adapter.serving == OWN
-    engine = Engine(registry.shared, registry.base.tokenizer.pad_token_id, max_rows=8)
+    engine = Engine(registry, max_rows=8)
     features = adapter.task.encode_texts(TEXTS, registry.base.tokenizer, adapter.max_length)
     (result,) = engine.run([Job(adapter, features)])
     assert max((g - w).abs().max() for g, w in zip(result, alone(run, TEXTS))) < 1e-5

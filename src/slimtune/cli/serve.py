@@ -1,4 +1,4 @@
-"""`slimtune serve`: one base model and any number of adapters over it, behind an HTTP API."""
+"""`slimtune serve`: any number of adapters behind an HTTP API, classify/ner ones sharing one base model."""
 
 import argparse
 import os
@@ -6,12 +6,15 @@ import sys
 
 ADMIN_TOKEN_ENV = "SLIMTUNE_ADMIN_TOKEN"
 
-HELP = f"""Serve saved adapters over HTTP (FastAPI + uvicorn). One process holds one base model;
-LoRA adapters share its forward pass (rows of different adapters in one batch, each with its
-own low-rank delta); adapters of other methods run on their own copy of the base.
+HELP = f"""Serve saved adapters over HTTP (FastAPI + uvicorn). Classify and ner adapters share one
+base model: LoRA adapters share its forward pass (rows of different adapters in one batch, each
+with its own low-rank delta); adapters of other methods run on their own copy of the base.
+Causal-lm adapters answer POST /v1/generate, each on its own copy of the base it records.
 
 endpoints:
-  POST /v1/predict          {{"adapter": NAME, "inputs": [TEXT, ...]}}
+  POST /v1/predict          {{"adapter": NAME, "inputs": [TEXT, ...]}}  (classify, ner)
+  POST /v1/generate         {{"adapter": NAME, "prompts": [TEXT, ...], "max_new_tokens": N}}  (causal-lm;
+                            optional "sample": true with "temperature", "top_p", "top_k", "seed")
   GET  /v1/adapters         the loaded adapters
   POST /v1/adapters         {{"name": NAME, "path": DIR}}  (admin token; DIR inside --allowed-dir)
   DELETE /v1/adapters/NAME  (admin token)
@@ -23,8 +26,10 @@ The admin token is --admin-token or the environment variable {ADMIN_TOKEN_ENV}; 
 adapters cannot be loaded or unloaded while the server runs.
 
 examples:
-  slimtune serve --adapter sst2=runs/sst2 --adapter conll=runs/conll
+  slimtune serve --adapter sst2=runs/sst2 --adapter conll=runs/conll --adapter chat=runs/smol
   curl -s localhost:8000/v1/predict -d '{{"adapter": "sst2", "inputs": ["a gripping film"]}}' \\
+      -H 'content-type: application/json'
+  curl -s localhost:8000/v1/generate -d '{{"adapter": "chat", "prompts": ["Name a colour."]}}' \\
       -H 'content-type: application/json'
 """
 
@@ -33,7 +38,8 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="serve adapters over HTTP", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="an adapter to load, repeatable")
-    p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one the first adapter records)")
+    p.add_argument("--model", metavar="ID|PATH", help="base model of classify/ner adapters (default: the one the "
+                                                       "first of them records); causal-lm adapters use their own")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--admin-token", metavar="TOKEN", help=f"bearer token for loading and unloading adapters "
@@ -43,12 +49,16 @@ def register(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=32, metavar="ROWS", help="rows per forward pass")
     p.add_argument("--max-wait-ms", type=float, default=5.0, metavar="MS",
                    help="how long the first request of a batch waits for others")
-    p.add_argument("--max-inputs", type=int, default=64, help="texts per request")
+    p.add_argument("--max-inputs", type=int, default=64, help="texts (or prompts) per request")
     p.add_argument("--max-chars", type=int, default=2000, help="characters per text")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="most new tokens a generate request may ask for")
     p.add_argument("--batching", choices=("mixed", "per-adapter"), default="mixed",
                    help="mixed: rows of all LoRA adapters share each base pass; per-adapter: one pass per adapter")
     p.add_argument("--merge", action="store_true",
                    help="merge a single LoRA adapter into its own copy of the base (no per-row overhead)")
+    p.add_argument("--quantize", choices=("int8",),
+                   help="CPU dynamic int8 linear layers: the shared base (LoRA deltas stay fp32, mixed batches "
+                        "still work) and every own copy (merged first where the method allows)")
     p.set_defaults(handler=run)
 
 
@@ -67,7 +77,6 @@ def build_server(args):
 
     import uvicorn
 
-    from slimtune.adapter_files import read_config
     from slimtune.errors import SlimtuneError
     from slimtune.serve.app import ServeSettings, build_app
     from slimtune.serve.registry import AdapterRegistry
@@ -79,7 +88,7 @@ def build_server(args):
         raise SlimtuneError(f"adapter names must differ: {names}")
     if args.merge and len(adapters) != 1:
         raise SlimtuneError("--merge serves exactly one adapter")
-    for flag in ("max_batch_size", "max_inputs", "max_chars"):
+    for flag in ("max_batch_size", "max_inputs", "max_chars", "max_new_tokens"):
         if getattr(args, flag) < 1:
             raise SlimtuneError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.max_wait_ms < 0:
@@ -87,8 +96,7 @@ def build_server(args):
     allowed = Path(args.allowed_dir)
     if not allowed.is_dir():
         raise SlimtuneError(f"--allowed-dir {args.allowed_dir}: no such directory")
-    base_spec = args.model or (read_config(adapters[0][1]).get("base_model") if adapters else None)
-    registry = AdapterRegistry(base_spec)
+    registry = AdapterRegistry(args.model, args.quantize)
     served = [(served_name, task_name, directory) for name, directory in adapters
               for served_name, task_name in registry.served_tasks(name, directory)]
     taken = [served_name for served_name, _, _ in served]
@@ -99,7 +107,7 @@ def build_server(args):
         registry.install(adapter)  # no batches run yet: installing outside the model thread is safe
         registry.register(adapter)
     settings = ServeSettings(
-        limits=Limits(max_inputs=args.max_inputs, max_chars=args.max_chars),
+        limits=Limits(max_inputs=args.max_inputs, max_chars=args.max_chars, max_new_tokens=args.max_new_tokens),
         admin_token=args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
         allowed_dir=allowed, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
         mixed_batches=args.batching == "mixed",

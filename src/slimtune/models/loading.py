@@ -88,16 +88,16 @@ def load_backbone(spec: str | None, pooling: str | None = None, max_length: int 
     if causal:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
-        window = _window(model, tokenizer)
+        window = context_window(model, tokenizer)
         return Backbone(model, tokenizer, None, min(max_length or window, window))
     pooling = pooling or pooling_from_checkpoint(path) or "mean"
     if pooling not in POOLING_MODES:
         raise SlimtuneError(f"unknown pooling {pooling!r}; choose from {list(POOLING_MODES)}")
-    window = _window(model, tokenizer)
+    window = context_window(model, tokenizer)
     return Backbone(model, tokenizer, pooling, min(max_length or window, window))
 
 
-def _window(model: nn.Module, tokenizer) -> int:
+def context_window(model: nn.Module, tokenizer) -> int:
     """The longest input the model takes: its position table or the tokenizer's limit, whichever is shorter."""
     return min(getattr(model.config, "max_position_embeddings", 512) or 512, tokenizer.model_max_length or 512)
 

@@ -1,9 +1,10 @@
-"""The HTTP API: predictions with any loaded adapter, adapter management behind a bearer token, health, metrics.
+"""The HTTP API: predictions with classify/ner adapters, generation with causal-LM adapters, adapter management
+behind a bearer token, health, metrics.
 
-Every route group is added by its own function over one `Server`; a later
-`POST /v1/generate` (causal-LM adapters) would be one more such function with
-its own job type and engine, sharing the registry, the model thread and the
-metrics. Errors a client can fix are 4xx with a `detail` saying what is wrong.
+Every route group is added by its own function over one `Server`; predictions
+and generation each have their own job type and engine, and share the registry,
+the one model thread and the metrics. Errors a client can fix are 4xx with a
+`detail` saying what is wrong.
 """
 
 import asyncio
@@ -20,9 +21,11 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from slimtune.errors import SlimtuneError
+from slimtune.generation import GenerationOptions, chat_prompt_ids
 from slimtune.serve import schemas
 from slimtune.serve.batcher import MicroBatcher
 from slimtune.serve.engine import Engine, Job
+from slimtune.serve.generator import GenerateJob, Generator
 from slimtune.serve.guards import BodyGuard
 from slimtune.serve.metrics import CONTENT_TYPE, ServerMetrics
 from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegistry, UnknownAdapter
@@ -30,6 +33,10 @@ from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegi
 
 class PathRefused(SlimtuneError):
     """An adapter path outside the allowed directory."""
+
+
+class WrongEndpoint(SlimtuneError):
+    """A causal-LM adapter sent to /v1/predict, or a classify/ner one to /v1/generate."""
 
 
 STATUS = {UnknownAdapter: 404, AdapterConflict: 409, PathRefused: 403, AdapterRefused: 422}
@@ -51,6 +58,7 @@ class Server:
     settings: ServeSettings
     metrics: ServerMetrics
     batcher: MicroBatcher
+    generator: Generator
 
 
 class SafeJSONResponse(JSONResponse):
@@ -62,10 +70,10 @@ class SafeJSONResponse(JSONResponse):
 
 def build_app(registry: AdapterRegistry, settings: ServeSettings) -> FastAPI:
     metrics = ServerMetrics()
-    engine = Engine(registry.shared, registry.base.tokenizer.pad_token_id, settings.max_batch_size,
-                    mixed=settings.mixed_batches, on_pass=metrics.observe_pass)
+    engine = Engine(registry, settings.max_batch_size, mixed=settings.mixed_batches, on_pass=metrics.observe_pass)
     batcher = MicroBatcher(engine.run, settings.max_batch_size, settings.max_wait_ms / 1000)
-    server = Server(registry, settings, metrics, batcher)
+    generator = Generator(settings.max_batch_size, on_tokens=metrics.observe_generation)
+    server = Server(registry, settings, metrics, batcher, generator)
 
     async def lifespan(_):
         batcher.start()
@@ -73,10 +81,12 @@ def build_app(registry: AdapterRegistry, settings: ServeSettings) -> FastAPI:
         await batcher.stop()
 
     app = FastAPI(title="slimtune serve", version="1", lifespan=lifespan, default_response_class=SafeJSONResponse,
-                  description="One base model, many fine-tuned adapters, predictions micro-batched across them.")
+                  description="Many fine-tuned adapters: predictions micro-batched across those sharing a base, "
+                              "text generation with causal-LM adapters.")
     app.state.server = server
     _add_error_handlers(app)
     _add_predict_routes(app, server)
+    _add_generate_routes(app, server)
     _add_admin_routes(app, server)
     _add_status_routes(app, server)
     app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes)
@@ -115,10 +125,36 @@ def _add_predict_routes(app: FastAPI, server: Server) -> None:
               summary="Labels and scores (classify) or entities with character spans (ner), one per input")
     async def predict(body: PredictRequest):
         adapter = registry.get(body.adapter)
-        features = adapter.task.encode_texts(body.inputs, registry.base.tokenizer, adapter.max_length)
+        if adapter.generates:
+            raise WrongEndpoint(f"adapter {adapter.name!r} is a causal-lm adapter: send its prompts to "
+                                "POST /v1/generate")
+        features = adapter.task.encode_texts(body.inputs, adapter.tokenizer, adapter.max_length)
         outputs = await server.batcher.submit(Job(adapter, features), len(features))
         predictions = adapter.task.decode(body.inputs, features, outputs, adapter.labels, adapter.config)
         return {"adapter": adapter.name, "task": adapter.task.name, "outputs": predictions}
+
+
+def _add_generate_routes(app: FastAPI, server: Server) -> None:
+    GenerateRequest = schemas.generate_request_model(server.settings.limits)
+    registry = server.registry
+
+    @app.post("/v1/generate", response_model=schemas.GenerateResponse, responses=schemas.ERRORS,
+              summary="Answers of a causal-lm adapter, one per prompt (greedy unless sample is true)")
+    async def generate(body: GenerateRequest):
+        adapter = registry.get(body.adapter)
+        if not adapter.generates:
+            raise WrongEndpoint(f"adapter {adapter.name!r} is a {adapter.task.name} adapter: POST /v1/generate "
+                                "serves causal-lm adapters; use POST /v1/predict")
+        prompts = [chat_prompt_ids(adapter.tokenizer, text) for text in body.prompts]
+        for i, ids in enumerate(prompts):
+            if len(ids) + body.max_new_tokens > adapter.max_length:
+                raise SlimtuneError(f"prompts[{i}] is {len(ids)} tokens; with max_new_tokens {body.max_new_tokens} "
+                                    f"it exceeds the model's window of {adapter.max_length} tokens")
+        options = GenerationOptions(max_new_tokens=body.max_new_tokens, sample=body.sample,
+                                    temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=body.seed)
+        options.validate()
+        texts = await server.batcher.exclusive(server.generator.run, GenerateJob(adapter, prompts, options))
+        return {"adapter": adapter.name, "outputs": [{"text": text} for text in texts]}
 
 
 def _add_admin_routes(app: FastAPI, server: Server) -> None:

@@ -4,7 +4,8 @@ Rows of LoRA adapters sharing the base go through one base pass per chunk of
 `max_rows`, each row with its own adapter's delta; then each adapter's head
 reads its rows' token states. With `mixed=False` the same rows run one base
 pass per adapter instead (the baseline the load test compares against). Rows
-of adapters with their own model copy run one pass per adapter.
+of adapters with their own model copy run one pass per adapter. (Causal-LM
+adapters generate instead: serve/generator.py.)
 """
 
 from collections import defaultdict
@@ -13,8 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from slimtune.data.batching import pad_batch
-from slimtune.serve.multi_lora import SharedLoRABase
-from slimtune.serve.registry import SHARED, ServedAdapter, UnknownAdapter
+from slimtune.serve.registry import SHARED, AdapterRegistry, ServedAdapter, UnknownAdapter
 from slimtune.training.inference import unpad_rows
 
 
@@ -27,9 +27,8 @@ class Job:
 
 
 class Engine:
-    def __init__(self, shared: SharedLoRABase, pad_id: int, max_rows: int, mixed: bool = True, on_pass=None):
-        self.shared = shared
-        self.pad_id = pad_id
+    def __init__(self, registry: AdapterRegistry, max_rows: int, mixed: bool = True, on_pass=None):
+        self.registry = registry  # its shared base may be loaded after the engine starts
         self.max_rows = max_rows
         self.mixed = mixed
         self.on_pass = on_pass  # called with (rows, adapters) after every forward pass, e.g. for metrics
@@ -60,9 +59,9 @@ class Engine:
 
     def _shared_pass(self, chunk: list[tuple]) -> list[torch.Tensor]:
         features = [row[3] for row in chunk]
-        batch = pad_batch(features, self.pad_id)
+        batch = pad_batch(features, chunk[0][2].tokenizer.pad_token_id)
         slots = torch.tensor([row[2].slot for row in chunk])
-        hidden = self.shared(batch, slots)  # [B, T, H]
+        hidden = self.registry.shared(batch, slots)  # [B, T, H]
         outputs: list = [None] * len(chunk)
         by_adapter = defaultdict(list)
         for position, row in enumerate(chunk):
@@ -77,7 +76,8 @@ class Engine:
 
     def _own_pass(self, chunk: list[tuple]) -> list[torch.Tensor]:
         features = [row[3] for row in chunk]
-        logits = chunk[0][2].model(**pad_batch(features, self.pad_id))
+        adapter = chunk[0][2]
+        logits = adapter.model(**pad_batch(features, adapter.tokenizer.pad_token_id))
         self._record(len(chunk), 1)
         return unpad_rows(logits, features)
 

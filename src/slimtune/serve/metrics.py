@@ -38,6 +38,8 @@ class ServerMetrics:
         self.latency = defaultdict(lambda: Histogram(LATENCY_BUCKETS))  # route → seconds
         self.batch_rows = Histogram(ROW_BUCKETS)
         self.batch_adapters = Histogram(ROW_BUCKETS)
+        self.generated_prompts = 0
+        self.generated_tokens = 0
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -48,6 +50,11 @@ class ServerMetrics:
         with self._lock:
             self.batch_rows.observe(rows)
             self.batch_adapters.observe(adapters)
+
+    def observe_generation(self, prompts: int, tokens: int) -> None:
+        with self._lock:
+            self.generated_prompts += prompts
+            self.generated_tokens += tokens
 
     def render(self) -> str:
         with self._lock:
@@ -71,7 +78,13 @@ class ServerMetrics:
                       "# TYPE slimtune_batch_rows histogram", *self.batch_rows.lines("slimtune_batch_rows", ""),
                       "# HELP slimtune_batch_adapters Distinct adapters per forward pass.",
                       "# TYPE slimtune_batch_adapters histogram",
-                      *self.batch_adapters.lines("slimtune_batch_adapters", "")]
+                      *self.batch_adapters.lines("slimtune_batch_adapters", ""),
+                      "# HELP slimtune_generated_prompts_total Prompts answered by POST /v1/generate.",
+                      "# TYPE slimtune_generated_prompts_total counter",
+                      f"slimtune_generated_prompts_total {self.generated_prompts}",
+                      "# HELP slimtune_generated_tokens_total New tokens generated (end-of-turn tokens not counted).",
+                      "# TYPE slimtune_generated_tokens_total counter",
+                      f"slimtune_generated_tokens_total {self.generated_tokens}"]
         return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,8 @@ slot without an update on that layer adds exactly zero. Every row of a batch
 names its adapter's slot; the layer gathers each row's factors and adds
 (x·Aᵀ·Bᵀ)·scale with two batched matmuls. Rows of different adapters thus share
 the base matmuls and all the attention work, and each row gets its own delta.
+The base layer may be PyTorch's dynamic int8 Linear (`serve --quantize int8`):
+the deltas stay fp32 and are added to its output.
 """
 
 from contextlib import contextmanager
@@ -16,6 +18,8 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.lora import LoRALinear
+
+BASE_LINEARS = (nn.Linear, torch.ao.nn.quantized.dynamic.Linear)  # what a MultiLoRALinear can wrap
 
 
 class RowSlots:
@@ -36,7 +40,7 @@ class RowSlots:
 class MultiLoRALinear(nn.Module):
     """A frozen linear layer plus, per row, the low-rank update of that row's adapter."""
 
-    def __init__(self, base_layer: nn.Linear, rows: RowSlots):
+    def __init__(self, base_layer: nn.Module, rows: RowSlots):
         super().__init__()
         self.base_layer = base_layer
         self.rows = rows
@@ -57,10 +61,10 @@ class MultiLoRALinear(nn.Module):
             return
         slots = max(self.factors) + 1
         rank = max(a.shape[0] for a, _, _ in self.factors.values())
-        weight = self.base_layer.weight
-        stacked_a = weight.new_zeros(slots, rank, self.base_layer.in_features)
-        stacked_b = weight.new_zeros(slots, self.base_layer.out_features, rank)
-        scale = weight.new_zeros(slots)
+        a_any, _, _ = next(iter(self.factors.values()))
+        stacked_a = a_any.new_zeros(slots, rank, self.base_layer.in_features)
+        stacked_b = a_any.new_zeros(slots, self.base_layer.out_features, rank)
+        scale = a_any.new_zeros(slots)
         for slot, (a, b, scaling) in self.factors.items():
             stacked_a[slot, : a.shape[0]] = a
             stacked_b[slot, :, : b.shape[1]] = b
@@ -116,7 +120,7 @@ class SharedLoRABase(nn.Module):
         if isinstance(current, MultiLoRALinear):
             return current
         shape = (layer.base_layer.out_features, layer.base_layer.in_features)
-        if not isinstance(current, nn.Linear) or tuple(current.weight.shape) != shape:
+        if not isinstance(current, BASE_LINEARS) or (current.out_features, current.in_features) != shape:
             raise SlimtuneError(f"the adapter's LoRA layer {name!r} does not fit the base model's {current}")
         wrapper = MultiLoRALinear(current, self.rows)
         parent_name, _, child = name.rpartition(".")

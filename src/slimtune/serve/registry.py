@@ -1,18 +1,32 @@
-"""The adapters one server holds over its one base model, and how each one's rows are run.
+"""The adapters one server holds, and how each one's rows are run.
 
-LoRA adapters share the base: their factors go into the `SharedLoRABase`, each in
-its own slot, and only their task head is kept apart (built on a weightless
-copy of the base on the meta device, so loading one costs its own weights and
-nothing more). Adapters of other methods, which change the base in ways that
-cannot be applied per row (prefix, adapter, full, bitfit...), and LoRA adapters
-pooled through the base's pooler, run on their own copy of the base, one pass
-per adapter. A lone mergeable adapter can be merged into its copy instead.
+Classify and NER adapters share one encoder base (`--model`, else the base the
+first of them records, loaded when that one comes). LoRA adapters share its
+forward pass: their factors go into the `SharedLoRABase`, each in its own slot,
+and only their task head is kept apart (built on a weightless copy of the base
+on the meta device, so loading one costs its own weights and nothing more).
+Adapters of other methods, which change the base in ways that cannot be applied
+per row (prefix, adapter, full, bitfit...), LoRA adapters pooled through the
+base's pooler, and adapters saved for int8 inference (`slimtune quantize`) or
+trained on an int8 base run on their own copy of the base, one pass per adapter.
+A lone mergeable adapter can be merged into its copy instead.
+
+Causal-LM adapters answer `POST /v1/generate`, each on its own copy of the base
+it records (a causal LM, never the encoder base), so one server can hold both
+kinds: generation runs a request at a time through transformers' `generate`,
+which a row-shared pass would not speed up much on CPU.
+
+With `quantize="int8"` every base is PyTorch dynamic int8: the shared encoder's
+linear layers (LoRA deltas stay fp32 on top, so mixed batches still work), and
+each own copy as `load_adapter(..., quantize="int8")` makes it (merged where the
+method allows, then quantized).
 
 Loading reads only adapter_config.json and adapter.safetensors (no pickle), and
 an adapter trained on another base is refused by its recorded fingerprint. Each
 task of a multi-task adapter is served as an adapter of its own, NAME.TASK.
 """
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,11 +34,13 @@ import torch
 from torch import nn
 
 from slimtune.adapter_files import build_adapter_model, load_adapter, read_config
+from slimtune.compression.dynamic_int8 import SCHEMES, quantize_int8
 from slimtune.errors import SlimtuneError
 from slimtune.methods.lora import LoRA
+from slimtune.models.loading import DEFAULT_MODEL, Backbone, context_window, fingerprint, load_backbone
 from slimtune.multitask.files import check_task_name, is_multi, task_config
-from slimtune.models.loading import DEFAULT_MODEL, Backbone, fingerprint, load_backbone
 from slimtune.serve.multi_lora import SharedLoRABase
+from slimtune.tasks.causal_lm import CausalLMTask
 
 SHARED = "shared-lora"  # rows run in the shared base pass, with their own LoRA delta
 OWN = "own-model"  # rows run through the adapter's own copy of the base
@@ -51,7 +67,10 @@ class ServedAdapter:
     task: object
     serving: str
     model: nn.Module  # SHARED: the task model over a weightless base (its head reads the shared states); else whole
-    max_length: int
+    tokenizer: object
+    max_length: int  # tokens per row: the encoder window texts are cut to, or a causal LM's prompt + new tokens
+    base_model: str
+    quantize: str | None = None  # "int8": its base (and merged update) runs in dynamic int8
     slot: int | None = None
     removed: bool = field(default=False)  # set on unload; queued rows for it then fail instead of running
 
@@ -59,25 +78,50 @@ class ServedAdapter:
     def labels(self) -> list[str]:
         return self.config["labels"]
 
+    @property
+    def generates(self) -> bool:
+        """A causal-LM adapter: served by POST /v1/generate, not /v1/predict."""
+        return self.task.name == CausalLMTask.name
+
     def info(self) -> dict:
         return {"name": self.name, "task": self.task.name, "method": self.config["method"], "labels": self.labels,
-                "serving": self.serving, "path": str(self.path)}
+                "serving": self.serving, "base_model": self.base_model, "quantize": self.quantize,
+                "path": str(self.path)}
 
 
 class AdapterRegistry:
-    """Loaded adapters by name over one base. Only the event loop changes the name table; weights change in
-    the model thread (see `MicroBatcher.exclusive`), so batches never see a half-loaded adapter."""
+    """Loaded adapters by name. Only the event loop changes the name table; weights change in the model thread
+    (see `MicroBatcher.exclusive`), so batches never see a half-loaded adapter."""
 
-    def __init__(self, base_spec: str | None):
-        self.base_spec = base_spec or DEFAULT_MODEL
-        self.base = load_backbone(self.base_spec)
-        self.base_fingerprint = fingerprint(self.base.model)
-        if getattr(self.base.model, "pooler", None) is not None:
-            self.base.model.pooler = None  # no shared head reads it; pooler-pooled adapters get their own copy
-        self.shared = SharedLoRABase(self.base.model)
+    def __init__(self, base_spec: str | None, quantize: str | None = None):
+        """`base_spec`: the encoder base, loaded now; None: the base the first classify/ner adapter records."""
+        if quantize not in (None, *SCHEMES):
+            raise SlimtuneError(f"unknown quantization {quantize!r}; choose from {list(SCHEMES)}")
+        self.quantize = quantize
+        self.base_spec = base_spec
+        self.base: Backbone | None = None
+        self.shared: SharedLoRABase | None = None
+        self._base_lock = threading.Lock()  # two adapters loading at once must not both load the base
         self.adapters: dict[str, ServedAdapter] = {}
         self._pending: set[str] = set()
         self._slots: set[int] = set()  # slots holding factors; only the model thread touches it
+        if base_spec is not None:
+            self._encoder_base(base_spec)
+
+    def _encoder_base(self, spec: str | None) -> Backbone:
+        """The shared encoder base, loaded from `spec` (or the default model) on first use."""
+        with self._base_lock:
+            if self.base is None:
+                base = load_backbone(spec or DEFAULT_MODEL)
+                self.base_fingerprint = fingerprint(base.model)
+                if getattr(base.model, "pooler", None) is not None:
+                    base.model.pooler = None  # no shared head reads it; pooler-pooled adapters get their own copy
+                if self.quantize:
+                    quantize_int8(base.model)
+                self.base_spec = spec or DEFAULT_MODEL
+                self.shared = SharedLoRABase(base.model)
+                self.base = base
+            return self.base
 
     def get(self, name: str) -> ServedAdapter:
         adapter = self.adapters.get(name)
@@ -118,24 +162,46 @@ class AdapterRegistry:
         full_config = read_config(run_dir)
         check_task_name(full_config, task_name, run_dir)
         config = task_config(full_config, task_name) if is_multi(full_config) else full_config
+        if config["task"] == CausalLMTask.name:
+            return self._own_copy(name, run_dir, config, merge, None, task_name)  # checked against its own base
+        base = self._encoder_base(config.get("base_model"))
         if config["base_fingerprint"] != self.base_fingerprint:
             raise SlimtuneError(f"{run_dir} was trained on another base model (fingerprint "
                                 f"{config['base_fingerprint']}); this server holds {self.base_spec} "
                                 f"(fingerprint {self.base_fingerprint})")
-        pooling = config.get("pooling") or self.base.pooling
-        if merge or config["method"] != LoRA.name or pooling == "pooler":
-            loaded = load_adapter(run_dir, self.base_spec, task_name=task_name)
-            if merge:
-                if not loaded.method.mergeable:
-                    raise SlimtuneError(f"method {loaded.method.name} cannot be merged")
-                loaded.method.merge(loaded.model.backbone)
-            return ServedAdapter(name, run_dir, config, loaded.task, MERGED if merge else OWN, loaded.model,
-                                 loaded.backbone.max_length)
-        window = self.base.max_length
+        pooling = config.get("pooling") or base.pooling
+        int8_run = config.get("quantize") or config.get("base_quantize")
+        if merge or config["method"] != LoRA.name or pooling == "pooler" or int8_run:
+            return self._own_copy(name, run_dir, config, merge, self.base_spec, task_name)
+        window = base.max_length
         max_length = min(config.get("max_length") or window, window)
-        skeleton = Backbone(self._weightless_base(), self.base.tokenizer, pooling, max_length)
+        skeleton = Backbone(self._weightless_base(), base.tokenizer, pooling, max_length)
         model, _, task = build_adapter_model(run_dir, full_config, skeleton, task_name)
-        return ServedAdapter(name, run_dir, config, task, SHARED, model, max_length)
+        return ServedAdapter(name, run_dir, config, task, SHARED, model, base.tokenizer, max_length, self.base_spec,
+                             self.quantize)
+
+    def _own_copy(self, name: str, run_dir: Path, config: dict, merge: bool, spec: str | None,
+                  task_name: str | None) -> ServedAdapter:
+        """The adapter on its own copy of the base (`spec`, else the one it records), quantized and merged as asked.
+
+        An adapter trained on an int8 base keeps that base as it is; one saved by `slimtune quantize` is int8
+        whatever the server's setting (`load_adapter` reads that from its config)."""
+        scheme = None if config.get("base_quantize") else (self.quantize or config.get("quantize"))
+        loaded = load_adapter(run_dir, spec, scheme, task_name=task_name)  # with a scheme: merged where the method allows, quantized
+        if merge:
+            if not loaded.method.mergeable or config.get("base_quantize"):
+                why = "it was trained on an int8 base" if config.get("base_quantize") else "the method does not merge"
+                raise SlimtuneError(f"{run_dir}: method {loaded.method.name} cannot be merged ({why})")
+            if not scheme:
+                loaded.method.merge(loaded.model.backbone)
+        if loaded.task.name == CausalLMTask.name:
+            max_length = context_window(loaded.model.lm, loaded.backbone.tokenizer)
+        else:
+            max_length = loaded.backbone.max_length
+        base_model = spec or config.get("base_model") or DEFAULT_MODEL
+        return ServedAdapter(name, run_dir, config, loaded.task, MERGED if merge else OWN, loaded.model,
+                             loaded.backbone.tokenizer, max_length, base_model,
+                             scheme or config.get("base_quantize"))
 
     def _weightless_base(self) -> nn.Module:
         """The base architecture on the meta device: LoRA factors and heads built on it are real, it is not."""

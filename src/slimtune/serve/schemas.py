@@ -12,8 +12,9 @@ AdapterName = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 
 @dataclass(frozen=True)
 class Limits:
-    max_inputs: int = 64
-    max_chars: int = 2000
+    max_inputs: int = 64  # texts (or prompts) per request
+    max_chars: int = 2000  # characters per text
+    max_new_tokens: int = 256  # tokens a generate request may ask for, per prompt
 
     @property
     def max_body_bytes(self) -> int:
@@ -27,16 +28,49 @@ def _not_blank(text: str) -> str:
     return text
 
 
+def _text(limits: Limits):
+    return Annotated[str, StringConstraints(min_length=1, max_length=limits.max_chars), AfterValidator(_not_blank)]
+
+
 def predict_request_model(limits: Limits) -> type[BaseModel]:
-    Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_chars), AfterValidator(_not_blank)]
+    Text = _text(limits)
 
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", strict=True)
-        adapter: AdapterName = Field(description="name of a loaded adapter (see GET /v1/adapters)")
+        adapter: AdapterName = Field(description="name of a loaded classify or ner adapter (see GET /v1/adapters)")
         inputs: list[Text] = Field(min_length=1, max_length=limits.max_inputs,
                                    description=f"1 to {limits.max_inputs} texts of 1 to {limits.max_chars} characters")
 
     return PredictRequest
+
+
+# Sampling bounds: a temperature near 0 or a huge one overflows the softmax (use greedy decoding instead).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+MAX_TOP_K = 1_000_000
+
+
+def generate_request_model(limits: Limits) -> type[BaseModel]:
+    Text = _text(limits)
+
+    class GenerateRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        adapter: AdapterName = Field(description="name of a loaded causal-lm adapter (see GET /v1/adapters)")
+        prompts: list[Text] = Field(min_length=1, max_length=limits.max_inputs,
+                                    description=f"1 to {limits.max_inputs} user messages of 1 to {limits.max_chars} "
+                                                "characters, each answered on its own through the chat template")
+        max_new_tokens: int = Field(default=min(64, limits.max_new_tokens), ge=1, le=limits.max_new_tokens,
+                                    description="most tokens of each answer (it may stop earlier, at end of turn)")
+        sample: bool = Field(default=False, description="sample the answer; false: greedy decoding, deterministic")
+        temperature: float = Field(default=1.0, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE, allow_inf_nan=False,
+                                   description="with sample: softmax temperature")
+        top_p: float = Field(default=1.0, gt=0, le=1, allow_inf_nan=False,
+                             description="with sample: nucleus probability mass")
+        top_k: int = Field(default=0, ge=0, le=MAX_TOP_K,
+                           description="with sample: keep the k likeliest tokens (0: all)")
+        seed: int | None = Field(default=None, ge=0, le=2**63 - 1,
+                                 description="with sample: seed for a reproducible draw")
+
+    return GenerateRequest
 
 
 class LoadAdapterRequest(BaseModel):
@@ -73,6 +107,15 @@ class PredictResponse(BaseModel):
     outputs: list[ClassPrediction | EntityPrediction] = Field(description="one per input, in order")
 
 
+class GeneratedText(BaseModel):
+    text: str = Field(description="the answer, without the prompt or the end-of-turn token")
+
+
+class GenerateResponse(BaseModel):
+    adapter: str
+    outputs: list[GeneratedText] = Field(description="one per prompt, in order")
+
+
 class AdapterInfo(BaseModel):
     name: str
     task: str
@@ -80,11 +123,14 @@ class AdapterInfo(BaseModel):
     labels: list[str]
     serving: str = Field(description="shared-lora (one base pass shared with other LoRA adapters), own-model "
                                      "(its own copy of the base) or merged")
+    base_model: str
+    quantize: str | None = Field(description="int8: served with dynamic int8 linear layers")
     path: str
 
 
 class AdapterList(BaseModel):
-    base_model: str
+    base_model: str | None = Field(description="the encoder base classify and ner adapters share (null until one "
+                                               "is loaded); causal-lm adapters each run on their own base_model")
     adapters: list[AdapterInfo]
 
 
