@@ -127,7 +127,7 @@ def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone,
         config = task_config(multi_config, task_name)
     task = get_task(config["task"])
     method = create_method(config["method"], {k: _as_option(v) for k, v in config["options"].items()})
-    method.check_task(task.name)
+    task.check_method(method)
     model = task.build_model(backbone, config["labels"])
     attach(model, method)
     if config.get("base_quantize"):  # the adapter was trained on (and is used with) the int8 base

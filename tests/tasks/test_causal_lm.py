@@ -10,6 +10,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.generation import (GenerationOptions, chat_prompt_ids, generate_ids, generation_config_for,
                                  left_padded)
 from slimtune.methods.lora import LoRALinear
+from slimtune.methods.registry import create_method
 from slimtune.tasks import get_task
 from slimtune.tasks.causal_lm import normalise_answer
 from tests.conftest import build_classifier, toy_lm_batch
@@ -123,7 +124,7 @@ def test_over_long_examples_are_dropped_and_reported(tiny_lm, tmp_path, capsys):
 
 def test_head_only_is_refused_with_the_reason():
     with pytest.raises(SlimtuneError, match="head does not apply to task causal-lm: .*tied"):
-        get_task("causal-lm").check_method("head")
+        get_task("causal-lm").check_method(create_method("head", {}))
 
 
 def test_bitfit_on_a_model_without_biases_is_refused(tmp_path):

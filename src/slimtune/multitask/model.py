@@ -65,7 +65,7 @@ def attach_all(model: MultiTaskModel, method: Method, tasks: dict) -> list[nn.Pa
     """`attach` for a MultiTaskModel, after checking the method serves every task; a method that replaces the
     whole encoder (features) is refused, as each task model keeps its own reference to the encoder."""
     for task in tasks.values():
-        method.check_task(task.name)
+        task.check_method(method)
     params = attach(model, method)
     if model.sharing == "shared" and any(m.backbone is not model.backbone for m in model.task_models.values()):
         raise SlimtuneError(_WRAPS_ENCODER.format(method.name))

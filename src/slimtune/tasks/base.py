@@ -20,10 +20,12 @@ class Task:
     primary_metric: str  # higher is better; drives early stopping and best-weight selection
     unsupported_methods: dict[str, str] = {}  # method name → why it cannot apply to this task
 
-    def check_method(self, method_name: str) -> None:
-        if method_name in self.unsupported_methods:
-            raise SlimtuneError(f"method {method_name} does not apply to task {self.name}: "
-                                f"{self.unsupported_methods[method_name]}")
+    def check_method(self, method) -> None:
+        """Refuse a method this task cannot take, or one that does not serve this task (`Method.tasks`)."""
+        if method.name in self.unsupported_methods:
+            raise SlimtuneError(f"method {method.name} does not apply to task {self.name}: "
+                                f"{self.unsupported_methods[method.name]}")
+        method.check_task(self.name)
 
     def load_backbone(self, spec, pooling=None, max_length=None):
         """The pretrained model this task builds on (an encoder by default)."""

@@ -77,11 +77,10 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     if out.exists() and (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
         raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
     task = get_task(request.task)
-    task.check_method(request.method)
     if request.quantize not in (None, *QUANTIZE_CHOICES):
         raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
     method = create_method(request.method, request.options)
-    method.check_task(task.name)
+    task.check_method(method)
     if request.quantize and method.needs_float_base_weights:
         raise SlimtuneError(f"method {method.name} computes with the base weight matrices in fp32; "
                             f"--quantize {request.quantize} keeps them only as int8")
