@@ -102,6 +102,7 @@ def test_changed_settings_run_again(compared, monkeypatch, tmp_path):
     (["--methods", "lora", "--set", "lora.bogus=1"], "unknown option 'bogus'"),
     (["--methods", "lora", "--set", "r=1"], "METHOD.KEY=VALUE"),
     (["--methods", "lora", "--lr", "full=1e-4"], "'full' is not in --methods"),
+    (["--task", "ner", "--methods", "lora,features"], "method features serves only task classify, not ner"),
 ])
 def test_bad_command_fails_before_any_run(extra, message, toy_data, tmp_path, capsys):
     out = tmp_path / "out"

@@ -54,3 +54,8 @@ def test_mean_curve_keeps_steps_only_some_runs_reached():
 
 def test_human_bytes():
     assert [human_bytes(n) for n in (512, 300 * 1024, 5 * 2**20, 3 * 2**30)] == ["512 B", "300 KiB", "5 MiB", "3.00 GiB"]
+
+
+def test_methods_left_out_of_all_are_named(rows):
+    meta = {**META, "left_out": {"features": "method features serves only task classify, not ner: a head."}}
+    assert "Left out of `all`: method features serves only task classify, not ner: a head." in markdown(rows, meta)

@@ -28,7 +28,8 @@ def register(sub) -> None:
     p = sub.add_parser("compare", help="compare methods over seeds: quality, parameters, time, memory",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="classify", help="task: classify (default) or ner")
-    p.add_argument("--methods", required=True, metavar="M1,M2,...|all", help="methods to compare, or all")
+    p.add_argument("--methods", required=True, metavar="M1,M2,...|all",
+                   help="methods to compare, or all (every method the task can take; the report names the others)")
     p.add_argument("--train", required=True, metavar="PATH", help="training data")
     p.add_argument("--dev", metavar="PATH", help="validation data (default: a seeded 10%% split of train)")
     p.add_argument("--test", metavar="PATH", help="held-out data scored after training (default: report best dev)")
@@ -61,7 +62,9 @@ def run(args) -> int:
     from slimtune.tasks import get_task
 
     task = get_task(args.task)
-    methods = parse_methods(args.methods)
+    methods, left_out = parse_methods(args.methods, task)
+    for why in left_out.values():
+        print(f"left out: {why}", file=sys.stderr)
     if args.seeds < 1:
         raise SlimtuneError("--seeds must be at least 1")
     for flag in ("train", "dev", "test"):
@@ -89,7 +92,7 @@ def run(args) -> int:
     rows = summarize(records, methods)
     meta = {"task": args.task, "metric": task.primary_metric, "train": args.train, "dev": args.dev,
             "test": args.test, "epochs": args.epochs, "batch_size": args.batch_size, "seeds": settings.seeds,
-            "threads": args.threads, "machine": machine(args.threads),
+            "threads": args.threads, "machine": machine(args.threads), "left_out": left_out,
             "command": command_line(args)}
     write_reports(out, records, rows, meta, args.title or f"slimtune compare: {args.task} on {Path(args.train).name}")
     failed = sum(r["status"] == "failed" for r in records)

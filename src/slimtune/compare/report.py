@@ -62,12 +62,14 @@ def describe(meta: dict) -> list[str]:
     """What was measured and how, in a few lines placed above every table."""
     quality = f"test {meta['metric']} on `{meta['test']}`" if meta["test"] else \
         f"best dev {meta['metric']} (the dev data also chose the kept weights)"
+    left_out = [f"Left out of `all`: {why.rstrip('.')}." for why in meta.get("left_out", {}).values()]
     return [
         f"Task `{meta['task']}`, train `{meta['train']}`, dev `{meta['dev'] or 'a seeded 10% split of train'}`; "
         f"quality is {quality}. {meta['epochs']} epoch(s), batch {meta['batch_size']}, seeds {meta['seeds']}; "
         "mean ± sample std over seeds.",
         "Training time is wall-clock of the training loop only (no evaluation); peak RSS is the peak resident memory "
         "of the whole training process (its own process, read with wait4); the adapter is the saved file's size.",
+        *left_out,
         f"Machine: {meta['machine']}. Command: `{meta['command']}`",
     ]
 

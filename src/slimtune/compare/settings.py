@@ -56,11 +56,13 @@ class CompareSettings:
         return flags
 
 
-def parse_methods(text: str) -> list[str]:
-    """`lora,full` → ["lora", "full"]; `all` → every registered method. Unknown names are an error."""
+def parse_methods(text: str, task) -> tuple[list[str], dict[str, str]]:
+    """`lora,full` → ["lora", "full"]; `all` → every registered method `task` can take. Also returns the
+    methods `all` left out, with why. Unknown names, and a named method the task refuses, are errors."""
     registered = list(available_methods())
     if text.strip() == "all":
-        return registered
+        refusals = {name: task_refusal(task, name) for name in registered}
+        return [n for n in registered if refusals[n] is None], {n: why for n, why in refusals.items() if why}
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise SlimtuneError("--methods names no method")
@@ -70,7 +72,19 @@ def parse_methods(text: str) -> list[str]:
     duplicated = sorted({n for n in names if names.count(n) > 1})
     if duplicated:
         raise SlimtuneError(f"--methods names {duplicated[0]!r} twice")
-    return names
+    refused = [why for n in names if (why := task_refusal(task, n))]
+    if refused:
+        raise SlimtuneError(refused[0])
+    return names, {}
+
+
+def task_refusal(task, method_name: str) -> str | None:
+    """Why `task` cannot take the method (its own error line), or None."""
+    try:
+        task.check_method(create_method(method_name, {}))
+    except SlimtuneError as refusal:
+        return str(refusal)
+    return None
 
 
 def parse_method_options(pairs: list[str] | None, methods: list[str]) -> dict[str, dict[str, str]]:
