@@ -109,3 +109,16 @@ def test_bad_command_fails_before_any_run(extra, message, toy_data, tmp_path, ca
     assert main(["compare", "--train", toy_data["train"], "--out", str(out), *extra]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_run_starts_with_an_empty_feature_cache(tiny_model, toy_data, tmp_path, monkeypatch):
+    users_cache = tmp_path / "users-cache"
+    monkeypatch.setenv("SLIMTUNE_CACHE", str(users_cache))
+    out = tmp_path / "out"
+    assert main(["compare", "--methods", "features", "--seeds", "2", "--train", toy_data["train"], "--model",
+                 tiny_model, "--batch-size", "8", "--threads", "1", "--out", str(out)]) == 0
+    for seed in (42, 43):  # the same data and model: without a cold cache the second run would read the first's
+        assert "examples encoded, cached at" in (out / "runs" / f"features-s{seed}" / "train.log").read_text()
+    assert not users_cache.exists()
+    for run in json.loads((out / "results.json").read_text())["runs"]:
+        assert run["train_seconds"] >= run["prepare_seconds"] > 0

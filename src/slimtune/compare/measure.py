@@ -19,9 +19,10 @@ class ChildResult:
     last_error_line: str  # the last non-empty line the child wrote, the error message when it failed
 
 
-def run_measured(command: list[str], log_path: Path, threads: int | None = None) -> ChildResult:
+def run_measured(command: list[str], log_path: Path, threads: int | None = None,
+                 env_overrides: dict[str, str] | None = None) -> ChildResult:
     """Run `command` with stdout and stderr to `log_path`; wait for it and read its peak RSS."""
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", **(env_overrides or {}))
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from slimtune.atomic import write_json
 from slimtune.compare.plots import PLOTS
 
 CSV_COLUMNS = ("method", "seed", "status", "metric", "quality_source", "quality", "best_dev", "train_seconds",
-               "examples_per_second", "peak_rss_bytes", "trainable_parameters", "trainable_percent", "adapter_bytes",
+               "prepare_seconds", "examples_per_second", "peak_rss_bytes", "trainable_parameters", "trainable_percent", "adapter_bytes",
                "lr", "steps", "options", "error")
 
 
@@ -67,8 +67,10 @@ def describe(meta: dict) -> list[str]:
         f"Task `{meta['task']}`, train `{meta['train']}`, dev `{meta['dev'] or 'a seeded 10% split of train'}`; "
         f"quality is {quality}. {meta['epochs']} epoch(s), batch {meta['batch_size']}, seeds {meta['seeds']}; "
         "mean ± sample std over seeds.",
-        "Training time is wall-clock of the training loop only (no evaluation); peak RSS is the peak resident memory "
-        "of the whole training process (its own process, read with wait4); the adapter is the saved file's size.",
+        "Training time is wall-clock of training only (no evaluation), counting a method's one-off preparation "
+        "before the first step (features' encoder pass, from an empty feature cache); peak RSS is the peak "
+        "resident memory of the whole training process (its own process, read with wait4); the adapter is the "
+        "saved file's size.",
         *left_out,
         f"Machine: {meta['machine']}. Command: `{meta['command']}`",
     ]

@@ -2,10 +2,12 @@
 
 A run lives in OUT/runs/METHOD-sSEED. It is finished when its result.json exists and was made with the same
 settings; a later `compare` reuses it. A run that fails leaves failure.json (its error line) instead, is reported,
-and is tried again next time; the other runs go on either way.
+and is tried again next time; the other runs go on either way. Every run starts with an empty $SLIMTUNE_CACHE, so
+no run's time is shortened by features another run cached.
 """
 
 import json
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,7 +46,9 @@ def run_one(settings: CompareSettings, method: str, seed: int, runs_dir: Path, l
         (run_dir / stale).unlink(missing_ok=True)
 
     log(f"{name}: training")
-    child = run_measured(settings.train_command(method, seed, str(run_dir)), run_dir / TRAIN_LOG, settings.threads)
+    with tempfile.TemporaryDirectory(prefix="slimtune-cold-cache-") as cold_cache:
+        child = run_measured(settings.train_command(method, seed, str(run_dir)), run_dir / TRAIN_LOG,
+                             settings.threads, {"SLIMTUNE_CACHE": cold_cache})
     if child.returncode != 0:
         return _fail(run_dir, method, seed, recorded, child.last_error_line or f"exit status {child.returncode}", log)
     try:
@@ -63,9 +67,14 @@ def _collect(settings: CompareSettings, method: str, seed: int, run_dir: Path) -
     metric = task.primary_metric
     summary = json.loads((run_dir / "metrics.json").read_text())
     test = evaluate(run_dir, settings.test, settings.read_options) if settings.test else None
-    record = {key: summary[key] for key in ("train_seconds", "examples_per_second", "trainable_parameters",
-                                            "total_parameters", "trainable_percent", "adapter_bytes", "steps",
-                                            "epochs_run", "train_examples", "lr")}
+    record = {key: summary[key] for key in ("trainable_parameters", "total_parameters", "trainable_percent",
+                                            "adapter_bytes", "steps", "epochs_run", "train_examples", "lr")}
+    # A method's one-off work before the first step (features' encoder pass, subnetwork's Fisher scores) is part
+    # of what its training costs, so time and throughput count it.
+    loop_seconds, prepare_seconds = summary["train_seconds"], summary.get("prepare_seconds", 0.0)
+    record.update(train_seconds=round(loop_seconds + prepare_seconds, 2), prepare_seconds=prepare_seconds,
+                  examples_per_second=round(summary["examples_per_second"] * loop_seconds
+                                            / max(loop_seconds + prepare_seconds, 1e-9), 1))
     record.update(method=method, seed=seed, status="ok", options=settings.options.get(method, {}), metric=metric,
                   best_dev=summary[f"best_dev_{metric}"], test=test, curve=read_curve(run_dir / "metrics.jsonl", metric))
     record["quality"], record["quality_source"] = (test[metric], "test") if test else (record["best_dev"], "dev")

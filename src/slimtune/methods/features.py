@@ -21,6 +21,7 @@ once and are kept in memory. Classification only: one sentence vector per text h
 
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +215,7 @@ class Features(Method):
         cached = self._read_cache(path, len(unique))
         if cached is not None:
             backbone.known.update(zip(unique, cached.to(device).unbind(0)))
+            tqdm.write(f"features: {len(unique)} examples read from the cache {path}", file=sys.stderr)
         else:
             for b in tqdm(batches, desc="features", unit="batch", disable=None):
                 batch_keys = example_keys(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
@@ -223,6 +225,7 @@ class Features(Method):
                 backbone.known.update(zip(batch_keys, rows))
             path.parent.mkdir(parents=True, exist_ok=True)
             write_safetensors(path, {"features": torch.stack([backbone.known[k] for k in unique]).cpu()})
+            tqdm.write(f"features: {len(unique)} examples encoded, cached at {path}", file=sys.stderr)
         return torch.stack([backbone.known[k] for k in keys]).cpu()
 
     @staticmethod
