@@ -103,23 +103,8 @@ def run(args) -> int:
 
 
 def command_line(args) -> str:
-    """The command that reproduces these runs, rebuilt from the parsed flags (defaults left out)."""
-    defaults = vars(build_defaults())
-    skipped = {"handler", "command", "report_only", "title"}
-    words = ["slimtune", "compare"]
-    for key, value in vars(args).items():
-        if key in skipped or value is None or value == defaults.get(key):
-            continue
-        flag = "--" + key.replace("_", "-")
-        for item in value if isinstance(value, list) else [value]:
-            words += [flag, str(item)]
-    return shlex.join(words)
-
-
-def build_defaults() -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
-    return parser.parse_args(["compare", "--methods", "", "--train", "", "--out", ""])
+    """The command that reproduces these runs: as it was given, less `--report-only`."""
+    return shlex.join(["slimtune", *(word for word in args.argv if word != "--report-only")])
 
 
 def machine(threads: int | None) -> str:
