@@ -2,7 +2,7 @@
 
 import pytest
 
-from slimtune.compare.plots import PLOTS
+from slimtune.compare.plots import PLOTS, method_style
 from slimtune.compare.report import human_bytes, markdown
 from slimtune.compare.summary import mean_curve, summarize
 
@@ -59,3 +59,9 @@ def test_human_bytes():
 def test_methods_left_out_of_all_are_named(rows):
     meta = {**META, "left_out": {"features": "method features serves only task classify, not ner: a head."}}
     assert "Left out of `all`: method features serves only task classify, not ner: a head." in markdown(rows, meta)
+
+
+def test_every_method_of_the_registry_has_its_own_look():
+    looks = [method_style(i) for i in range(13)]  # 13 methods: more than the ten default colours
+    assert len({(look["color"], look["linestyle"]) for look in looks}) == 13
+    assert len({(look["color"], look["marker"]) for look in looks}) == 13

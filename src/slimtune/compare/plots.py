@@ -14,6 +14,12 @@ def _png(figure: Figure) -> bytes:
     return buffer.getvalue()
 
 
+def method_style(index: int) -> dict:
+    """One look per method, the same in every plot: ten colours, then the same colours with another line/marker."""
+    cycle = index // 10
+    return {"color": f"C{index % 10}", "linestyle": ("-", "--", ":")[cycle % 3], "marker": "os^"[cycle % 3]}
+
+
 def _std(stat: dict) -> float:
     return stat["std"] or 0.0
 
@@ -26,9 +32,11 @@ def _quality_label(rows: list[dict]) -> str:
 def _scatter(rows: list[dict], x_of, x_err_of, x_label: str, log_x: bool) -> bytes:
     figure = Figure(figsize=(7, 4.5))
     ax = figure.add_subplot()
-    for row in rows:
+    for index, row in enumerate(rows):
         x, y = x_of(row), row["quality"]["mean"]
-        ax.errorbar(x, y, xerr=x_err_of(row), yerr=_std(row["quality"]), fmt="o", capsize=3)
+        style = method_style(index)
+        ax.errorbar(x, y, xerr=x_err_of(row), yerr=_std(row["quality"]), fmt=style["marker"], color=style["color"],
+                    capsize=3)
         ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(5, 5), fontsize=9)
     if log_x:
         ax.set_xscale("log")
@@ -62,10 +70,11 @@ def peak_memory(rows: list[dict]) -> bytes:
 def training_curves(rows: list[dict]) -> bytes:
     figure = Figure(figsize=(7, 4.5))
     ax = figure.add_subplot()
-    for row in rows:
+    for index, row in enumerate(rows):
         if row["loss_curve"]:
             steps, losses = zip(*row["loss_curve"])
-            ax.plot(steps, losses, label=row["method"])
+            style = method_style(index)
+            ax.plot(steps, losses, label=row["method"], color=style["color"], linestyle=style["linestyle"])
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (mean over seeds)")
     if ax.get_legend_handles_labels()[0]:
