@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_throughput.py
 
 # Every registered method on SST-2 (3 seeds) and CoNLL-2003 (1 seed): docs/benchmark.md and docs/benchmark_*.html.
-# Hours on a CPU; finished runs in runs/benchmark/ are reused, so an interrupted run continues when restarted.
+# About 1 h 45 min on 2 CPU cores; finished runs in runs/benchmark/ are reused, so an interrupted
+# benchmark continues when restarted.
 benchmark: $(STAMP)
 	$(BIN)/python bench/benchmark.py
