@@ -10,8 +10,8 @@ from slimtune.atomic import write_json
 from slimtune.compare.plots import PLOTS
 
 CSV_COLUMNS = ("method", "seed", "status", "metric", "quality_source", "quality", "best_dev", "train_seconds",
-               "prepare_seconds", "examples_per_second", "peak_rss_bytes", "trainable_parameters", "trainable_percent", "adapter_bytes",
-               "lr", "steps", "options", "error")
+               "prepare_seconds", "examples_per_second", "peak_rss_bytes", "trainable_parameters", "trainable_percent",
+               "adapter_bytes", "lr", "steps", "options", "error")
 
 
 def human_bytes(n: float) -> str:

@@ -71,7 +71,7 @@ def _collect(settings: CompareSettings, method: str, seed: int, run_dir: Path) -
                                             "adapter_bytes", "steps", "epochs_run", "train_examples", "lr")}
     # A method's one-off work before the first step (features' encoder pass, subnetwork's Fisher scores) is part
     # of what its training costs, so time and throughput count it.
-    loop_seconds, prepare_seconds = summary["train_seconds"], summary.get("prepare_seconds", 0.0)
+    loop_seconds, prepare_seconds = summary["train_seconds"], summary["prepare_seconds"]
     record.update(train_seconds=round(loop_seconds + prepare_seconds, 2), prepare_seconds=prepare_seconds,
                   examples_per_second=round(summary["examples_per_second"] * loop_seconds
                                             / max(loop_seconds + prepare_seconds, 1e-9), 1))
