@@ -179,3 +179,16 @@ def toy_lm_batch(backbone, n: int = 6, seed: int = 0) -> dict:
 
 TASK_BATCHES = {"classify": toy_batch, "ner": toy_token_batch, "causal-lm": toy_lm_batch}
 TASK_MODELS = {"classify": "tiny_model", "ner": "tiny_model", "causal-lm": "tiny_lm"}  # fixture names
+
+
+class Interrupt(Exception):
+    """Stops a training run part-way, as a crash would, for the resume tests."""
+
+
+def interrupt_at(step: int):
+    """A step callback (`step_callbacks=[...]`) that raises Interrupt once training reaches `step`."""
+    def stop(progress):
+        if progress.step == step:
+            raise Interrupt
+
+    return stop

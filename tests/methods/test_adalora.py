@@ -11,7 +11,7 @@ from slimtune.methods.adalora import SVDLoRALinear, final_ranks
 from slimtune.methods.rank_budget import BudgetSchedule
 from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
-from tests.conftest import build_classifier, toy_batch
+from tests.conftest import Interrupt, build_classifier, interrupt_at, toy_batch
 
 OPTIONS = {"r": "4", "target_rank": "2", "tinit": "0.2", "tfinal": "0.3"}  # 4 matrices: budget 16 → 8
 
@@ -155,15 +155,8 @@ def test_trainer_reaches_the_budget_and_resume_continues_exactly(tiny_model, toy
         warnings.simplefilter("error")  # the trainer hands on_step this step's gradients
         train(_request(tiny_model, toy_data, tmp_path / "a", checkpoint_every=5))
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_step_13(progress):  # 24 steps: checkpoint at 10 lies inside the budget's fall
-        if progress.step == 13:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(_request(tiny_model, toy_data, tmp_path / "b", checkpoint_every=5), step_callbacks=[stop_at_step_13])
+    with pytest.raises(Interrupt):  # 24 steps: checkpoint at 10 lies inside the budget's fall
+        train(_request(tiny_model, toy_data, tmp_path / "b", checkpoint_every=5), step_callbacks=[interrupt_at(13)])
     request = _request(tiny_model, toy_data, tmp_path / "b", checkpoint_every=5)
     request.resume = True
     train(request)

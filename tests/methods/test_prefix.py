@@ -9,7 +9,7 @@ from slimtune.methods.prefix import DecoderPrefixAttention, PrefixAttention
 from slimtune.methods.registry import create_method
 from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
-from tests.conftest import build_classifier, tiny_llama, toy_batch
+from tests.conftest import Interrupt, build_classifier, interrupt_at, tiny_llama, toy_batch
 
 REPARAM = {"length": "3", "reparam": "true", "reparam_hidden": "16"}
 
@@ -100,16 +100,9 @@ def test_interrupted_reparam_run_resumes_to_the_same_adapter(tiny_model, toy_dat
         return TrainRequest(task="classify", method="prefix", train_path=toy_data["train"], dev_path=toy_data["dev"],
                             out_dir=str(out), model=tiny_model, options=REPARAM, max_train_examples=48, config=cfg)
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_step_2(progress):
-        if progress.step == 2:
-            raise Interrupt
-
     train(request(tmp_path / "a"))  # 3 steps, one evaluation at the end: the saved prefixes come from after the resume
     with pytest.raises(Interrupt):
-        train(request(tmp_path / "b"), step_callbacks=[stop_at_step_2])
+        train(request(tmp_path / "b"), step_callbacks=[interrupt_at(2)])
     resumed = request(tmp_path / "b")
     resumed.resume = True
     train(resumed)

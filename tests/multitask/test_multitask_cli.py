@@ -11,7 +11,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.multitask.run import MultiTrainRequest, train_multitask
 from slimtune.multitask.specs import TaskSpec
 from slimtune.training.trainer import TrainConfig
-from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_tsv
+from tests.conftest import Interrupt, interrupt_at, ner_sentences, sentiment_rows, write_conll, write_tsv
 
 
 @pytest.fixture(scope="module")
@@ -149,16 +149,9 @@ def _request(data, tiny_model, out, **config) -> MultiTrainRequest:
 def test_interrupted_then_resumed_multi_task_run_equals_uninterrupted(data, tiny_model, tmp_path):
     train_multitask(_request(data, tiny_model, tmp_path / "a", checkpoint_every=4))
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_step_11(progress):
-        if progress.step == 11:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
         train_multitask(_request(data, tiny_model, tmp_path / "b", checkpoint_every=4),
-                        step_callbacks=[stop_at_step_11])
+                        step_callbacks=[interrupt_at(11)])
     request = _request(data, tiny_model, tmp_path / "b", checkpoint_every=4)
     request.resume = True
     train_multitask(request)

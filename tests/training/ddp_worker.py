@@ -19,11 +19,7 @@ from slimtune.cli import main as cli_main
 from slimtune.training import distributed
 from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
-from tests.conftest import build_classifier
-
-
-class Interrupt(Exception):
-    pass
+from tests.conftest import Interrupt, build_classifier, interrupt_at
 
 
 def request(case: dict, resume: bool = False) -> TrainRequest:
@@ -37,12 +33,8 @@ def run_case(case: dict) -> None:
         train(request(case))
         return
 
-    def stop(progress):
-        if progress.step == case["interrupt_at"]:
-            raise Interrupt
-
     try:
-        train(request(case), step_callbacks=[stop])
+        train(request(case), step_callbacks=[interrupt_at(case["interrupt_at"])])
     except Interrupt:
         pass
     train(request(case, resume=True))

@@ -4,7 +4,7 @@ from safetensors.torch import load_file
 
 from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
-from tests.conftest import build_classifier, toy_batch
+from tests.conftest import Interrupt, build_classifier, interrupt_at, toy_batch
 
 
 @pytest.mark.parametrize("method", ["full", "head", "lora"])
@@ -41,15 +41,8 @@ def _request(tiny_model, toy_data, out, **config):
 def test_interrupted_then_resumed_run_equals_uninterrupted(tiny_model, toy_data, tmp_path):
     train(_request(tiny_model, toy_data, tmp_path / "a", checkpoint_every=5))
 
-    class Interrupt(Exception):
-        pass
-
-    def stop_at_step_17(progress):
-        if progress.step == 17:
-            raise Interrupt
-
     with pytest.raises(Interrupt):
-        train(_request(tiny_model, toy_data, tmp_path / "b", checkpoint_every=5), step_callbacks=[stop_at_step_17])
+        train(_request(tiny_model, toy_data, tmp_path / "b", checkpoint_every=5), step_callbacks=[interrupt_at(17)])
     assert not (tmp_path / "b" / "adapter.safetensors").exists()
     request = _request(tiny_model, toy_data, tmp_path / "b", checkpoint_every=5)
     request.resume = True
