@@ -8,12 +8,24 @@ trainer. Merging is an explicit call, never a side effect of `.eval()`.
 """
 
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from slimtune.errors import SlimtuneError
+
+
+class RowUpdate(Protocol):
+    """One adapter's update of one wrapped layer, applied to that adapter's rows over a shared frozen base.
+
+    `x` [n, ..., in] are the layer inputs of the adapter's rows, `base_out` [n, ..., out] the shared base layer's
+    output for them; the result is the adapted layer's output for those rows. The server groups a batch's rows by
+    adapter and calls each adapter's update on its own rows, so every method whose update is per row and cheap
+    (low-rank deltas, scaling vectors) serves many adapters over one base.
+    """
+
+    def __call__(self, x: torch.Tensor, base_out: torch.Tensor, base_layer: nn.Module) -> torch.Tensor: ...
 
 
 @dataclass
@@ -90,6 +102,14 @@ class Method:
 
     def unmerge(self, backbone: nn.Module) -> None:
         raise NotImplementedError(f"{self.name} cannot be merged")
+
+    def row_updates(self, backbone: nn.Module) -> dict[str, RowUpdate] | None:
+        """Per-row updates for shared-base serving: {path of a wrapped layer in `backbone`: its update}.
+
+        None (the default): the method changes the base in a way rows cannot share (new tokens, changed
+        weights), and the server gives such an adapter its own model copy.
+        """
+        return None
 
     def prepare(self, model: nn.Module, batches, loss_fn) -> None:
         """Data-dependent set-up, called by `train()` once after injection and before the first step.

@@ -39,6 +39,10 @@ class LoRALinear(FoldableWrapper):
     def _fold(self, sign: float) -> None:
         self.base_layer.weight.add_(self.delta_weight(), alpha=sign)
 
+    def row_update(self, x: torch.Tensor, base_out: torch.Tensor, base_layer: nn.Module) -> torch.Tensor:
+        """The update over a shared base (see `Method.row_updates`): base_out + (α/r)·x Aᵀ Bᵀ."""
+        return base_out + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
+
 
 def has_gated_mlp(backbone: nn.Module) -> bool:
     """Llama-style blocks: a gated feed-forward, two hidden→inner projections and one inner→hidden."""
@@ -104,6 +108,9 @@ class LoRA(Method):
 
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         return [p for layer in self._layers(backbone) for p in (layer.lora_A, layer.lora_B)]
+
+    def row_updates(self, backbone: nn.Module) -> dict:
+        return {name: m.row_update for name, m in backbone.named_modules() if isinstance(m, LoRALinear)}
 
     def merge(self, backbone: nn.Module) -> None:
         set_merged(backbone, LoRALinear, True)
