@@ -6,11 +6,11 @@ Both models see the same load, so the step-time ratio holds on a busy machine to
 """
 import time, statistics, torch, psutil, os
 torch.set_num_threads(1)
-from slimtune.tasks import get_task
-from slimtune.methods.registry import create_method
-from slimtune.adaptation import attach
-from slimtune.compression.int8 import quantize_frozen_linears, weight_bytes
 from slimtune.data.batching import pad_batch
+from slimtune.methods.adaptation import attach
+from slimtune.methods.registry import create_method
+from slimtune.models.int8_base import quantize_frozen_linears, weight_bytes
+from slimtune.tasks import get_task
 task = get_task("causal-lm")
 rows = task.read("data/sst2_instruct/train_1k.jsonl.gz")[:48]
 models = {}

@@ -11,7 +11,7 @@ stays short; it is not timed either way.
 import argparse
 import tempfile
 
-from slimtune.adaptation import attach
+from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import load_backbone
 from slimtune.tasks import get_task

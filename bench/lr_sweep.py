@@ -10,7 +10,7 @@ import argparse
 import tempfile
 
 from slimtune.cli.common import parse_set
-from slimtune.training.run import TrainRequest, train
+from slimtune.runs.train import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 
 

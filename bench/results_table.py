@@ -12,9 +12,9 @@ time, then is scored on a test file the training never saw. Prints Markdown rows
 import argparse
 from pathlib import Path
 
-from slimtune.adapter_files import load_adapter
 from slimtune.cli.common import parse_set
-from slimtune.training.run import TrainRequest, train
+from slimtune.runs.adapter_files import load_adapter
+from slimtune.runs.train import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 
 

@@ -18,8 +18,8 @@ import torch
 
 from slimtune.data.table import read_labelled_texts
 from slimtune.models.loading import resolve_model_path
+from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks.classify import sort_labels
-from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 
 

@@ -85,7 +85,7 @@ def toy_data(tmp_path) -> dict[str, str]:
 
 def build_classifier(model_dir: str, method: str, options: dict | None = None, labels=None, seed=0, task="classify"):
     """(task model, method, trainable params, backbone) for a method on a tiny model, like `train` builds it."""
-    from slimtune.adaptation import attach
+    from slimtune.methods.adaptation import attach
     from slimtune.methods.registry import create_method
     from slimtune.tasks import get_task
 

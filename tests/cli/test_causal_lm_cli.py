@@ -65,7 +65,7 @@ def test_generate_streams_and_is_deterministic(runs, capsys):
 def test_merged_model_loads_in_transformers_and_gives_the_adapter_logits(runs):
     from transformers import AutoModelForCausalLM
 
-    from slimtune.adapter_files import load_adapter
+    from slimtune.runs.adapter_files import load_adapter
 
     out = runs["root"] / "merged"
     assert main(["merge", "--adapter", str(runs["root"] / "fp32"), "--out", str(out)]) == 0

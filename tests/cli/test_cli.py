@@ -63,7 +63,7 @@ def test_predict_arguments_and_file(trained, capsys, tmp_path):
 def test_merged_directory_loads_with_plain_transformers(trained, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    from slimtune.adapter_files import load_adapter
+    from slimtune.runs.adapter_files import load_adapter
     from slimtune.models.task_models import pool
 
     out = tmp_path / "merged"

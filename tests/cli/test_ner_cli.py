@@ -68,7 +68,7 @@ def test_predict_appends_a_tag_column_to_a_conll_file(runs, tmp_path):
 def test_merged_model_loads_in_transformers_with_the_same_logits(runs, tmp_path):
     from transformers import AutoModelForTokenClassification, AutoTokenizer
 
-    from slimtune.adapter_files import load_adapter
+    from slimtune.runs.adapter_files import load_adapter
 
     out = tmp_path / "merged"
     assert main(["merge", "--adapter", str(runs["root"] / "lora"), "--out", str(out)]) == 0

@@ -9,7 +9,7 @@ from slimtune.compare.probe import group_names, probe
 
 
 def test_probe_reports_what_training_would_build_and_save(tiny_model, tmp_path):
-    from slimtune.adapter_files import save_adapter
+    from slimtune.runs.adapter_files import save_adapter
     from tests.conftest import build_classifier
 
     result = probe({"task": "classify", "method": "lora", "options": {"r": "2"}, "model": tiny_model,

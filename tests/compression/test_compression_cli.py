@@ -6,8 +6,8 @@ import pytest
 from safetensors.torch import load_file
 
 from slimtune.cli import main
-from slimtune.compression.structured import LAYOUT_KEY
 from slimtune.models.loading import load_backbone
+from slimtune.models.pruned_layout import LAYOUT_KEY
 from tests.conftest import sentiment_rows, write_tsv
 
 

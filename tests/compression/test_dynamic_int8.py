@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from slimtune.adapter_files import load_adapter, run_config, save_adapter
-from slimtune.compression.dynamic_int8 import quantize_int8, quantize_loaded
 from slimtune.errors import SlimtuneError
+from slimtune.models.int8_inference import quantize_int8, quantize_loaded
 from slimtune.models.loading import fingerprint, load_backbone
+from slimtune.runs.adapter_files import load_adapter, run_config, save_adapter
 from slimtune.tasks import get_task
 from tests.conftest import build_classifier, toy_batch
 

@@ -4,12 +4,12 @@ import pytest
 import torch
 from torch import nn
 
-from slimtune.compression.int8 import Int8Linear, quantize_frozen_linears, quantize_per_channel, weight_bytes
 from slimtune.errors import SlimtuneError
 from slimtune.methods.lora import LoRALinear
 from slimtune.methods.registry import available_methods
+from slimtune.models.int8_base import Int8Linear, quantize_frozen_linears, quantize_per_channel, weight_bytes
+from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks import get_task
-from slimtune.training.run import TrainRequest, train
 from tests.conftest import build_classifier, toy_lm_batch
 
 

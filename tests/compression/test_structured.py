@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from slimtune.compression.importance import gates, gradient_importance, head_mask_gates, magnitude_importance
-from slimtune.compression.structured import LAYOUT_KEY, choose_lowest, encoder_parts, prune_structure
+from slimtune.compression.structured import choose_lowest, prune_structure
 from slimtune.errors import SlimtuneError
 from slimtune.models.loading import load_backbone
+from slimtune.models.pruned_layout import LAYOUT_KEY, encoder_parts
 from tests.conftest import build_classifier, toy_batch
 
 REMOVED_HEADS = [[1, 3], [0]]

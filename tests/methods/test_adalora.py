@@ -5,11 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slimtune.adaptation import adapter_state, load_adapter_state
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adalora import SVDLoRALinear, final_ranks
+from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.methods.rank_budget import BudgetSchedule
-from slimtune.training.run import TrainRequest, train
+from slimtune.runs.train import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import Interrupt, build_classifier, interrupt_at, toy_batch
 

@@ -1,8 +1,8 @@
 import pytest
 from torch import nn
 
-from slimtune.adaptation import attach
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import load_backbone
 from slimtune.tasks import get_task

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from slimtune.adaptation import adapter_state, attach, load_adapter_state
+from slimtune.methods.adaptation import adapter_state, attach, load_adapter_state
 from slimtune.methods.registry import available_methods, create_method
 from slimtune.models.surgery import unwrap
 from slimtune.tasks import get_task

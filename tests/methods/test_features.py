@@ -7,14 +7,14 @@ from sklearn.decomposition import PCA, TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from transformers import BertModel
 
-from slimtune.adapter_files import load_adapter
 from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.methods.feature_reducers import fit_lda, fit_pca, fit_tfidf, lda_model, tfidf_vectors
 from slimtune.methods.features import FeatureBackbone, cache_dir
 from slimtune.methods.registry import create_method
+from slimtune.runs.adapter_files import load_adapter
+from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks import get_task
-from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import build_classifier, sentiment_rows, toy_batch
 

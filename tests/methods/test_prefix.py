@@ -2,12 +2,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slimtune.adaptation import adapter_state, load_adapter_state
-from slimtune.adapter_files import save_adapter
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.methods.prefix import DecoderPrefixAttention, PrefixAttention
 from slimtune.methods.registry import create_method
-from slimtune.training.run import TrainRequest, train
+from slimtune.runs.adapter_files import save_adapter
+from slimtune.runs.train import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import Interrupt, build_classifier, interrupt_at, tiny_llama, toy_batch
 

@@ -4,9 +4,9 @@ import struct
 import pytest
 import torch
 
-from slimtune.adapter_files import save_adapter
 from slimtune.errors import SlimtuneError
 from slimtune.methods.subnetwork import SparseDeltaLinear
+from slimtune.runs.adapter_files import save_adapter
 from tests.conftest import build_classifier, toy_batch
 
 

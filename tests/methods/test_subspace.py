@@ -5,8 +5,8 @@ import scipy.linalg
 import torch
 from safetensors.torch import load_file
 
-from slimtune.adaptation import adapter_state, load_adapter_state
-from slimtune.adapter_files import save_adapter
+from slimtune.methods.adaptation import adapter_state, load_adapter_state
+from slimtune.runs.adapter_files import save_adapter
 from slimtune.errors import SlimtuneError
 from slimtune.methods.projections import (FastfoodProjection, SparseProjection, hadamard_transform,
                                           sylvester_hadamard)

@@ -3,8 +3,8 @@
 import json
 import random
 
-from slimtune.multitask.run import MultiTrainRequest, train_multitask
-from slimtune.multitask.specs import TaskSpec
+from slimtune.runs.multitask import MultiTrainRequest, train_multitask
+from slimtune.tasks.multitask.specs import TaskSpec
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import sentiment_rows, write_tsv
 

@@ -1,13 +1,13 @@
 import pytest
 import torch
 
-from slimtune.compression.int8 import Int8Linear, quantize_frozen_linears
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
+from slimtune.models.int8_base import Int8Linear, quantize_frozen_linears
 from slimtune.models.loading import load_backbone
-from slimtune.multitask.model import MultiTaskModel, PerTaskMethods, attach_all
-from slimtune.multitask.objective import LossWeights, MultiTask
 from slimtune.tasks import get_task
+from slimtune.tasks.multitask.model import MultiTaskModel, PerTaskMethods, attach_all
+from slimtune.tasks.multitask.objective import LossWeights, MultiTask
 from tests.conftest import TASK_LABELS, toy_batch, toy_token_batch
 
 TASKS = {"sst": "classify", "ner": "ner"}

@@ -8,8 +8,8 @@ from safetensors.torch import load_file
 
 from slimtune.cli import main
 from slimtune.errors import SlimtuneError
-from slimtune.multitask.run import MultiTrainRequest, train_multitask
-from slimtune.multitask.specs import TaskSpec
+from slimtune.runs.multitask import MultiTrainRequest, train_multitask
+from slimtune.tasks.multitask.specs import TaskSpec
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import Interrupt, interrupt_at, ner_sentences, sentiment_rows, write_conll, write_tsv
 

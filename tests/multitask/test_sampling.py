@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 
 from slimtune.errors import SlimtuneError
-from slimtune.multitask.sampling import MultiTaskBatches, batch_counts, task_probabilities
+from slimtune.training.task_sampling import MultiTaskBatches, batch_counts, task_probabilities
 
 
 def features(n: int, offset: int = 0) -> list[dict]:

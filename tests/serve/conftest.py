@@ -27,8 +27,8 @@ ADAPTERS = {
 def make_adapter(run_dir, model_dir: str, task_name: str, method_name: str, options: dict, seed: int,
                  pooling: str | None = None) -> str:
     """Save an adapter whose trained parameters are random, laid out as `slimtune train` writes it."""
-    from slimtune.adapter_files import run_config, save_adapter
-    from slimtune.adaptation import attach
+    from slimtune.runs.adapter_files import run_config, save_adapter
+    from slimtune.methods.adaptation import attach
     from slimtune.methods.registry import create_method
     from slimtune.models.loading import fingerprint
     from slimtune.tasks import get_task

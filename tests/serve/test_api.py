@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.adapter_files import load_adapter
 from slimtune.cli import main
+from slimtune.runs.adapter_files import load_adapter
 from tests.serve.conftest import running_server
 
 TOKEN = "s3cret-token"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.adapter_files import load_adapter
-from slimtune.generation import GenerationOptions, generate_texts
+from slimtune.runs.adapter_files import load_adapter
+from slimtune.tasks.generation import GenerationOptions, generate_texts
 from tests.serve.conftest import running_server
 
 TOKEN = "gen-token"

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from slimtune.adapter_files import load_adapter
+from slimtune.models.inference import feature_outputs
+from slimtune.runs.adapter_files import load_adapter
 from slimtune.serve.engine import Engine, Job
 from slimtune.serve.registry import OWN, SHARED, AdapterRefused, AdapterRegistry
-from slimtune.training.inference import feature_outputs
 from tests.conftest import sentiment_rows
 from tests.serve.conftest import make_adapter
 

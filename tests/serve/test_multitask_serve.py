@@ -2,9 +2,9 @@
 
 import pytest
 
-from slimtune.adapter_files import load_adapter
-from slimtune.multitask.run import MultiTrainRequest, train_multitask
-from slimtune.multitask.specs import TaskSpec
+from slimtune.runs.adapter_files import load_adapter
+from slimtune.runs.multitask import MultiTrainRequest, train_multitask
+from slimtune.tasks.multitask.specs import TaskSpec
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_tsv
 from tests.serve.conftest import running_server

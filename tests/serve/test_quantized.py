@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from slimtune.adapter_files import load_adapter
-from slimtune.generation import GenerationOptions, generate_texts
+from slimtune.runs.adapter_files import load_adapter
+from slimtune.tasks.generation import GenerationOptions, generate_texts
 from tests.compression.test_dynamic_int8 import INT8_TOLERANCE
 from tests.serve.conftest import running_server
 from tests.serve.test_api import TEXTS, batch_adapter_counts, predict

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from slimtune.adaptation import adapter_state, load_adapter_state
+from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.errors import SlimtuneError
-from slimtune.generation import (GenerationOptions, chat_prompt_ids, generate_ids, generation_config_for,
+from slimtune.tasks.generation import (GenerationOptions, chat_prompt_ids, generate_ids, generation_config_for,
                                  left_padded)
 from slimtune.methods.lora import LoRALinear
 from slimtune.methods.registry import create_method

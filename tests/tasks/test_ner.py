@@ -4,8 +4,8 @@ import pytest
 
 from slimtune.errors import SlimtuneError
 from slimtune.models.loading import load_backbone
+from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks import get_task
-from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import ner_sentences, write_conll
 

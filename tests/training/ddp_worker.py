@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 from slimtune.cli import main as cli_main
+from slimtune.runs.train import TrainRequest, train
 from slimtune.training import distributed
-from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import Interrupt, build_classifier, interrupt_at
 

@@ -20,9 +20,9 @@ from slimtune.cli import main
 from slimtune.cli.train import without_nproc
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import available_methods
+from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks import get_task
 from slimtune.training.distributed import Ranks
-from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import (TASK_LABELS, build_classifier, make_tiny_bert, ner_sentences, sentiment_rows, write_conll,
                             write_tsv)

@@ -2,7 +2,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from slimtune.training.run import TrainRequest, train
+from slimtune.runs.train import TrainRequest, train
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import Interrupt, build_classifier, interrupt_at, toy_batch
 

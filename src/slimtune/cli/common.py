@@ -58,7 +58,7 @@ QUANTIZE_HELP = ("int8 linear layers on CPU: with --adapter, PyTorch's dynamic i
 def load_model_or_adapter(args):
     """The adapter in --adapter (one --task-name of a multi-task adapter); without one, the --model base as it
     is for --task (causal-lm only)."""
-    from slimtune.adapter_files import load_adapter, load_base_model
+    from slimtune.runs.adapter_files import load_adapter, load_base_model
 
     task_name = getattr(args, "task_name", None)
     if args.adapter:

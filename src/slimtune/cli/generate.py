@@ -37,7 +37,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from slimtune.cli.common import load_model_or_adapter, read_inputs
     from slimtune.errors import SlimtuneError
-    from slimtune.generation import GenerationOptions, generate_texts
+    from slimtune.tasks.generation import GenerationOptions, generate_texts
 
     options = GenerationOptions(max_new_tokens=args.max_new_tokens, sample=args.sample,
                                 temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, seed=args.seed)

@@ -29,7 +29,7 @@ def run(args) -> int:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from slimtune.adapter_files import ADAPTER_FILE, read_config
+    from slimtune.runs.adapter_files import ADAPTER_FILE, read_config
     from slimtune.errors import SlimtuneError
 
     config = read_config(Path(args.adapter))

@@ -15,7 +15,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from slimtune.adapter_files import load_adapter
+    from slimtune.runs.adapter_files import load_adapter
     from slimtune.errors import SlimtuneError
     from slimtune.models.surgery import unwrap
 

@@ -28,7 +28,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from slimtune.adapter_files import load_adapter
+    from slimtune.runs.adapter_files import load_adapter
     from slimtune.cli.common import read_inputs
     from slimtune.errors import SlimtuneError
 

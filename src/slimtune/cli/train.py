@@ -140,7 +140,7 @@ def should_launch(args) -> bool:
 def run(args) -> int:
     from slimtune.tasks import get_task
     from slimtune.training import distributed
-    from slimtune.training.run import TrainRequest, describe, train
+    from slimtune.runs.train import TrainRequest, describe, train
 
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -172,8 +172,8 @@ def run(args) -> int:
 
 
 def run_multitask(args, config: TrainConfig) -> int:
-    from slimtune.multitask.run import MultiTrainRequest, describe, train_multitask
-    from slimtune.multitask.specs import parse_task_specs, parse_weights
+    from slimtune.runs.multitask import MultiTrainRequest, describe, train_multitask
+    from slimtune.tasks.multitask.specs import parse_task_specs, parse_weights
 
     given = [flag for flag, value in (("--train", args.train), ("--dev", args.dev), ("--text-col", args.text_col),
                                       ("--label-col", args.label_col), ("--scheme", args.scheme)) if value]

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from slimtune.adaptation import adapter_state, attach, head_parameters
 from slimtune.data.batching import length_grouped_batches, pad_batch
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import adapter_state, attach, head_parameters
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import load_backbone
+from slimtune.runs.train import count_parameters
 from slimtune.tasks import get_task
-from slimtune.training.run import count_parameters
 from slimtune.training.trainer import TrainConfig, Trainer
 
 

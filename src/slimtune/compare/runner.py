@@ -83,7 +83,7 @@ def _collect(settings: CompareSettings, method: str, seed: int, run_dir: Path) -
 
 def evaluate(run_dir: Path, path: str, read_options: dict) -> dict:
     """The numeric metrics of a saved run on labelled data (the training process never saw this file)."""
-    from slimtune.adapter_files import load_adapter
+    from slimtune.runs.adapter_files import load_adapter
 
     loaded = load_adapter(run_dir)
     rows = loaded.task.read(path, **read_options)

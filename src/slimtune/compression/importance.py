@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from slimtune.compression.structured import BlockParts, encoder_parts
+from slimtune.models.pruned_layout import BlockParts, encoder_parts
 
 
 def _gate_hook(gate: torch.Tensor, unit: int):

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from slimtune.adaptation import attach
 from slimtune.data.batching import length_grouped_batches, pad_batch
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
 
 PROBE_EPOCHS = 4

@@ -10,10 +10,11 @@ from slimtune.compression.magnitude import SCOPES, magnitude_prune
 from slimtune.compression.measure import (forward_latency_ms, nonzero_count, parameter_count, safetensors_bytes,
                                           synthetic_batch)
 from slimtune.compression.probe import batches, fit_probe, probe_data, probe_score
-from slimtune.compression.structured import check_count, choose_lowest, encoder_parts, layout, prune_structure
+from slimtune.compression.structured import check_count, choose_lowest, prune_structure
 from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.models.loading import load_backbone, resolve_model_path
+from slimtune.models.pruned_layout import encoder_parts, layout
 from slimtune.tasks import get_task
 
 METHODS = ("magnitude", "structured")

@@ -3,12 +3,12 @@
 import shutil
 from pathlib import Path
 
-from slimtune.adapter_files import ADAPTER_FILE, CONFIG_FILE, load_adapter, read_config
 from slimtune.atomic import replace_directory, write_json
-from slimtune.compression.dynamic_int8 import merge_for_inference
 from slimtune.compression.measure import forward_latency_ms, synthetic_batch, torch_save_bytes
 from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
+from slimtune.models.int8_inference import merge_for_inference
+from slimtune.runs.adapter_files import ADAPTER_FILE, CONFIG_FILE, load_adapter, read_config
 
 REPORT_FILE = "quantize_report.json"
 

@@ -12,7 +12,7 @@ from dataclasses import MISSING, fields
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 
-_SKIP = {"base", "registry"}
+_SKIP = {"adaptation", "base", "registry"}
 
 
 def _discover() -> dict[str, type[Method]]:

@@ -73,7 +73,7 @@ def load_backbone(spec: str | None, pooling: str | None = None, max_length: int 
     """An encoder (AutoModel) with its tokenizer, or with `causal` a whole causal LM (AutoModelForCausalLM)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    from slimtune.compression.structured import LAYOUT_KEY, load_pruned
+    from slimtune.models.pruned_layout import LAYOUT_KEY, load_pruned
 
     path = resolve_model_path(spec)
     try:

@@ -21,7 +21,6 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from slimtune.errors import SlimtuneError
-from slimtune.generation import GenerationOptions, chat_prompt_ids
 from slimtune.serve import schemas
 from slimtune.serve.batcher import MicroBatcher
 from slimtune.serve.engine import Engine, Job
@@ -29,6 +28,7 @@ from slimtune.serve.generator import GenerateJob, Generator
 from slimtune.serve.guards import BodyGuard
 from slimtune.serve.metrics import CONTENT_TYPE, ServerMetrics
 from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegistry, UnknownAdapter
+from slimtune.tasks.generation import GenerationOptions, chat_prompt_ids
 
 
 class PathRefused(SlimtuneError):

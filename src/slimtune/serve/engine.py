@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from slimtune.data.batching import pad_batch
+from slimtune.models.inference import unpad_rows
 from slimtune.serve.registry import SHARED, AdapterRegistry, ServedAdapter, UnknownAdapter
-from slimtune.training.inference import unpad_rows
 
 
 @dataclass

@@ -8,8 +8,8 @@ they may ask for different decoding options, and each would wait for the longest
 
 from dataclasses import dataclass
 
-from slimtune.generation import GenerationOptions, generate_answer_ids
 from slimtune.serve.registry import ServedAdapter, UnknownAdapter
+from slimtune.tasks.generation import GenerationOptions, generate_answer_ids
 
 
 @dataclass

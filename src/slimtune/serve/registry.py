@@ -33,14 +33,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimtune.adapter_files import build_adapter_model, load_adapter, read_config
-from slimtune.compression.dynamic_int8 import SCHEMES, quantize_int8
 from slimtune.errors import SlimtuneError
 from slimtune.methods.lora import LoRA
+from slimtune.models.int8_inference import SCHEMES, quantize_int8
 from slimtune.models.loading import DEFAULT_MODEL, Backbone, context_window, fingerprint, load_backbone
-from slimtune.multitask.files import check_task_name, is_multi, task_config
+from slimtune.runs.adapter_files import build_adapter_model, load_adapter, read_config
 from slimtune.serve.multi_lora import SharedLoRABase
 from slimtune.tasks.causal_lm import CausalLMTask
+from slimtune.tasks.multitask.files import check_task_name, is_multi, task_config
 
 SHARED = "shared-lora"  # rows run in the shared base pass, with their own LoRA delta
 OWN = "own-model"  # rows run through the adapter's own copy of the base

@@ -96,7 +96,7 @@ class Task:
 
     def predict(self, loaded, texts: list[str], batch_size: int, **options) -> list[dict]:
         """Predictions for raw texts with a loaded adapter: `encode_texts`, forward passes, `decode`."""
-        from slimtune.training.inference import feature_outputs
+        from slimtune.models.inference import feature_outputs
 
         tokenizer = loaded.backbone.tokenizer
         features = self.encode_texts(texts, tokenizer, loaded.backbone.max_length)

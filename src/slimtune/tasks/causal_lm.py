@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from slimtune.data.batching import LABEL_PAD
 from slimtune.data.instructions import encode_conversation, read_conversations
 from slimtune.errors import SlimtuneError
-from slimtune.generation import GenerationOptions, generate_ids, generate_texts
+from slimtune.models.inference import run_batches
 from slimtune.models.loading import load_backbone
 from slimtune.models.task_models import CausalLM
 from slimtune.tasks.base import Task, refuse_options
-from slimtune.training.inference import run_batches
+from slimtune.tasks.generation import GenerationOptions, generate_ids, generate_texts
 
 SHORT_ANSWER_TOKENS = 8
 SHOWN_LOCATIONS = 3

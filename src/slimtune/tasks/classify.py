@@ -6,9 +6,9 @@ from sklearn.metrics import accuracy_score, classification_report, f1_score
 
 from slimtune.data.table import LabelledText, read_labelled_texts
 from slimtune.errors import SlimtuneError
+from slimtune.models.inference import predict_logits
 from slimtune.models.task_models import SequenceClassifier
 from slimtune.tasks.base import Task, refuse_options, score_table
-from slimtune.training.inference import predict_logits
 
 
 def sort_labels(labels) -> list[str]:

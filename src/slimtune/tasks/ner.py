@@ -16,10 +16,10 @@ from slimtune.data.conll import Sentence, read_conll, write_with_predictions
 from slimtune.data.word_windows import encode_words, stitch
 from slimtune.data.words import split_words
 from slimtune.errors import SlimtuneError
+from slimtune.models.inference import feature_outputs
 from slimtune.models.task_models import TokenClassifier
 from slimtune.tasks.base import Task, refuse_options, score_table
 from slimtune.tasks.entity_metrics import entity_scores
-from slimtune.training.inference import feature_outputs
 
 
 def _tag_ids(sentence: Sentence, index: dict[str, int], labels: list[str]) -> list[int]:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from slimtune.adaptation import adapter_state, load_adapter_state
 from slimtune.data.batching import to_device
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.training.batch_source import BatchSource, FeatureBatches
 from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 from slimtune.training.distributed import Ranks

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from slimtune.adaptation import attach
-from slimtune.adapter_files import ADAPTER_FILE, run_config, save_adapter
 from slimtune.atomic import write_json
-from slimtune.compression.int8 import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.data.batching import length_grouped_batches, pad_batch, to_device
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
+from slimtune.models.int8_base import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.models.loading import fingerprint
+from slimtune.runs.adapter_files import ADAPTER_FILE, run_config, save_adapter
 from slimtune.tasks import get_task
 from slimtune.training import distributed
 from slimtune.training.trainer import TrainConfig, Trainer

@@ -14,8 +14,8 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from slimtune.adaptation import attach
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import attach
 from slimtune.methods.base import Method
 from slimtune.models.loading import Backbone
 

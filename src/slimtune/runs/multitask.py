@@ -9,20 +9,20 @@ from pathlib import Path
 import torch
 
 import slimtune
-from slimtune.adapter_files import ADAPTER_FILE, save_adapter
 from slimtune.atomic import write_json
-from slimtune.compression.int8 import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
+from slimtune.models.int8_base import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.models.loading import fingerprint, load_backbone
-from slimtune.multitask.files import MULTI
-from slimtune.multitask.model import MultiTaskModel, PerTaskMethods, attach_all
-from slimtune.multitask.objective import LOSS_WEIGHTINGS, LossWeights, MultiTask
-from slimtune.multitask.plot import plot_task_weights
-from slimtune.multitask.sampling import MultiTaskBatches, task_probabilities
-from slimtune.multitask.specs import TaskSpec
+from slimtune.runs.adapter_files import ADAPTER_FILE, save_adapter
+from slimtune.runs.multitask_plot import plot_task_weights
+from slimtune.runs.train import count_parameters, split_dev
 from slimtune.tasks import get_task
-from slimtune.training.run import count_parameters, split_dev
+from slimtune.tasks.multitask.files import MULTI
+from slimtune.tasks.multitask.model import MultiTaskModel, PerTaskMethods, attach_all
+from slimtune.tasks.multitask.objective import LOSS_WEIGHTINGS, LossWeights, MultiTask
+from slimtune.tasks.multitask.specs import TaskSpec
+from slimtune.training.task_sampling import MultiTaskBatches, task_probabilities
 from slimtune.training.trainer import TrainConfig, Trainer
 
 WEIGHTS_PLOT = "task_weights.png"

@@ -13,14 +13,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import slimtune
-from slimtune.adaptation import adapter_state, attach, load_adapter_state
 from slimtune.atomic import write_json, write_safetensors
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import adapter_state, attach, load_adapter_state
 from slimtune.methods.registry import create_method
-from slimtune.compression.int8 import quantize_frozen_linears
+from slimtune.models.int8_base import quantize_frozen_linears
 from slimtune.models.loading import Backbone, fingerprint
-from slimtune.multitask.files import check_task_name, is_multi, task_config, task_state
 from slimtune.tasks import get_task
+from slimtune.tasks.multitask.files import check_task_name, is_multi, task_config, task_state
 
 ADAPTER_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -108,7 +108,7 @@ def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | N
     if scheme and config.get("base_quantize"):
         raise SlimtuneError(f"{run_dir} was trained on an {config['base_quantize']} base already; drop --quantize")
     if scheme:
-        from slimtune.compression.dynamic_int8 import quantize_loaded
+        from slimtune.models.int8_inference import quantize_loaded
 
         quantize_loaded(loaded, scheme)
     return loaded
@@ -119,7 +119,7 @@ def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone,
     """(task model, method, task): the adapter of `run_dir` attached to `backbone.model` and loaded, in eval mode.
 
     The caller has checked that `backbone` is the base the adapter was trained on. For a multi-task
-    adapter, `task_name` picks the task (see `slimtune.multitask.files`).
+    adapter, `task_name` picks the task (see `slimtune.tasks.multitask.files`).
     """
     check_task_name(config, task_name, run_dir)
     multi_config = config if is_multi(config) else None
