@@ -72,8 +72,8 @@ def test_every_method_trains_on_an_int8_base_or_is_refused(tiny_lm, tmp_path, me
         rows = tmp_path / "train.jsonl"
         rows.write_text('{"prompt": "a", "response": "b"}\n' * 4)
         request = TrainRequest(task="causal-lm", method=method_name, train_path=str(rows), out_dir=str(tmp_path / "o"),
-                               model=tiny_lm, quantize="int8")
-        with pytest.raises(SlimtuneError, match="--quantize int8 keeps them only as int8"):
+                               model=tiny_lm, base_int8="int8")
+        with pytest.raises(SlimtuneError, match="--base-int8 int8 keeps them only as int8"):
             train(request)
         return
     quantize_frozen_linears(model.backbone)

@@ -103,7 +103,7 @@ def test_multi_task_run_on_an_int8_base(data, tiny_model, tmp_path, capsys):
     assert "int8 base already" in capsys.readouterr().err
     assert main(["train", "--task", "multi", "--method", "subnetwork", *task_flags(data), "--model", tiny_model,
                  "--quantize", "int8", "--out", str(tmp_path / "refused")]) == 2
-    assert "--quantize int8 keeps them only as int8" in capsys.readouterr().err
+    assert "--base-int8 int8 keeps them only as int8" in capsys.readouterr().err
 
 
 def test_a_single_task_adapter_refuses_a_task_name(data, tiny_model, tmp_path, capsys):

@@ -160,7 +160,7 @@ def run(args) -> int:
         task=args.task, method=args.method, train_path=args.train, out_dir=args.out, dev_path=args.dev,
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
-        overwrite=args.overwrite, quantize=args.quantize, config=config,
+        overwrite=args.overwrite, base_int8=args.quantize, config=config,
     )
     summary = train(request)
     distributed.shutdown()  # on failure a rank just exits, and torchrun stops the others
@@ -190,7 +190,7 @@ def run_multitask(args, config: TrainConfig) -> int:
         loss_weights=args.loss_weights, loss_weights_lr=args.loss_weights_lr,
         fixed_weights=parse_weights(args.weights, [spec.name for spec in specs]),
         max_train_examples=args.max_train_examples, max_length=args.max_length, pooling=args.pooling,
-        quantize=args.quantize, resume=args.resume, overwrite=args.overwrite, config=config,
+        base_int8=args.quantize, resume=args.resume, overwrite=args.overwrite, config=config,
     )
     print(describe(train_multitask(request)))
     print(f"adapter written to {args.out}", file=sys.stderr)

@@ -18,15 +18,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save
 
-from slimtune.data.batching import length_grouped_batches, pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import adapter_state, attach, head_parameters
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import load_backbone
-from slimtune.runs.train import count_parameters
+from slimtune.runs.prepare import build_run, prepare_training
 from slimtune.tasks import get_task
-from slimtune.training.trainer import TrainConfig, Trainer
-
+from slimtune.training.batch_source import FeatureBatches
+from slimtune.training.trainer import TrainConfig
 
 
 def matched_modules(backbone: torch.nn.Module) -> list[str]:
@@ -81,43 +80,64 @@ def synthetic_rows(task_name: str, tokenizer, seq_len: int, n: int) -> list:
     return rows
 
 
+class ProbeRun:
+    """The `RunKind` of a probe: a seeded sample of --train (or synthetic rows), trained a few steps."""
+
+    def __init__(self, request: dict):
+        self.request, self.task = request, get_task(request["task"])
+        self.rows_needed = (request["steps"] + 1) * request["batch_size"]
+
+    def create_method(self):
+        return create_method(self.request["method"], self.request.get("options", {}))
+
+    def read(self, seed: int) -> None:
+        """Nothing yet: synthetic rows need the tokenizer, so the sample is drawn in `build`."""
+
+    def load_backbone(self):
+        return load_backbone(self.request.get("model"), max_length=self.request.get("max_length"))
+
+    def build(self, backbone):
+        self.features, self.labels, self.data_rows = sample_features(self.request, self.task, backbone.tokenizer,
+                                                                     backbone.max_length, self.rows_needed)
+        return self.task.build_model(backbone, self.labels), self.task, self.labels
+
+    def attach(self, model, method):
+        self.formula = method.count_parameters(model.backbone)
+        return attach(model, method)
+
+    def encode(self, backbone):
+        return self.features, self.features[:1]
+
+    def batch_source(self, train_features, config: TrainConfig, pad_id: int):
+        return FeatureBatches(train_features, config.batch_size, config.seed, pad_id)
+
+
 def probe(request: dict) -> dict:
     """Measure one method; `request` holds task, method, options, model, train or seq_len, batch_size, steps."""
-    task = get_task(request["task"])
-    method = create_method(request["method"], request.get("options", {}))
-    backbone = load_backbone(request.get("model"), max_length=request.get("max_length"))
-    batch_size, steps = request["batch_size"], request["steps"]
-    features, labels, data_rows = sample_features(request, task, backbone.tokenizer, backbone.max_length,
-                                                  (steps + 1) * batch_size)
-    torch.manual_seed(0)
-    model = task.build_model(backbone, labels)
-    formula = method.count_parameters(model.backbone)
-    params = attach(model, method)
-    counts = count_parameters(model, params)
+    kind, batch_size = ProbeRun(request), request["batch_size"]
+    built = build_run(kind, TrainConfig(epochs=1, batch_size=batch_size, patience=0, seed=0))
+    model, method = built.model, built.method
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
-    config = TrainConfig(epochs=1, batch_size=batch_size, patience=0, seed=0, lr=method.default_lr)
     with tempfile.TemporaryDirectory(prefix="slimtune-plan-") as run_dir:
-        pad_id = backbone.tokenizer.pad_token_id
-        order = length_grouped_batches([len(f["input_ids"]) for f in features], batch_size, 0, 0)
-        method.prepare(model, (pad_batch([features[i] for i in b], pad_id) for b in order), task.loss)
+        prepared = prepare_training(built)
         adapter_bytes = len(save({k: v.contiguous() for k, v in adapter_state(model, method, export=True).items()},
                                  metadata={"format": "slimtune"}))
-        trainer = Trainer(model, method, task, params, config, Path(run_dir), pad_id, labels)
+        trainer = prepared.trainer(Path(run_dir))
         elapsed = []
         trainer.step_callbacks.append(lambda progress: elapsed.append(progress.train_seconds))
-        trainer.fit(features, features[:1])
+        trainer.fit(prepared.source, prepared.dev_features)
         step_seconds = [b - a for a, b in zip([0.0] + elapsed, elapsed)]
     timed = step_seconds[1:] or step_seconds  # the first step pays one-off allocations
     mean_step = statistics.fmean(timed)
-    tokens = statistics.fmean(len(f["input_ids"]) for f in features)
+    tokens = statistics.fmean(len(f["input_ids"]) for f in kind.features)
     return {
         "method": method.name, "options": {k: _plain(v) for k, v in method.options_dict().items()},
-        "matched": matched_modules(model.backbone), "backbone_formula": formula,
+        "matched": matched_modules(model.backbone), "backbone_formula": kind.formula,
         "head_parameters": sum(p.numel() for p in head_parameters(model).values()),
-        **counts, "adapter_bytes": adapter_bytes, "step_seconds": step_seconds, "mean_step_seconds": mean_step,
-        "examples_per_second": batch_size / mean_step, "mean_tokens": tokens, "batch_size": batch_size,
-        "data_rows": data_rows, "rss_after_loading": rss_loaded,
+        **built.parameter_counts, "adapter_bytes": adapter_bytes, "step_seconds": step_seconds,
+        "mean_step_seconds": mean_step, "examples_per_second": batch_size / mean_step, "mean_tokens": tokens,
+        "batch_size": batch_size, "data_rows": kind.data_rows, "rss_after_loading": rss_loaded,
         "peak_rss_in_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from slimtune.models.surgery import replace_module
 
-QUANTIZE_CHOICES = ("int8",)
+BASE_INT8_CHOICES = ("int8",)  # weight-only int8 frozen base for training (`--base-int8`)
 
 
 def quantize_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

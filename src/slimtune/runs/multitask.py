@@ -1,29 +1,24 @@
 """One multi-task run from files to a saved adapter: the API behind `slimtune train --task multi`."""
 
-import json
 import os
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
 
 import slimtune
 from slimtune.atomic import write_json
 from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
-from slimtune.models.int8_base import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
-from slimtune.models.loading import fingerprint, load_backbone
-from slimtune.runs.adapter_files import ADAPTER_FILE, save_adapter
+from slimtune.models.loading import load_backbone
+from slimtune.runs.adapter_files import save_adapter
 from slimtune.runs.multitask_plot import plot_task_weights
-from slimtune.runs.train import count_parameters, split_dev
+from slimtune.runs.prepare import prepare_run, read_split
 from slimtune.tasks import get_task
 from slimtune.tasks.multitask.files import MULTI
 from slimtune.tasks.multitask.model import MultiTaskModel, PerTaskMethods, attach_all
 from slimtune.tasks.multitask.objective import LOSS_WEIGHTINGS, LossWeights, MultiTask
 from slimtune.tasks.multitask.specs import TaskSpec
 from slimtune.training.task_sampling import MultiTaskBatches, task_probabilities
-from slimtune.training.trainer import TrainConfig, Trainer
+from slimtune.training.trainer import TrainConfig
 
 WEIGHTS_PLOT = "task_weights.png"
 
@@ -45,7 +40,7 @@ class MultiTrainRequest:
     dev_fraction: float = 0.1
     max_length: int | None = None
     pooling: str | None = None
-    quantize: str | None = None  # "int8": keep the frozen base weights in int8 (compression/int8.py)
+    base_int8: str | None = None  # "int8": keep the frozen base weights in int8 (models/int8_base.py)
     resume: bool = False
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
@@ -59,122 +54,104 @@ class TaskData:
     labels: list[str]
 
 
-def read_task_data(spec: TaskSpec, request: MultiTrainRequest) -> TaskData:
-    task, seed = get_task(spec.task), request.config.seed
-    train_rows = task.read(spec.train)
-    if spec.dev:
-        dev_rows = task.read(spec.dev)
-    else:
-        train_rows, dev_rows = split_dev(train_rows, request.dev_fraction, seed)
-    if request.max_train_examples and len(train_rows) > request.max_train_examples:
-        keep = sorted(random.Random(seed).sample(range(len(train_rows)), request.max_train_examples))
-        train_rows = [train_rows[i] for i in keep]
-    return TaskData(task, train_rows, dev_rows, task.label_names(train_rows))
+class SeveralTasks:
+    """The `RunKind` of a multi-task run: one base, a task model per task, trained on a mixture of their batches."""
+
+    def __init__(self, request: MultiTrainRequest):
+        self.request = request
+        if request.loss_weights not in LOSS_WEIGHTINGS:
+            raise SlimtuneError(f"unknown loss weighting {request.loss_weights!r}; "
+                                f"choose from {', '.join(LOSS_WEIGHTINGS)}")
+        if not request.loss_weights_lr > 0:
+            raise SlimtuneError("--loss-weights-lr must be positive")
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise SlimtuneError("--task multi does not support --nproc yet (nor several torchrun processes); "
+                                "train it on one process")
+        self.names = [spec.name for spec in request.tasks]
+
+    def create_method(self):
+        r = self.request
+        if r.sharing == "shared":
+            return create_method(r.method, r.options)
+        return PerTaskMethods({name: create_method(r.method, r.options) for name in self.names})
+
+    def read(self, seed: int) -> None:
+        r = self.request
+        self.data = {}
+        for spec in r.tasks:
+            task = get_task(spec.task)
+            train_rows, dev_rows = read_split(task, spec.train, spec.dev, {}, r.dev_fraction, r.max_train_examples,
+                                              seed)
+            self.data[spec.name] = TaskData(task, train_rows, dev_rows, task.label_names(train_rows))
+        self.tasks = {name: d.task for name, d in self.data.items()}
+        self.labels = {name: d.labels for name, d in self.data.items()}
+        self.probabilities = task_probabilities({n: len(d.train_rows) for n, d in self.data.items()}, r.sampling,
+                                                r.temperature)
+
+    def load_backbone(self):
+        return load_backbone(self.request.model, self.request.pooling, self.request.max_length)
+
+    def build(self, backbone):
+        r = self.request
+        self.weights = LossWeights(self.names, r.loss_weights, r.fixed_weights)
+        model = MultiTaskModel(backbone, self.tasks, self.labels, r.sharing, self.weights)
+        return model, MultiTask(self.tasks, self.weights, r.loss_weights_lr), self.labels
+
+    def attach(self, model, method):
+        return attach_all(model, method, self.tasks)
+
+    def encode(self, backbone):
+        tokenizer, length = backbone.tokenizer, backbone.max_length
+        return tuple({n: d.task.encode(getattr(d, rows), tokenizer, d.labels, length) for n, d in self.data.items()}
+                     for rows in ("train_rows", "dev_rows"))
+
+    def batch_source(self, train_features, config: TrainConfig, pad_id: int):
+        return MultiTaskBatches(train_features, config.batch_size, config.seed, pad_id, self.probabilities)
+
+    def run_config(self, method, base_fingerprint: str, backbone) -> dict:
+        """adapter_config.json of a multi-task adapter: the shared base and method, and each task's own settings."""
+        r = self.request
+        return {
+            "slimtune_version": slimtune.__version__, "task": MULTI, "method": method.name,
+            "options": method.options_dict(), "base_model": r.model, "base_fingerprint": base_fingerprint,
+            "pooling": backbone.pooling, "max_length": backbone.max_length, "sharing": r.sharing,
+            **({"base_quantize": r.base_int8} if r.base_int8 else {}),
+            "loss_weights": r.loss_weights, "task_weights": self.weights.weights(),
+            "sampling": {"mode": r.sampling, "temperature": r.temperature, "probabilities": self.probabilities},
+            "tasks": {n: {"task": d.task.name, "labels": d.labels, **d.task.run_settings(d.train_rows)}
+                      for n, d in self.data.items()},
+        }
 
 
 def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
-    out, cfg = Path(request.out_dir), request.config
-    if (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
-        raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
-    if request.loss_weights not in LOSS_WEIGHTINGS:
-        raise SlimtuneError(f"unknown loss weighting {request.loss_weights!r}; "
-                            f"choose from {', '.join(LOSS_WEIGHTINGS)}")
-    if not request.loss_weights_lr > 0:
-        raise SlimtuneError("--loss-weights-lr must be positive")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SlimtuneError("--task multi does not support --nproc yet (nor several torchrun processes); "
-                            "train it on one process")
-    if request.quantize not in (None, *QUANTIZE_CHOICES):
-        raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
-    data = {spec.name: read_task_data(spec, request) for spec in request.tasks}
-    names = list(data)
-    tasks = {name: d.task for name, d in data.items()}
-    labels = {name: d.labels for name, d in data.items()}
-    probabilities = task_probabilities({n: len(d.train_rows) for n, d in data.items()}, request.sampling,
-                                       request.temperature)
+    out = Path(request.out_dir)
+    kind = SeveralTasks(request)
+    prepared = prepare_run(kind, out, request.config, request.base_int8, request.resume, request.overwrite)
+    built, method, cfg = prepared.built, prepared.built.method, prepared.built.config
+    trainer = prepared.trainer(out, step_callbacks=step_callbacks)
+    summary = trainer.fit(prepared.source, prepared.dev_features, resume=request.resume)
 
-    backbone = load_backbone(request.model, request.pooling, request.max_length)
-    base_fingerprint = fingerprint(backbone.model)
-    torch.manual_seed(cfg.seed)
-    weights = LossWeights(names, request.loss_weights, request.fixed_weights)
-    model = MultiTaskModel(backbone, tasks, labels, request.sharing, weights)
-    if request.sharing == "shared":
-        method = create_method(request.method, request.options)
-    else:
-        method = PerTaskMethods({name: create_method(request.method, request.options) for name in names})
-    if request.quantize and method.needs_float_base_weights:
-        raise SlimtuneError(f"method {method.name} computes with the base weight matrices in fp32; "
-                            f"--quantize {request.quantize} keeps them only as int8")
-    if cfg.lr is None:
-        cfg.lr = method.default_lr
-    params = attach_all(model, method, tasks)
-    parameter_counts = count_parameters(model, params)  # before quantization turns frozen weights into buffers
-    if request.quantize:
-        quantize_frozen_linears(model.backbone)  # per-task encoder copies keep sharing one int8 base
-    tokenizer, pad_id = backbone.tokenizer, backbone.tokenizer.pad_token_id
-    train_features = {n: d.task.encode(d.train_rows, tokenizer, d.labels, backbone.max_length) for n, d in data.items()}
-    dev_features = {n: d.task.encode(d.dev_rows, tokenizer, d.labels, backbone.max_length) for n, d in data.items()}
-    source = MultiTaskBatches(train_features, cfg.batch_size, cfg.seed, pad_id, probabilities)
-    objective = MultiTask(tasks, weights)
-    prepare(method, model, source, objective)
-
-    trainer = Trainer(model, method, objective, params, cfg, out, pad_id, labels)
-    if request.loss_weights == "learned":
-        trainer.own_lr[id(weights.log_vars)] = request.loss_weights_lr
-    trainer.step_callbacks.append(lambda progress: append_record(trainer.metrics_path,
-                                                                 objective.weights_record(progress.step)))
-    trainer.step_callbacks.extend(step_callbacks)
-    summary = trainer.fit(source, dev_features, resume=request.resume)
-
-    config = {
-        "slimtune_version": slimtune.__version__, "task": MULTI, "method": method.name,
-        "options": method.options_dict(), "base_model": request.model, "base_fingerprint": base_fingerprint,
-        "pooling": backbone.pooling, "max_length": backbone.max_length, "sharing": request.sharing,
-        **({"base_quantize": request.quantize} if request.quantize else {}),
-        "loss_weights": request.loss_weights, "task_weights": weights.weights(),
-        "sampling": {"mode": request.sampling, "temperature": request.temperature, "probabilities": probabilities},
-        "tasks": {n: {"task": d.task.name, "labels": d.labels, **d.task.run_settings(d.train_rows)}
-                  for n, d in data.items()},
-    }
-    adapter_path = save_adapter(out, model, method, config)
+    config = kind.run_config(method, built.base_fingerprint, built.backbone)
+    adapter_path = save_adapter(out, built.model, method, config)
     plotted = plot_task_weights(trainer.metrics_path, out / WEIGHTS_PLOT,
                                 f"{request.loss_weights} task weights ({method.name}, {request.sharing})")
-    summary.update(parameter_counts, model_weight_bytes=weight_bytes(model), quantize=request.quantize)
+    summary.update(built.parameter_counts, model_weight_bytes=built.model_weight_bytes, quantize=request.base_int8)
     best = next((h for h in summary["history"] if h["step"] == summary["best_step"]), {})
-    summary["best_dev_per_task"] = {n: best.get(f"dev_{n}_{t.primary_metric}") for n, t in tasks.items()}
+    summary["best_dev_per_task"] = {n: best.get(f"dev_{n}_{t.primary_metric}") for n, t in kind.tasks.items()}
     summary.update({"adapter_bytes": adapter_path.stat().st_size, "method": method.name, "task": MULTI,
-                    "tasks": {n: d.task.name for n, d in data.items()}, "sharing": request.sharing,
-                    "train_examples": {n: len(f) for n, f in train_features.items()},
-                    "dev_examples": {n: len(f) for n, f in dev_features.items()},
-                    "task_batches_per_epoch": source.counts, "final_task_weights": weights.weights(), "lr": cfg.lr,
-                    "weights_plot": str(out / WEIGHTS_PLOT) if plotted else None})
+                    "tasks": {n: d.task.name for n, d in kind.data.items()}, "sharing": request.sharing,
+                    "train_examples": {n: len(f) for n, f in prepared.train_features.items()},
+                    "dev_examples": {n: len(f) for n, f in prepared.dev_features.items()},
+                    "task_batches_per_epoch": prepared.source.counts, "final_task_weights": kind.weights.weights(),
+                    "lr": cfg.lr, "weights_plot": str(out / WEIGHTS_PLOT) if plotted else None})
     write_json(out / "metrics.json", summary)
     write_json(out / "train_config.json", {
         **cfg.__dict__, "tasks": [spec.__dict__ for spec in request.tasks], "options": request.options,
         "sharing": request.sharing, "sampling": request.sampling, "temperature": request.temperature,
         "loss_weights": request.loss_weights, "loss_weights_lr": request.loss_weights_lr,
         "fixed_weights": request.fixed_weights, "max_train_examples": request.max_train_examples,
-        "quantize": request.quantize})
+        "quantize": request.base_int8})
     return summary
-
-
-def prepare(method, model: MultiTaskModel, source: MultiTaskBatches, objective: MultiTask) -> None:
-    """Give data-dependent methods (subnetwork's fisher mask) batches of every task, each scored by its own
-    task's unweighted loss; `Method.prepare` computes each batch's loss right after drawing it."""
-    current = {}
-
-    def batches():
-        for item in source.epoch(0):
-            current["task"] = item[0]
-            yield source.collate(source.rows(item))
-
-    method.prepare(model, batches(), lambda logits, labels: objective.tasks[current["task"]].loss(logits, labels))
-
-
-def append_record(metrics_path: Path, record: dict) -> None:
-    """One more line of the run's metrics.jsonl (the trainer trims lines past a resumed checkpoint by `step`)."""
-    with open(metrics_path, "a") as f:
-        f.write(json.dumps(record) + "\n")
 
 
 def describe(summary: dict) -> str:

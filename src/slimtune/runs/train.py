@@ -1,23 +1,17 @@
 """One training run from files to a saved adapter: the API behind `slimtune train`."""
 
-import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from slimtune.atomic import write_json
-from slimtune.data.batching import length_grouped_batches, pad_batch, to_device
-from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
-from slimtune.models.int8_base import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
-from slimtune.models.loading import fingerprint
-from slimtune.runs.adapter_files import ADAPTER_FILE, run_config, save_adapter
+from slimtune.runs.adapter_files import run_config, save_adapter
+from slimtune.runs.prepare import prepare_run, read_split
 from slimtune.tasks import get_task
 from slimtune.training import distributed
-from slimtune.training.trainer import TrainConfig, Trainer
+from slimtune.training.batch_source import FeatureBatches
+from slimtune.training.trainer import TrainConfig
 
 
 @dataclass
@@ -34,27 +28,10 @@ class TrainRequest:
     max_length: int | None = None
     pooling: str | None = None
     read_options: dict = field(default_factory=dict)  # reader flags: table columns, tag scheme
-    quantize: str | None = None  # "int8": keep the frozen base weights in int8 (compression/int8.py)
+    base_int8: str | None = None  # "int8": keep the frozen base weights in int8 (models/int8_base.py)
     resume: bool = False
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
-
-
-def split_dev(rows: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded validation split carved from train: (train, dev)."""
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_dev = max(1, min(int(len(rows) * fraction), 2000))
-    if len(rows) - n_dev < 1:
-        raise SlimtuneError("training data too small to carve a dev split; pass --dev")
-    dev_idx = set(order[:n_dev])
-    return [r for i, r in enumerate(rows) if i not in dev_idx], [r for i, r in enumerate(rows) if i in dev_idx]
-
-
-def count_parameters(model: torch.nn.Module, trainable: list) -> dict:
-    total = sum(p.numel() for p in model.parameters())
-    n = sum(p.numel() for p in trainable)
-    return {"trainable_parameters": n, "total_parameters": total, "trainable_percent": round(100 * n / total, 4)}
 
 
 class PeakMemory:
@@ -70,68 +47,63 @@ class PeakMemory:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
+class SingleTask:
+    """The `RunKind` of a one-task run."""
+
+    def __init__(self, request: TrainRequest):
+        self.request, self.task = request, get_task(request.task)
+
+    def create_method(self):
+        method = create_method(self.request.method, self.request.options)
+        self.task.check_method(method)
+        return method
+
+    def read(self, seed: int) -> None:
+        r = self.request
+        self.train_rows, self.dev_rows = read_split(self.task, r.train_path, r.dev_path, r.read_options,
+                                                    r.dev_fraction, r.max_train_examples, seed)
+        self.labels = self.task.label_names(self.train_rows)
+
+    def load_backbone(self):
+        return self.task.load_backbone(self.request.model, self.request.pooling, self.request.max_length)
+
+    def build(self, backbone):
+        return self.task.build_model(backbone, self.labels), self.task, self.labels
+
+    def attach(self, model, method):
+        return attach(model, method)
+
+    def encode(self, backbone):
+        return tuple(self.task.encode(rows, backbone.tokenizer, self.labels, backbone.max_length)
+                     for rows in (self.train_rows, self.dev_rows))
+
+    def batch_source(self, train_features, config: TrainConfig, pad_id: int):
+        return FeatureBatches(train_features, config.batch_size, config.seed, pad_id)
+
+
 def train(request: TrainRequest, step_callbacks=()) -> dict:
     """Train and save; under torchrun every rank calls this, and only rank 0 writes the run directory."""
     ranks = distributed.from_environment()
     out = Path(request.out_dir)
-    if out.exists() and (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
-        raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
-    task = get_task(request.task)
-    if request.quantize not in (None, *QUANTIZE_CHOICES):
-        raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
-    method = create_method(request.method, request.options)
-    task.check_method(method)
-    if request.quantize and method.needs_float_base_weights:
-        raise SlimtuneError(f"method {method.name} computes with the base weight matrices in fp32; "
-                            f"--quantize {request.quantize} keeps them only as int8")
-    cfg = request.config
-    if cfg.lr is None:
-        cfg.lr = method.default_lr
-    train_rows = task.read(request.train_path, **request.read_options)
-    if request.dev_path:
-        dev_rows = task.read(request.dev_path, **request.read_options)
-    else:
-        train_rows, dev_rows = split_dev(train_rows, request.dev_fraction, cfg.seed)
-    if request.max_train_examples and len(train_rows) > request.max_train_examples:
-        keep = sorted(random.Random(cfg.seed).sample(range(len(train_rows)), request.max_train_examples))
-        train_rows = [train_rows[i] for i in keep]
-    labels = task.label_names(train_rows)
-
-    backbone = task.load_backbone(request.model, request.pooling, request.max_length)
-    base_fingerprint = fingerprint(backbone.model)
-    torch.manual_seed(cfg.seed)
-    model = task.build_model(backbone, labels)
-    params = attach(model, method)
-    parameter_counts = count_parameters(model, params)  # before quantization turns frozen weights into buffers
-    if request.quantize:
-        quantize_frozen_linears(model.backbone)
-    memory = {"model_weight_bytes": weight_bytes(model)}
-    model.to(ranks.device)
-    train_features = task.encode(train_rows, backbone.tokenizer, labels, backbone.max_length)
-    dev_features = task.encode(dev_rows, backbone.tokenizer, labels, backbone.max_length)
-    settings = {**task.run_settings(train_rows), **({"base_quantize": request.quantize} if request.quantize else {})}
-    config = run_config(task, method, request.model, base_fingerprint, backbone, labels, settings)
-
-    pad_id = backbone.tokenizer.pad_token_id
-    order = length_grouped_batches([len(f["input_ids"]) for f in train_features], cfg.batch_size, cfg.seed, 0)
-    started = time.perf_counter()
-    method.prepare(model, (to_device(pad_batch([train_features[i] for i in b], pad_id), ranks.device) for b in order),
-                   task.loss)
-    prepare_seconds = time.perf_counter() - started
-    trainer = Trainer(model, method, task, params, cfg, out, pad_id, labels, ranks)
+    kind = SingleTask(request)
+    prepared = prepare_run(kind, out, request.config, request.base_int8, request.resume, request.overwrite, ranks)
+    built, task, method, cfg = prepared.built, kind.task, prepared.built.method, prepared.built.config
+    settings = {**task.run_settings(kind.train_rows),
+                **({"base_quantize": request.base_int8} if request.base_int8 else {})}
+    config = run_config(task, method, request.model, built.base_fingerprint, built.backbone, kind.labels, settings)
     peak_rss = PeakMemory()
-    trainer.step_callbacks.extend([peak_rss, *step_callbacks])
-    summary = trainer.fit(train_features, dev_features, resume=request.resume)
-    model.cpu()
-    summary.update(parameter_counts)
-    summary.update(memory, train_peak_rss_bytes=peak_rss.peak, quantize=request.quantize,
-                   processes=ranks.world_size)
+    trainer = prepared.trainer(out, ranks, [peak_rss, *step_callbacks])
+    summary = trainer.fit(prepared.source, prepared.dev_features, resume=request.resume)
+    built.model.cpu()
+    summary.update(built.parameter_counts)
+    summary.update(model_weight_bytes=built.model_weight_bytes, train_peak_rss_bytes=peak_rss.peak,
+                   quantize=request.base_int8, processes=ranks.world_size)
     if not ranks.is_main:
         return summary
-    adapter_path = save_adapter(out, model, method, config)
-    summary.update({"prepare_seconds": round(prepare_seconds, 2), "adapter_bytes": adapter_path.stat().st_size,
-                    "train_examples": len(train_features), "dev_examples": len(dev_features), "lr": cfg.lr,
-                    "method": method.name, "task": task.name})
+    adapter_path = save_adapter(out, built.model, method, config)
+    summary.update({"prepare_seconds": round(prepared.prepare_seconds, 2), "adapter_bytes": adapter_path.stat().st_size,
+                    "train_examples": len(prepared.train_features), "dev_examples": len(prepared.dev_features),
+                    "lr": cfg.lr, "method": method.name, "task": task.name})
     write_json(out / "metrics.json", summary)
     write_json(out / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
                                            "dev": request.dev_path, "options": request.options})

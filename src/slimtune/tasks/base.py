@@ -74,6 +74,24 @@ class Task:
         """The model's output per feature, in feature order, on the CPU (distributed evaluation gathers them)."""
         raise NotImplementedError
 
+    def gathered_outputs(self, model: nn.Module, features: list[dict], pad_id: int, batch_size: int,
+                         on_shares) -> list:
+        """`outputs` of all `features`, each process computing its share: `on_shares(rows, compute)` runs
+        `compute` on this process's share of `rows` and returns everyone's outputs in row order."""
+        return on_shares(features, lambda rows: self.outputs(model, rows, pad_id, batch_size))
+
+    def loss_for(self, batch: dict):
+        """The plain loss function `(logits, labels)` of the task a batch is from (data-dependent method set-up)."""
+        return self.loss
+
+    def own_learning_rates(self) -> list[tuple[nn.Parameter, float]]:
+        """Parameters of the objective itself that train at their own peak learning rate, without weight decay."""
+        return []
+
+    def step_record(self, step: int) -> dict | None:
+        """A metrics.jsonl record after optimizer step `step`, if the objective keeps one."""
+        return None
+
     def score(self, outputs: list, features: list[dict], labels: list[str]) -> dict:
         """Metrics from `outputs` of all of `features`."""
         raise NotImplementedError

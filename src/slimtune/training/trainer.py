@@ -77,7 +77,8 @@ class Trainer:
         self.params, self.config, self.run_dir = params, config, Path(run_dir)
         self.pad_id, self.labels = pad_id, labels
         self.step_callbacks: list[Callable[[Progress], None]] = []  # called after each optimizer step
-        self.own_lr: dict[int, float] = {}  # id(param) → its own peak learning rate, no weight decay
+        # id(param) → its own peak learning rate, no weight decay (a multi-task run's learned loss weights)
+        self.own_lr: dict[int, float] = {id(p): lr for p, lr in task.own_learning_rates()}
         self.checkpoint_dir = self.run_dir / "checkpoint"
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
@@ -102,20 +103,15 @@ class Trainer:
             kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step]
             self.metrics_path.write_text("".join(l + "\n" for l in kept))
 
-    def evaluate(self, dev_features: list[dict] | dict[str, list[dict]]) -> dict:
-        """Dev metrics; with several ranks each runs its share of the rows and all score the gathered outputs.
+    def evaluate(self, dev_features) -> dict:
+        """Dev metrics; with several ranks each runs its share of the rows and all score the gathered outputs."""
+        outputs = self.task.gathered_outputs(self.model, dev_features, self.pad_id, self.config.batch_size * 2,
+                                             self._on_shares)
+        return self.task.score(outputs, dev_features, self.labels)
 
-        A multi-task run's dev features are {task name: rows}, shared out task by task.
-        """
-        if isinstance(dev_features, dict):
-            mine = {name: self.ranks.share(rows) for name, rows in dev_features.items()}
-            outputs = self.task.outputs(self.model, mine, self.pad_id, self.config.batch_size * 2)
-            gathered = {name: self.ranks.gather_shares(outputs[name], len(rows)) for name, rows in dev_features.items()}
-        else:
-            outputs = self.task.outputs(self.model, self.ranks.share(dev_features), self.pad_id,
-                                        self.config.batch_size * 2)
-            gathered = self.ranks.gather_shares(outputs, len(dev_features))
-        return self.task.score(gathered, dev_features, self.labels)
+    def _on_shares(self, rows: list, compute: Callable[[list], list]) -> list:
+        """`compute` of all `rows`: each rank computes its share, then every rank has all the outputs in order."""
+        return self.ranks.gather_shares(compute(self.ranks.share(rows)), len(rows))
 
     def fit(self, train: list[dict] | BatchSource, dev_features, resume: bool = False) -> dict:
         """Train on `train`, one task's features or a `BatchSource` (several tasks' batches by a schedule)."""
@@ -182,6 +178,9 @@ class Trainer:
                         break
                 if cfg.checkpoint_every and progress.step % cfg.checkpoint_every == 0:
                     self._checkpoint(progress, best_state, optimizer, scheduler)
+                record = self.task.step_record(progress.step)
+                if record is not None:
+                    self._log(record)
                 for callback in self.step_callbacks:
                     callback(progress)
             if not progress.stopped_early:

@@ -49,8 +49,8 @@ class MultiTask:
     name = "multi"
     primary_metric = "mean_score"
 
-    def __init__(self, tasks: dict, loss_weights: LossWeights):
-        self.tasks, self.loss_weights = tasks, loss_weights
+    def __init__(self, tasks: dict, loss_weights: LossWeights, loss_weights_lr: float | None = None):
+        self.tasks, self.loss_weights, self.loss_weights_lr = tasks, loss_weights, loss_weights_lr
         self.recent_losses: dict[str, list[float]] = {name: [] for name in tasks}  # raw losses since the last record
 
     def batch_loss(self, logits: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -59,7 +59,17 @@ class MultiTask:
         self.recent_losses[name].append(loss.item())
         return self.loss_weights(name, loss)
 
-    def weights_record(self, step: int) -> dict:
+    def loss_for(self, batch: dict):
+        """The unweighted loss of the batch's own task."""
+        return self.tasks[batch["task"]].loss
+
+    def own_learning_rates(self) -> list[tuple[nn.Parameter, float]]:
+        """Learned loss weights train at `loss_weights_lr`: Adam moves them about that much per step."""
+        if self.loss_weights.mode == "learned" and self.loss_weights_lr is not None:
+            return [(self.loss_weights.log_vars, self.loss_weights_lr)]
+        return []
+
+    def step_record(self, step: int) -> dict:
         """A metrics.jsonl record of the weights after `step`, with the raw task losses since the last one."""
         record = {"type": "task_weights", "step": step, "weights": self.loss_weights.weights(),
                   "task_loss": {name: mean(values) for name, values in self.recent_losses.items() if values}}
@@ -73,9 +83,10 @@ class MultiTask:
         """What the loss of these rows (all of one task, each tagged with its `task`) averages over."""
         return self.tasks[features[0]["task"]].loss_units(features) if features else 0
 
-    def outputs(self, model, features: dict[str, list[dict]], pad_id: int, batch_size: int) -> dict[str, list]:
-        """Each task's outputs from its own task model: {task name: outputs per feature}."""
-        return {name: task.outputs(model.task_models[name], features[name], pad_id, batch_size)
+    def gathered_outputs(self, model, features: dict[str, list[dict]], pad_id: int, batch_size: int,
+                         on_shares) -> dict[str, list]:
+        """Each task's outputs from its own task model, {task name: outputs per feature}, shared out task by task."""
+        return {name: task.gathered_outputs(model.task_models[name], features[name], pad_id, batch_size, on_shares)
                 for name, task in self.tasks.items()}
 
     def score(self, outputs: dict[str, list], features: dict[str, list[dict]], labels: dict[str, list[str]]) -> dict:
