@@ -22,7 +22,7 @@ def runs(tiny_lm, tmp_path_factory):
     common = ["train", "--task", "causal-lm", "--model", tiny_lm, "--method", "lora", "--train", train, "--dev", dev,
               "--epochs", "1", "--batch-size", "8", "--lr", "1e-2"]
     assert main(common + ["--out", str(root / "fp32")]) == 0
-    assert main(common + ["--out", str(root / "int8"), "--quantize", "int8"]) == 0
+    assert main(common + ["--out", str(root / "int8"), "--base-int8", "int8"]) == 0
     return {"root": root, "dev": dev, "model": tiny_lm}
 
 
@@ -30,9 +30,9 @@ def test_train_records_tokens_per_second_memory_and_the_quantized_base(runs):
     fp32 = json.loads((runs["root"] / "fp32" / "metrics.json").read_text())
     int8 = json.loads((runs["root"] / "int8" / "metrics.json").read_text())
     assert fp32["tokens_per_second"] > 0 and fp32["train_peak_rss_bytes"] > 0
-    assert int8["quantize"] == "int8" and int8["model_weight_bytes"] < fp32["model_weight_bytes"]
+    assert int8["base_int8"] == "int8" and int8["model_weight_bytes"] < fp32["model_weight_bytes"]
     assert int8["trainable_parameters"] == fp32["trainable_parameters"]
-    assert json.loads((runs["root"] / "int8" / "adapter_config.json").read_text())["base_quantize"] == "int8"
+    assert json.loads((runs["root"] / "int8" / "adapter_config.json").read_text())["base_int8"] == "int8"
 
 
 @pytest.mark.parametrize("run", ["fp32", "int8"])

@@ -48,7 +48,7 @@ def test_pruned_model_trains_evaluates_and_merges(pruned, data, capsys, tmp_path
     capsys.readouterr()
     assert main(["eval", "--adapter", str(run), "--data", data["dev"], "--json"]) == 0
     fp32 = json.loads(capsys.readouterr().out)
-    assert main(["eval", "--adapter", str(run), "--data", data["dev"], "--json", "--quantize", "int8"]) == 0
+    assert main(["eval", "--adapter", str(run), "--data", data["dev"], "--json", "--inference-int8", "int8"]) == 0
     int8 = json.loads(capsys.readouterr().out)
     assert fp32["examples"] == int8["examples"] == 16 and abs(fp32["loss"] - int8["loss"]) < 1e-2
     assert main(["merge", "--adapter", str(run), "--out", str(tmp_path / "merged")]) == 0
@@ -91,7 +91,7 @@ def test_quantize_writes_an_int8_run_that_eval_and_predict_use(data, tiny_model,
     report = json.loads(capsys.readouterr().out)
     assert report["int8"]["encoder_bytes"] < report["fp32"]["encoder_bytes"]
     assert abs(report["int8"]["quality"]["loss"] - report["fp32"]["quality"]["loss"]) < 1e-2
-    assert json.loads((out / "adapter_config.json").read_text())["quantize"] == "int8"
+    assert json.loads((out / "adapter_config.json").read_text())["inference_int8"] == "int8"
     assert main(["predict", "--adapter", str(out), "good film", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["label"] in ("neg", "pos")
     assert "already quantized" in _error(capsys, ["quantize", "--adapter", str(out), "--out", str(tmp_path / "q2")])

@@ -65,5 +65,5 @@ def test_layers_inside_unmergeable_wrappers_stay_fp32(tiny_model):
 
 def test_unknown_scheme_is_an_error(lora_run):
     loaded = load_adapter(lora_run[0])
-    with pytest.raises(SlimtuneError, match="unknown quantization 'int4'"):
+    with pytest.raises(SlimtuneError, match="unknown int8 inference scheme 'int4'"):
         quantize_loaded(loaded, "int4")

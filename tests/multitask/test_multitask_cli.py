@@ -80,7 +80,7 @@ def test_a_multi_task_adapter_needs_a_known_task_name(run, data, capsys):
 
 def test_dynamic_int8_eval_by_task_name(run, data, capsys):
     summary = json.loads((run / "metrics.json").read_text())
-    assert main(["eval", "--adapter", str(run), "--task-name", "sst", "--quantize", "int8",
+    assert main(["eval", "--adapter", str(run), "--task-name", "sst", "--inference-int8", "int8",
                  "--data", data["sst_dev"], "--json"]) == 0
     accuracy = json.loads(capsys.readouterr().out)["accuracy"]
     assert abs(accuracy - summary["best_dev_per_task"]["sst"]) <= 2 / 24  # int8 rounding may flip a row or two
@@ -89,16 +89,16 @@ def test_dynamic_int8_eval_by_task_name(run, data, capsys):
 def test_multi_task_run_on_an_int8_base(data, tiny_model, tmp_path, capsys):
     out = tmp_path / "int8"
     assert main(["train", "--task", "multi", "--method", "lora", *task_flags(data), "--model", tiny_model,
-                 "--sharing", "per-task", "--quantize", "int8", "--epochs", "1", "--batch-size", "8",
+                 "--sharing", "per-task", "--base-int8", "int8", "--epochs", "1", "--batch-size", "8",
                  "--lr", "1e-2", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert json.loads((out / "adapter_config.json").read_text())["base_quantize"] == "int8"
+    assert json.loads((out / "adapter_config.json").read_text())["base_int8"] == "int8"
     summary = json.loads((out / "metrics.json").read_text())
-    assert summary["quantize"] == "int8"
+    assert summary["base_int8"] == "int8"
     for name, dev, metric in (("sst", data["sst_dev"], "accuracy"), ("conll", data["ner_dev"], "f1")):
         assert main(["eval", "--adapter", str(out), "--task-name", name, "--data", dev, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)[metric] == summary["best_dev_per_task"][name]  # same int8 base
-    assert main(["eval", "--adapter", str(out), "--task-name", "sst", "--quantize", "int8",
+    assert main(["eval", "--adapter", str(out), "--task-name", "sst", "--inference-int8", "int8",
                  "--data", data["sst_dev"]]) == 2
     assert "int8 base already" in capsys.readouterr().err
     assert main(["train", "--task", "multi", "--method", "subnetwork", *task_flags(data), "--model", tiny_model,

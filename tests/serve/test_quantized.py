@@ -18,13 +18,13 @@ CLASSIFIERS = ("sst-qv", "sst-dense", "sst-prefix")
 @pytest.fixture(scope="module")
 def client(adapter_dirs, chat_dir):
     argv = [a for name in CLASSIFIERS for a in ("--adapter", f"{name}={adapter_dirs[name]}")]
-    with running_server(argv + ["--adapter", f"chat={chat_dir}", "--quantize", "int8", "--max-wait-ms", "50"]) as c:
+    with running_server(argv + ["--adapter", f"chat={chat_dir}", "--inference-int8", "int8", "--max-wait-ms", "50"]) as c:
         yield c
 
 
 def test_int8_scores_stay_within_tolerance_of_fp32(client, adapter_dirs):
     adapters = {a["name"]: a for a in client.get("/v1/adapters").json()["adapters"]}
-    assert {name: (a["serving"], a["quantize"]) for name, a in adapters.items()} == {
+    assert {name: (a["serving"], a["inference_int8"]) for name, a in adapters.items()} == {
         "sst-qv": ("shared-lora", "int8"), "sst-dense": ("shared-lora", "int8"), "sst-prefix": ("own-model", "int8"),
         "chat": ("own-model", "int8")}
     for name in CLASSIFIERS:

@@ -51,8 +51,40 @@ def read_inputs(texts: list[str], file: str | None) -> list[str]:
     return texts
 
 
-QUANTIZE_HELP = ("int8 linear layers on CPU: with --adapter, PyTorch's dynamic int8 quantization after merging the "
-                 "adapter where it can be; without (causal-lm base), int8 weights as `train --quantize int8` keeps them")
+BASE_INT8_HELP = "keep the frozen base weights in int8 (per channel, weight-only)"
+INFERENCE_INT8_HELP = "merge the adapter where it can be, then PyTorch's dynamic int8 linear layers on CPU"
+
+
+class DeprecatedSpelling(argparse.Action):
+    """An old flag that still works for one release, saying on stderr what replaces it."""
+
+    def __init__(self, option_strings, dest, use: str = "", **kwargs):
+        self.use = use
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{parser.prog}: {option_string} is deprecated and goes in the next release; use {self.use}",
+              file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
+def add_int8_flags(parser, base_help: str | None = None, inference_help: str | None = None,
+                   quantize_dest: str = "quantize", quantize_use: str = "") -> None:
+    """`--base-int8` (a weight-only int8 frozen base) and/or `--inference-int8` (merge, then dynamic int8),
+    and the old `--quantize` that meant either, deprecated."""
+    if base_help:
+        parser.add_argument("--base-int8", choices=("int8",), help=base_help)
+    if inference_help:
+        parser.add_argument("--inference-int8", choices=("int8",), help=inference_help)
+    parser.add_argument("--quantize", choices=("int8",), dest=quantize_dest, action=DeprecatedSpelling,
+                        use=quantize_use, help=f"deprecated: use {quantize_use}")
+
+
+def add_model_int8_flags(parser) -> None:
+    """The int8 flags of commands that take an --adapter or, without one, a base model."""
+    add_int8_flags(parser, base_help="without --adapter (causal-lm base): " + BASE_INT8_HELP,
+                   inference_help="with --adapter: " + INFERENCE_INT8_HELP,
+                   quantize_use="--inference-int8 with --adapter, --base-int8 without")
 
 
 def load_model_or_adapter(args):
@@ -61,14 +93,18 @@ def load_model_or_adapter(args):
     from slimtune.runs.adapter_files import load_adapter, load_base_model
 
     task_name = getattr(args, "task_name", None)
+    base_int8, inference_int8 = getattr(args, "base_int8", None), getattr(args, "inference_int8", None)
+    old_quantize = getattr(args, "quantize", None)  # deprecated: meant inference int8 with an adapter, else base
     if args.adapter:
-        given = [f"--{name.replace('_', '-')}" for name in ("task", "max_length")
+        given = [f"--{name.replace('_', '-')}" for name in ("task", "max_length", "base_int8")
                  if getattr(args, name, None) is not None]
         if given:
             raise SlimtuneError(f"{', '.join(given)}: the adapter records these; give them only without --adapter")
-        return load_adapter(args.adapter, args.model, getattr(args, "quantize", None), task_name)
+        return load_adapter(args.adapter, args.model, inference_int8 or old_quantize, task_name)
     if task_name is not None:
         raise SlimtuneError("--task-name picks a task of a multi-task --adapter; give --adapter DIR")
+    if inference_int8:
+        raise SlimtuneError("--inference-int8 merges and quantizes an --adapter; for a base model give --base-int8")
     if not args.task:
         raise SlimtuneError("give --adapter DIR, or --task causal-lm with --model to use a base model as it is")
-    return load_base_model(args.task, args.model, getattr(args, "max_length", None), getattr(args, "quantize", None))
+    return load_base_model(args.task, args.model, getattr(args, "max_length", None), base_int8 or old_quantize)

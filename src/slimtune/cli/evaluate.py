@@ -4,7 +4,7 @@ import json
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import QUANTIZE_HELP, add_reader_flags
+    from slimtune.cli.common import add_model_int8_flags, add_reader_flags
 
     p = sub.add_parser("eval", help="evaluate an adapter on labelled data",
                        description="Evaluate a saved adapter: accuracy, macro-F1 and a per-class report "
@@ -18,7 +18,7 @@ def register(sub) -> None:
     p.add_argument("--task", help="without --adapter: the task (causal-lm) to score the base model on")
     p.add_argument("--max-length", type=int, help="without --adapter: token limit (longer examples are dropped)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--quantize", choices=("int8",), help=QUANTIZE_HELP)
+    add_model_int8_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object of metrics")
     add_reader_flags(p)
     p.set_defaults(handler=run)
@@ -26,6 +26,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from slimtune.cli.common import load_model_or_adapter, reader_options
+    from slimtune.cli.formatting import format_report
 
     loaded = load_model_or_adapter(args)
     rows = loaded.task.read(args.data, **reader_options(args))
@@ -35,5 +36,5 @@ def run(args) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(loaded.task.format_report(metrics))
+        print(format_report(loaded.task, metrics))
     return 0

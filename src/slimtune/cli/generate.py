@@ -15,6 +15,8 @@ examples:
 def register(sub) -> None:
     import argparse
 
+    from slimtune.cli.common import add_model_int8_flags
+
     p = sub.add_parser("generate", help="generate text with a causal-LM adapter", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", metavar="DIR", help="causal-lm run directory written by `slimtune train`")
@@ -22,7 +24,7 @@ def register(sub) -> None:
     p.add_argument("--file", metavar="PATH", help="read prompts from a file, one per line")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the adapter's; without --adapter: "
                                                        "generate with this model as it is)")
-    p.add_argument("--quantize", choices=("int8",), help="without --adapter: keep the base weights in int8")
+    add_model_int8_flags(p)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0, help="with --sample")

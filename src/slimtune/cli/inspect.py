@@ -70,7 +70,9 @@ def summary(config: dict, state: dict, file_bytes: int) -> str:
 
 def _tasks(config: dict) -> str:
     """What the adapter predicts: its task and labels, or (multi-task) each task's name and type, and the sharing."""
-    if config["task"] == "multi":
+    from slimtune.tasks.multitask.files import is_multi
+
+    if is_multi(config):
         tasks = ", ".join(f"{name}: {entry['task']}" for name, entry in config["tasks"].items())
         return f"multi-task, {config['sharing']} adapter; {tasks}"
     return f"{config['task']} task, labels: {', '.join(map(str, config['labels']))}"

@@ -18,18 +18,20 @@ def run(args) -> int:
     from slimtune.runs.adapter_files import load_adapter
     from slimtune.errors import SlimtuneError
     from slimtune.models.surgery import unwrap
+    from slimtune.runs.export import save_merged
+    from slimtune.runs.int8_keys import base_int8_of
 
     out = Path(args.out)
     if out.exists() and any(out.iterdir()):
         raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
     loaded = load_adapter(args.adapter, args.model, task_name=args.task_name)
-    if loaded.config.get("base_quantize"):
-        raise SlimtuneError(f"{args.adapter} was trained on an {loaded.config['base_quantize']} base, whose weights "
-                            "cannot take the update exactly; retrain without --quantize to merge")
+    if base_int8_of(loaded.config):
+        raise SlimtuneError(f"{args.adapter} was trained on an {base_int8_of(loaded.config)} base, whose weights "
+                            "cannot take the update exactly; retrain without --base-int8 to merge")
     if not loaded.method.mergeable:
         raise SlimtuneError(f"method {loaded.method.name} adds computation that cannot be folded into the base")
     loaded.method.merge(loaded.model.backbone)
     unwrap(loaded.model.backbone)
-    loaded.task.save_merged(loaded, out)
+    save_merged(loaded, out)
     print(f"merged model written to {out}")
     return 0

@@ -5,6 +5,7 @@ import sys
 
 
 def register(sub) -> None:
+    from slimtune.cli.common import INFERENCE_INT8_HELP, add_int8_flags
     from slimtune.data.tag_schemes import SCHEMES
 
     p = sub.add_parser("predict", help="predict labels for new texts",
@@ -21,8 +22,8 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--task-name", metavar="NAME", help="the task to use of a multi-task adapter")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--quantize", choices=("int8",),
-                   help="dynamic int8 linear layers on CPU (the adapter is merged first where it can be)")
+    add_int8_flags(p, inference_help=INFERENCE_INT8_HELP, quantize_dest="inference_int8",
+                   quantize_use="--inference-int8")
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
     p.set_defaults(handler=run)
 
@@ -30,6 +31,7 @@ def register(sub) -> None:
 def run(args) -> int:
     from slimtune.runs.adapter_files import load_adapter
     from slimtune.cli.common import read_inputs
+    from slimtune.cli.formatting import format_prediction
     from slimtune.errors import SlimtuneError
 
     options = {"scheme": args.scheme}
@@ -38,17 +40,17 @@ def run(args) -> int:
             raise SlimtuneError("--conll-in and --conll-out go together")
         if args.texts or args.file:
             raise SlimtuneError("give either texts (or --file) or --conll-in, not both")
-        loaded = load_adapter(args.adapter, args.model, args.quantize, args.task_name)
+        loaded = load_adapter(args.adapter, args.model, args.inference_int8, args.task_name)
         count = loaded.task.predict_file(loaded, args.conll_in, args.conll_out, args.batch_size, **options)
         print(f"tagged {count} sentences into {args.conll_out}", file=sys.stderr)
         return 0
     texts = read_inputs(args.texts, args.file)
-    loaded = load_adapter(args.adapter, args.model, args.quantize, args.task_name)
+    loaded = load_adapter(args.adapter, args.model, args.inference_int8, args.task_name)
     for text, prediction in zip(texts, loaded.task.predict(loaded, texts, args.batch_size, **options)):
         if args.json:
             print(json.dumps({"text": text, **rounded(prediction)}))
         else:
-            print(loaded.task.format_prediction(text, prediction))
+            print(format_prediction(loaded.task, text, prediction))
     return 0
 
 

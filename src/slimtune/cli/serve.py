@@ -35,6 +35,8 @@ examples:
 
 
 def register(sub) -> None:
+    from slimtune.cli.common import add_int8_flags
+
     p = sub.add_parser("serve", help="serve adapters over HTTP", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="an adapter to load, repeatable")
@@ -56,9 +58,9 @@ def register(sub) -> None:
                    help="mixed: rows of all LoRA adapters share each base pass; per-adapter: one pass per adapter")
     p.add_argument("--merge", action="store_true",
                    help="merge a single LoRA adapter into its own copy of the base (no per-row overhead)")
-    p.add_argument("--quantize", choices=("int8",),
-                   help="CPU dynamic int8 linear layers: the shared base (LoRA deltas stay fp32, mixed batches "
-                        "still work) and every own copy (merged first where the method allows)")
+    add_int8_flags(p, quantize_dest="inference_int8", quantize_use="--inference-int8",
+                   inference_help="CPU dynamic int8 linear layers: the shared base (LoRA deltas stay fp32, mixed "
+                                  "batches still work) and every own copy (merged first where the method allows)")
     p.set_defaults(handler=run)
 
 
@@ -96,7 +98,7 @@ def build_server(args):
     allowed = Path(args.allowed_dir)
     if not allowed.is_dir():
         raise SlimtuneError(f"--allowed-dir {args.allowed_dir}: no such directory")
-    registry = AdapterRegistry(args.model, args.quantize)
+    registry = AdapterRegistry(args.model, args.inference_int8)
     served = [(served_name, task_name, directory) for name, directory in adapters
               for served_name, task_name in registry.served_tasks(name, directory)]
     taken = [served_name for served_name, _, _ in served]

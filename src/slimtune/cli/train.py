@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from slimtune.cli.common import add_reader_flags, parse_set, reader_options
+from slimtune.cli.common import BASE_INT8_HELP, add_int8_flags, add_reader_flags, parse_set, reader_options
 from slimtune.errors import SlimtuneError
 from slimtune.training.trainer import TrainConfig
 
@@ -26,7 +26,7 @@ examples:
   torchrun --nnodes 2 --nproc-per-node 4 --rdzv-backend c10d --rdzv-endpoint host0:29500 \\
       --rdzv-id job1 -m slimtune train ...   # the same on each of 2 machines (see the README)
   slimtune train --task causal-lm --model smollm2-135m --method lora --train chats.jsonl --out runs/chat
-  slimtune train --task causal-lm --model smollm2-135m --method lora --quantize int8 --train chats.jsonl --out runs/q
+  slimtune train --task causal-lm --model smollm2-135m --method lora --base-int8 int8 --train chats.jsonl --out runs/q
   slimtune train --task multi --method lora --tasks sst2=classify:sst2.tsv \\
       --tasks conll=ner:train.conll:valid.conll --loss-weights learned --out runs/mt
 """
@@ -62,8 +62,8 @@ def register(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
     p.add_argument("--max-length", type=int,
                    help="token limit per text (default: the model's window); causal-lm drops longer examples")
-    p.add_argument("--quantize", choices=("int8",),
-                   help="keep the frozen base weights in int8 (per channel, weight-only); the method trains in fp32")
+    add_int8_flags(p, base_help=BASE_INT8_HELP + "; the method trains in fp32", quantize_dest="base_int8",
+                   quantize_use="--base-int8")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
     add_reader_flags(p)
     add_multitask_flags(p)
@@ -139,6 +139,7 @@ def should_launch(args) -> bool:
 
 def run(args) -> int:
     from slimtune.tasks import get_task
+    from slimtune.tasks.multitask.files import MULTI
     from slimtune.training import distributed
     from slimtune.runs.train import TrainRequest, describe, train
 
@@ -148,7 +149,7 @@ def run(args) -> int:
         eval_every=args.eval_every, patience=args.patience, checkpoint_every=args.checkpoint_every, seed=args.seed,
     )
     config.validate()
-    if args.task == "multi":
+    if args.task == MULTI:
         return run_multitask(args, config)
     if args.tasks:
         raise SlimtuneError("--tasks needs --task multi")
@@ -160,7 +161,7 @@ def run(args) -> int:
         task=args.task, method=args.method, train_path=args.train, out_dir=args.out, dev_path=args.dev,
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
-        overwrite=args.overwrite, base_int8=args.quantize, config=config,
+        overwrite=args.overwrite, base_int8=args.base_int8, config=config,
     )
     summary = train(request)
     distributed.shutdown()  # on failure a rank just exits, and torchrun stops the others
@@ -190,7 +191,7 @@ def run_multitask(args, config: TrainConfig) -> int:
         loss_weights=args.loss_weights, loss_weights_lr=args.loss_weights_lr,
         fixed_weights=parse_weights(args.weights, [spec.name for spec in specs]),
         max_train_examples=args.max_train_examples, max_length=args.max_length, pooling=args.pooling,
-        base_int8=args.quantize, resume=args.resume, overwrite=args.overwrite, config=config,
+        base_int8=args.base_int8, resume=args.resume, overwrite=args.overwrite, config=config,
     )
     print(describe(train_multitask(request)))
     print(f"adapter written to {args.out}", file=sys.stderr)

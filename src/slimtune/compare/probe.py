@@ -24,6 +24,7 @@ from slimtune.methods.registry import create_method
 from slimtune.models.loading import load_backbone
 from slimtune.runs.prepare import build_run, prepare_training
 from slimtune.tasks import get_task
+from slimtune.tasks.base import TAGGING
 from slimtune.training.batch_source import FeatureBatches
 from slimtune.training.trainer import TrainConfig
 
@@ -58,12 +59,12 @@ def sample_features(request: dict, task, tokenizer, max_length: int, rows_needed
         chosen = random.Random(0).sample(rows, min(rows_needed, len(rows)))
         data_rows = len(rows)
     else:
-        chosen, data_rows = synthetic_rows(task.name, tokenizer, request["seq_len"], rows_needed), 0
+        chosen, data_rows = synthetic_rows(task, tokenizer, request["seq_len"], rows_needed), 0
     labels = task.label_names(chosen)
     return task.encode(chosen, tokenizer, labels, max_length), labels, data_rows
 
 
-def synthetic_rows(task_name: str, tokenizer, seq_len: int, n: int) -> list:
+def synthetic_rows(task, tokenizer, seq_len: int, n: int) -> list:
     """Rows of whole vocabulary words, about `seq_len` tokens each with [CLS] and [SEP], random labels or tags."""
     from slimtune.data.conll import Sentence
     from slimtune.data.table import LabelledText
@@ -73,7 +74,7 @@ def synthetic_rows(task_name: str, tokenizer, seq_len: int, n: int) -> list:
     rows = []
     for _ in range(n):
         chosen = rng.choices(words, k=max(1, seq_len - 2))
-        if task_name == "ner":
+        if task.kind == TAGGING:
             rows.append(Sentence(chosen, [rng.choice(("O", "B-ENT")) for _ in chosen], lines=tuple(range(len(chosen)))))
         else:
             rows.append(LabelledText(" ".join(chosen), rng.choice(("negative", "positive"))))

@@ -9,6 +9,7 @@ from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.models.int8_inference import merge_for_inference
 from slimtune.runs.adapter_files import ADAPTER_FILE, CONFIG_FILE, load_adapter, read_config
+from slimtune.runs.int8_keys import INFERENCE_INT8, inference_int8_of
 
 REPORT_FILE = "quantize_report.json"
 
@@ -19,7 +20,7 @@ def quantize_adapter(adapter_dir: str, out_dir: str, model_spec: str | None = No
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
-    if read_config(adapter_dir).get("quantize"):
+    if inference_int8_of(read_config(adapter_dir)):
         raise SlimtuneError(f"{adapter_dir} is already quantized; give the fp32 run it came from")
     fp32 = load_adapter(adapter_dir, model_spec)
     merge_for_inference(fp32)
@@ -45,7 +46,7 @@ def quantize_adapter(adapter_dir: str, out_dir: str, model_spec: str | None = No
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     shutil.copy2(Path(adapter_dir) / ADAPTER_FILE, tmp / ADAPTER_FILE)
-    config = {**fp32.config, "quantize": scheme, "base_model": model_spec or fp32.config.get("base_model")}
+    config = {**fp32.config, INFERENCE_INT8: scheme, "base_model": model_spec or fp32.config.get("base_model")}
     write_json(tmp / CONFIG_FILE, config)
     write_json(tmp / REPORT_FILE, report)
     replace_directory(tmp, out)

@@ -5,7 +5,7 @@ torch 2.13 still ships it but warns that it is deprecated in favour of torchao
 (not a dependency here); the warning is silenced only around the call.
 
 A quantized model has no safetensors form, so an int8 "model" on disk is the fp32
-adapter plus `"quantize": "int8"` in adapter_config.json, and loading quantizes it:
+adapter plus `"inference_int8": "int8"` in adapter_config.json, and loading quantizes it:
 that takes well under a second for MiniLM.
 """
 
@@ -17,7 +17,7 @@ from torch import nn
 from slimtune.errors import SlimtuneError
 from slimtune.models.surgery import unwrap
 
-SCHEMES = ("int8",)
+INFERENCE_INT8_CHOICES = ("int8",)  # merge, then dynamic int8 linear layers for CPU inference (`--inference-int8`)
 
 
 def quantize_int8(module: nn.Module) -> list[str]:
@@ -46,7 +46,7 @@ def merge_for_inference(loaded) -> None:
 
 def quantize_loaded(loaded, scheme: str) -> None:
     """Merge a mergeable adapter into its base, then quantize the encoder's linear layers (the head stays fp32)."""
-    if scheme not in SCHEMES:
-        raise SlimtuneError(f"unknown quantization {scheme!r}; choose from {list(SCHEMES)}")
+    if scheme not in INFERENCE_INT8_CHOICES:
+        raise SlimtuneError(f"unknown int8 inference scheme {scheme!r}; choose from {list(INFERENCE_INT8_CHOICES)}")
     merge_for_inference(loaded)
     quantize_int8(loaded.model.backbone)

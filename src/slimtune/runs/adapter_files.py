@@ -19,6 +19,7 @@ from slimtune.methods.adaptation import adapter_state, attach, load_adapter_stat
 from slimtune.methods.registry import create_method
 from slimtune.models.int8_base import quantize_frozen_linears
 from slimtune.models.loading import Backbone, fingerprint
+from slimtune.runs.int8_keys import BASE_INT8, base_int8_of, inference_int8_of
 from slimtune.tasks import get_task
 from slimtune.tasks.multitask.files import check_task_name, is_multi, task_config, task_state
 
@@ -75,7 +76,7 @@ def read_config(run_dir: Path) -> dict:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise SlimtuneError(f"{path}: not valid JSON ({e.msg})") from None
-    multi = config.get("task") == "multi"  # a multi-task adapter lists its tasks' labels under `tasks`
+    multi = is_multi(config)  # a multi-task adapter lists its tasks' labels under `tasks`
     missing = {"task", "method", "options", "base_fingerprint", "tasks" if multi else "labels"} - set(config)
     if missing:
         raise SlimtuneError(f"{path}: missing keys {sorted(missing)}")
@@ -104,9 +105,9 @@ def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | N
         )
     model, method, task = build_adapter_model(run_dir, full_config, backbone, task_name)
     loaded = LoadedAdapter(model, method, task, backbone, config)
-    scheme = quantize or config.get("quantize")
-    if scheme and config.get("base_quantize"):
-        raise SlimtuneError(f"{run_dir} was trained on an {config['base_quantize']} base already; drop --quantize")
+    scheme = quantize or inference_int8_of(config)
+    if scheme and base_int8_of(config):
+        raise SlimtuneError(f"{run_dir} was trained on an {base_int8_of(config)} base already; drop --inference-int8")
     if scheme:
         from slimtune.models.int8_inference import quantize_loaded
 
@@ -130,7 +131,7 @@ def build_adapter_model(run_dir: Path, config: dict, backbone: Backbone,
     task.check_method(method)
     model = task.build_model(backbone, config["labels"])
     attach(model, method)
-    if config.get("base_quantize"):  # the adapter was trained on (and is used with) the int8 base
+    if base_int8_of(config):  # the adapter was trained on (and is used with) the int8 base
         quantize_frozen_linears(model.backbone)
     try:
         state = load_file(str(Path(run_dir) / ADAPTER_FILE))
@@ -154,7 +155,7 @@ def load_base_model(task_name: str, model_spec: str | None, max_length: int | No
     model.requires_grad_(False)
     if quantize:
         quantize_frozen_linears(model.backbone)
-    config = {"task": task.name, "base_model": model_spec, "labels": [], "base_quantize": quantize}
+    config = {"task": task.name, "base_model": model_spec, "labels": [], BASE_INT8: quantize}
     return LoadedAdapter(model.eval(), None, task, backbone, config)
 
 

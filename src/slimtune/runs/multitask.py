@@ -10,6 +10,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import load_backbone
 from slimtune.runs.adapter_files import save_adapter
+from slimtune.runs.int8_keys import BASE_INT8
 from slimtune.runs.multitask_plot import plot_task_weights
 from slimtune.runs.prepare import prepare_run, read_split
 from slimtune.tasks import get_task
@@ -115,7 +116,7 @@ class SeveralTasks:
             "slimtune_version": slimtune.__version__, "task": MULTI, "method": method.name,
             "options": method.options_dict(), "base_model": r.model, "base_fingerprint": base_fingerprint,
             "pooling": backbone.pooling, "max_length": backbone.max_length, "sharing": r.sharing,
-            **({"base_quantize": r.base_int8} if r.base_int8 else {}),
+            **({BASE_INT8: r.base_int8} if r.base_int8 else {}),
             "loss_weights": r.loss_weights, "task_weights": self.weights.weights(),
             "sampling": {"mode": r.sampling, "temperature": r.temperature, "probabilities": self.probabilities},
             "tasks": {n: {"task": d.task.name, "labels": d.labels, **d.task.run_settings(d.train_rows)}
@@ -135,7 +136,7 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
     adapter_path = save_adapter(out, built.model, method, config)
     plotted = plot_task_weights(trainer.metrics_path, out / WEIGHTS_PLOT,
                                 f"{request.loss_weights} task weights ({method.name}, {request.sharing})")
-    summary.update(built.parameter_counts, model_weight_bytes=built.model_weight_bytes, quantize=request.base_int8)
+    summary.update(built.parameter_counts, model_weight_bytes=built.model_weight_bytes, base_int8=request.base_int8)
     best = next((h for h in summary["history"] if h["step"] == summary["best_step"]), {})
     summary["best_dev_per_task"] = {n: best.get(f"dev_{n}_{t.primary_metric}") for n, t in kind.tasks.items()}
     summary.update({"adapter_bytes": adapter_path.stat().st_size, "method": method.name, "task": MULTI,
@@ -150,7 +151,7 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
         "sharing": request.sharing, "sampling": request.sampling, "temperature": request.temperature,
         "loss_weights": request.loss_weights, "loss_weights_lr": request.loss_weights_lr,
         "fixed_weights": request.fixed_weights, "max_train_examples": request.max_train_examples,
-        "quantize": request.base_int8})
+        "base_int8": request.base_int8})
     return summary
 
 

@@ -7,6 +7,7 @@ from slimtune.atomic import write_json
 from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
 from slimtune.runs.adapter_files import run_config, save_adapter
+from slimtune.runs.int8_keys import BASE_INT8
 from slimtune.runs.prepare import prepare_run, read_split
 from slimtune.tasks import get_task
 from slimtune.training import distributed
@@ -89,7 +90,7 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     prepared = prepare_run(kind, out, request.config, request.base_int8, request.resume, request.overwrite, ranks)
     built, task, method, cfg = prepared.built, kind.task, prepared.built.method, prepared.built.config
     settings = {**task.run_settings(kind.train_rows),
-                **({"base_quantize": request.base_int8} if request.base_int8 else {})}
+                **({BASE_INT8: request.base_int8} if request.base_int8 else {})}
     config = run_config(task, method, request.model, built.base_fingerprint, built.backbone, kind.labels, settings)
     peak_rss = PeakMemory()
     trainer = prepared.trainer(out, ranks, [peak_rss, *step_callbacks])
@@ -97,7 +98,7 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     built.model.cpu()
     summary.update(built.parameter_counts)
     summary.update(model_weight_bytes=built.model_weight_bytes, train_peak_rss_bytes=peak_rss.peak,
-                   quantize=request.base_int8, processes=ranks.world_size)
+                   base_int8=request.base_int8, processes=ranks.world_size)
     if not ranks.is_main:
         return summary
     adapter_path = save_adapter(out, built.model, method, config)

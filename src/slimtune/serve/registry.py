@@ -16,7 +16,7 @@ it records (a causal LM, never the encoder base), so one server can hold both
 kinds: generation runs a request at a time through transformers' `generate`,
 which a row-shared pass would not speed up much on CPU.
 
-With `quantize="int8"` every base is PyTorch dynamic int8: the shared encoder's
+With `inference_int8="int8"` every base is PyTorch dynamic int8: the shared encoder's
 linear layers (LoRA deltas stay fp32 on top, so mixed batches still work), and
 each own copy as `load_adapter(..., quantize="int8")` makes it (merged where the
 method allows, then quantized).
@@ -35,11 +35,12 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.lora import LoRA
-from slimtune.models.int8_inference import SCHEMES, quantize_int8
+from slimtune.models.int8_inference import INFERENCE_INT8_CHOICES, quantize_int8
 from slimtune.models.loading import DEFAULT_MODEL, Backbone, context_window, fingerprint, load_backbone
 from slimtune.runs.adapter_files import build_adapter_model, load_adapter, read_config
+from slimtune.runs.int8_keys import base_int8_of, inference_int8_of
 from slimtune.serve.multi_lora import SharedLoRABase
-from slimtune.tasks.causal_lm import CausalLMTask
+from slimtune.tasks import get_task
 from slimtune.tasks.multitask.files import check_task_name, is_multi, task_config
 
 SHARED = "shared-lora"  # rows run in the shared base pass, with their own LoRA delta
@@ -70,7 +71,8 @@ class ServedAdapter:
     tokenizer: object
     max_length: int  # tokens per row: the encoder window texts are cut to, or a causal LM's prompt + new tokens
     base_model: str
-    quantize: str | None = None  # "int8": its base (and merged update) runs in dynamic int8
+    inference_int8: str | None = None  # "int8": its base (and merged update) runs in dynamic int8
+    base_int8: str | None = None  # "int8": trained on, and served with, a weight-only int8 frozen base
     slot: int | None = None
     removed: bool = field(default=False)  # set on unload; queued rows for it then fail instead of running
 
@@ -81,11 +83,12 @@ class ServedAdapter:
     @property
     def generates(self) -> bool:
         """A causal-LM adapter: served by POST /v1/generate, not /v1/predict."""
-        return self.task.name == CausalLMTask.name
+        return self.task.generates_text
 
     def info(self) -> dict:
         return {"name": self.name, "task": self.task.name, "method": self.config["method"], "labels": self.labels,
-                "serving": self.serving, "base_model": self.base_model, "quantize": self.quantize,
+                "serving": self.serving, "base_model": self.base_model,
+                "inference_int8": self.inference_int8, "base_int8": self.base_int8,
                 "path": str(self.path)}
 
 
@@ -93,11 +96,12 @@ class AdapterRegistry:
     """Loaded adapters by name. Only the event loop changes the name table; weights change in the model thread
     (see `MicroBatcher.exclusive`), so batches never see a half-loaded adapter."""
 
-    def __init__(self, base_spec: str | None, quantize: str | None = None):
+    def __init__(self, base_spec: str | None, inference_int8: str | None = None):
         """`base_spec`: the encoder base, loaded now; None: the base the first classify/ner adapter records."""
-        if quantize not in (None, *SCHEMES):
-            raise SlimtuneError(f"unknown quantization {quantize!r}; choose from {list(SCHEMES)}")
-        self.quantize = quantize
+        if inference_int8 not in (None, *INFERENCE_INT8_CHOICES):
+            raise SlimtuneError(f"unknown --inference-int8 {inference_int8!r}; "
+                                f"choose from {list(INFERENCE_INT8_CHOICES)}")
+        self.inference_int8 = inference_int8
         self.base_spec = base_spec
         self.base: Backbone | None = None
         self.shared: SharedLoRABase | None = None
@@ -116,7 +120,7 @@ class AdapterRegistry:
                 self.base_fingerprint = fingerprint(base.model)
                 if getattr(base.model, "pooler", None) is not None:
                     base.model.pooler = None  # no shared head reads it; pooler-pooled adapters get their own copy
-                if self.quantize:
+                if self.inference_int8:
                     quantize_int8(base.model)
                 self.base_spec = spec or DEFAULT_MODEL
                 self.shared = SharedLoRABase(base.model)
@@ -162,7 +166,7 @@ class AdapterRegistry:
         full_config = read_config(run_dir)
         check_task_name(full_config, task_name, run_dir)
         config = task_config(full_config, task_name) if is_multi(full_config) else full_config
-        if config["task"] == CausalLMTask.name:
+        if get_task(config["task"]).generates_text:
             return self._own_copy(name, run_dir, config, merge, None, task_name)  # checked against its own base
         base = self._encoder_base(config.get("base_model"))
         if config["base_fingerprint"] != self.base_fingerprint:
@@ -170,7 +174,7 @@ class AdapterRegistry:
                                 f"{config['base_fingerprint']}); this server holds {self.base_spec} "
                                 f"(fingerprint {self.base_fingerprint})")
         pooling = config.get("pooling") or base.pooling
-        int8_run = config.get("quantize") or config.get("base_quantize")
+        int8_run = inference_int8_of(config) or base_int8_of(config)
         if merge or config["method"] != LoRA.name or pooling == "pooler" or int8_run:
             return self._own_copy(name, run_dir, config, merge, self.base_spec, task_name)
         window = base.max_length
@@ -178,7 +182,7 @@ class AdapterRegistry:
         skeleton = Backbone(self._weightless_base(), base.tokenizer, pooling, max_length)
         model, _, task = build_adapter_model(run_dir, full_config, skeleton, task_name)
         return ServedAdapter(name, run_dir, config, task, SHARED, model, base.tokenizer, max_length, self.base_spec,
-                             self.quantize)
+                             self.inference_int8)
 
     def _own_copy(self, name: str, run_dir: Path, config: dict, merge: bool, spec: str | None,
                   task_name: str | None) -> ServedAdapter:
@@ -186,22 +190,21 @@ class AdapterRegistry:
 
         An adapter trained on an int8 base keeps that base as it is; one saved by `slimtune quantize` is int8
         whatever the server's setting (`load_adapter` reads that from its config)."""
-        scheme = None if config.get("base_quantize") else (self.quantize or config.get("quantize"))
+        scheme = None if base_int8_of(config) else (self.inference_int8 or inference_int8_of(config))
         loaded = load_adapter(run_dir, spec, scheme, task_name=task_name)  # with a scheme: merged where the method allows, quantized
         if merge:
-            if not loaded.method.mergeable or config.get("base_quantize"):
-                why = "it was trained on an int8 base" if config.get("base_quantize") else "the method does not merge"
+            if not loaded.method.mergeable or base_int8_of(config):
+                why = "it was trained on an int8 base" if base_int8_of(config) else "the method does not merge"
                 raise SlimtuneError(f"{run_dir}: method {loaded.method.name} cannot be merged ({why})")
             if not scheme:
                 loaded.method.merge(loaded.model.backbone)
-        if loaded.task.name == CausalLMTask.name:
+        if loaded.task.generates_text:
             max_length = context_window(loaded.model.lm, loaded.backbone.tokenizer)
         else:
             max_length = loaded.backbone.max_length
         base_model = spec or config.get("base_model") or DEFAULT_MODEL
         return ServedAdapter(name, run_dir, config, loaded.task, MERGED if merge else OWN, loaded.model,
-                             loaded.backbone.tokenizer, max_length, base_model,
-                             scheme or config.get("base_quantize"))
+                             loaded.backbone.tokenizer, max_length, base_model, scheme, base_int8_of(config))
 
     def _weightless_base(self) -> nn.Module:
         """The base architecture on the meta device: LoRA factors and heads built on it are real, it is not."""

@@ -124,7 +124,8 @@ class AdapterInfo(BaseModel):
     serving: str = Field(description="shared-lora (one base pass shared with other LoRA adapters), own-model "
                                      "(its own copy of the base) or merged")
     base_model: str
-    quantize: str | None = Field(description="int8: served with dynamic int8 linear layers")
+    inference_int8: str | None = Field(description="int8: served with dynamic int8 linear layers")
+    base_int8: str | None = Field(description="int8: trained on, and served with, a weight-only int8 frozen base")
     path: str
 
 

@@ -4,12 +4,15 @@ from slimtune.errors import SlimtuneError
 from slimtune.tasks.base import Task
 
 
+TASK_TYPES = ("classify", "ner", "causal-lm")
+
+
 def get_task(name: str) -> Task:
     from slimtune.tasks.causal_lm import CausalLMTask
     from slimtune.tasks.classify import ClassificationTask
     from slimtune.tasks.ner import NerTask
 
-    tasks = {"classify": ClassificationTask, "ner": NerTask, "causal-lm": CausalLMTask}
+    tasks = {task.name: task for task in (ClassificationTask, NerTask, CausalLMTask)}
     if name not in tasks:
-        raise SlimtuneError(f"unknown task {name!r}; available: {', '.join(tasks)}")
+        raise SlimtuneError(f"unknown task {name!r}; available: {', '.join(TASK_TYPES)}")
     return tasks[name]()

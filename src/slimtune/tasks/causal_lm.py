@@ -23,7 +23,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.models.inference import run_batches
 from slimtune.models.loading import load_backbone
 from slimtune.models.task_models import CausalLM
-from slimtune.tasks.base import Task, refuse_options
+from slimtune.tasks.base import GENERATION, Task, refuse_options
 from slimtune.tasks.generation import GenerationOptions, generate_ids, generate_texts
 
 SHORT_ANSWER_TOKENS = 8
@@ -45,6 +45,7 @@ def shift_targets(labels: torch.Tensor) -> torch.Tensor:
 class CausalLMTask(Task):
     name = "causal-lm"
     primary_metric = "token_accuracy"
+    kind = GENERATION
     # Methods that cannot apply to every causal LM, with the reason; others may still refuse a given model.
     unsupported_methods = {
         "head": "causal-lm keeps the LM head frozen (in SmolLM2 and many small LMs it is the input embedding "
@@ -129,18 +130,3 @@ class CausalLMTask(Task):
         """Greedy answers to user prompts (`slimtune generate` has the sampling and streaming options)."""
         refuse_options(self.name, options)
         return [{"response": text} for text in generate_texts(loaded.model, texts, batch_size=batch_size)]
-
-    def format_prediction(self, text: str, prediction: dict) -> str:
-        return f"{text}\n→ {prediction['response']}"
-
-    def format_report(self, metrics: dict) -> str:
-        line = (f"loss {metrics['loss']:.4f}   perplexity {metrics['perplexity']:.3f}   "
-                f"token accuracy {metrics['token_accuracy']:.4f}")
-        if "exact_match" in metrics:
-            line += f"   exact match {metrics['exact_match']:.4f}"
-        return line + f"   ({metrics['examples']} examples, {metrics['response_tokens']} response tokens)"
-
-    def save_merged(self, loaded, out_dir) -> None:
-        """A directory `transformers.AutoModelForCausalLM` loads, with the tokenizer and its chat template."""
-        loaded.model.lm.save_pretrained(out_dir)
-        loaded.backbone.tokenizer.save_pretrained(out_dir)

@@ -8,7 +8,7 @@ from slimtune.data.table import LabelledText, read_labelled_texts
 from slimtune.errors import SlimtuneError
 from slimtune.models.inference import predict_logits
 from slimtune.models.task_models import SequenceClassifier
-from slimtune.tasks.base import Task, refuse_options, score_table
+from slimtune.tasks.base import CLASSIFICATION, LabellingTask, refuse_options
 
 
 def sort_labels(labels) -> list[str]:
@@ -19,9 +19,11 @@ def sort_labels(labels) -> list[str]:
     return sorted(labels)
 
 
-class ClassificationTask(Task):
+class ClassificationTask(LabellingTask):
     name = "classify"
     primary_metric = "accuracy"
+    kind = CLASSIFICATION
+    mixable = True
 
     def read(self, path, text_col=None, label_col=None, **options):
         refuse_options(self.name, options)
@@ -82,35 +84,4 @@ class ClassificationTask(Task):
                         "scores": {name: float(p) for name, p in zip(labels, row)}})
         return out
 
-    def format_prediction(self, text: str, prediction: dict) -> str:
-        return f"{prediction['label']}\t{prediction['probability']:.4f}\t{text}"
 
-    def format_report(self, metrics: dict) -> str:
-        lines = [f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
-                 f"loss {metrics['loss']:.4f}   ({metrics['examples']} examples)", ""]
-        rows = {name: (r["precision"], r["recall"], r["f1-score"], r["support"]) for name, r in metrics["per_class"].items()}
-        return "\n".join(lines + score_table("label", rows))
-
-    def save_merged(self, loaded, out_dir) -> None:
-        """The encoder in transformers format, plus the pooling and head it needs (see HEAD_USAGE)."""
-        from pathlib import Path
-
-        from slimtune.atomic import write_json, write_safetensors
-
-        out = Path(out_dir)
-        backbone = loaded.model.backbone
-        backbone.config.id2label = dict(enumerate(loaded.labels))
-        backbone.config.label2id = {name: i for i, name in enumerate(loaded.labels)}
-        backbone.save_pretrained(out)
-        loaded.backbone.tokenizer.save_pretrained(out)
-        linear = loaded.model.head[-1]
-        write_safetensors(out / "classifier_head.safetensors", {"weight": linear.weight, "bias": linear.bias})
-        write_json(out / "classifier_head.json",
-                   {"pooling": loaded.model.pooling, "labels": loaded.labels, "usage": HEAD_USAGE})
-
-
-HEAD_USAGE = (
-    "model = transformers.AutoModel.from_pretrained(dir); h = model(**batch).last_hidden_state; "
-    "pooled = masked mean of h over attention_mask (pooling 'mean'), h[:, 0] ('cls') or pooler_output ('pooler'); "
-    "logits = pooled @ weight.T + bias with weight, bias from classifier_head.safetensors"
-)

@@ -18,7 +18,7 @@ from slimtune.data.words import split_words
 from slimtune.errors import SlimtuneError
 from slimtune.models.inference import feature_outputs
 from slimtune.models.task_models import TokenClassifier
-from slimtune.tasks.base import Task, refuse_options, score_table
+from slimtune.tasks.base import TAGGING, LabellingTask, refuse_options
 from slimtune.tasks.entity_metrics import entity_scores
 
 
@@ -49,9 +49,11 @@ def _sentence_tags(sentences: list[list[str]], features: list[dict], outputs: li
     return out
 
 
-class NerTask(Task):
+class NerTask(LabellingTask):
     name = "ner"
     primary_metric = "f1"
+    kind = TAGGING
+    mixable = True
 
     def read(self, path, scheme=None, **options):
         refuse_options(self.name, options)
@@ -123,38 +125,3 @@ class NerTask(Task):
             by_line.update(zip(sentence.lines, tag_schemes.convert(tags, tag_schemes.INTERNAL_SCHEME, scheme)))
         write_with_predictions(in_path, out_path, by_line)
         return len(sentences)
-
-    def format_prediction(self, text: str, prediction: dict) -> str:
-        lines = [text] + [f"  {e['type']:<8}{str(e['start']) + ':' + str(e['end']):<12}{e['score']:.4f}  {e['text']}"
-                          for e in prediction["entities"]]
-        return "\n".join(lines if prediction["entities"] else lines + ["  (no entities)"])
-
-    def format_report(self, metrics: dict) -> str:
-        lines = [f"entity F1 {metrics['f1']:.4f}   precision {metrics['precision']:.4f}   "
-                 f"recall {metrics['recall']:.4f}   token accuracy {metrics['token_accuracy']:.4f}   "
-                 f"loss {metrics['loss']:.4f}   ({metrics['sentences']} sentences, {metrics['words']} words)", ""]
-        rows = {name: (r["precision"], r["recall"], r["f1"], r["support"]) for name, r in metrics["per_type"].items()}
-        return "\n".join(lines + score_table("type", rows))
-
-    def save_merged(self, loaded, out_dir) -> None:
-        """A directory `transformers.AutoModelForTokenClassification` loads, giving the same logits."""
-        import copy
-
-        from transformers import AutoModelForTokenClassification
-
-        backbone = loaded.model.backbone
-        config = copy.deepcopy(backbone.config)
-        config.id2label = dict(enumerate(loaded.labels))
-        config.label2id = {name: i for i, name in enumerate(loaded.labels)}
-        config.architectures = None
-        model = AutoModelForTokenClassification.from_config(config)
-        classifier = getattr(model, "classifier", None)
-        if not isinstance(classifier, torch.nn.Linear):
-            raise SlimtuneError(f"{type(model).__name__} has no linear `classifier` head to receive the trained one")
-        try:
-            model.base_model.load_state_dict(backbone.state_dict())
-        except RuntimeError as e:
-            raise SlimtuneError(f"the trained encoder does not fit {type(model).__name__}: {e}") from None
-        classifier.load_state_dict(loaded.model.head[-1].state_dict())
-        model.save_pretrained(out_dir)
-        loaded.backbone.tokenizer.save_pretrained(out_dir)

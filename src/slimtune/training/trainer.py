@@ -21,6 +21,7 @@ from tqdm import tqdm
 from slimtune.data.batching import to_device
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import adapter_state, load_adapter_state
+from slimtune.tasks.base import Objective
 from slimtune.training.batch_source import BatchSource, FeatureBatches
 from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 from slimtune.training.distributed import Ranks
@@ -67,8 +68,8 @@ def linear_warmup_then_decay(optimizer, warmup_steps: int, total_steps: int) -> 
 class Trainer:
     """Trains on one process, or as one rank of several (`ranks`, see training/distributed.py)."""
 
-    def __init__(self, model, method, task, params, config: TrainConfig, run_dir: Path, pad_id: int, labels,
-                 ranks: Ranks = Ranks()):
+    def __init__(self, model, method, task: Objective, params, config: TrainConfig, run_dir: Path, pad_id: int,
+                 labels, ranks: Ranks = Ranks()):
         config.validate()
         if config.batch_size < ranks.world_size:
             raise SlimtuneError(f"--batch-size {config.batch_size} is the global batch, shared by "

@@ -12,6 +12,8 @@ from statistics import mean
 import torch
 from torch import nn
 
+from slimtune.tasks.multitask.files import MULTI
+
 LOSS_WEIGHTINGS = ("learned", "fixed")
 
 
@@ -46,7 +48,7 @@ class MultiTask:
     primary metric (accuracy for classify, entity F1 for ner).
     """
 
-    name = "multi"
+    name = MULTI
     primary_metric = "mean_score"
 
     def __init__(self, tasks: dict, loss_weights: LossWeights, loss_weights_lr: float | None = None):

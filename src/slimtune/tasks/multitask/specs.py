@@ -6,7 +6,6 @@ from pathlib import Path
 
 from slimtune.errors import SlimtuneError
 
-MIXABLE = ("classify", "ner")  # task types that share one encoder base (causal-lm needs a decoder)
 TASK_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")  # no '.': a served task is addressed as ADAPTER.TASK
 
 
@@ -20,7 +19,7 @@ class TaskSpec:
 
 def parse_task_spec(text: str) -> TaskSpec:
     """`sst2=classify:train.tsv` or `conll=ner:train.txt:valid.txt` → TaskSpec, files checked to exist."""
-    from slimtune.tasks import get_task
+    from slimtune.tasks import TASK_TYPES, get_task
 
     name, sep, rest = text.partition("=")
     parts = rest.split(":")
@@ -28,9 +27,9 @@ def parse_task_spec(text: str) -> TaskSpec:
         raise SlimtuneError(f"--tasks expects NAME=TYPE:TRAIN[:DEV], got {text!r}")
     if not TASK_NAME.fullmatch(name):
         raise SlimtuneError(f"task name {name!r} must be 1-32 letters, digits, '_' or '-'")
-    get_task(parts[0])  # an unknown type is an error naming the known ones
-    if parts[0] not in MIXABLE:
-        raise SlimtuneError(f"task {name}: {parts[0]} cannot be mixed; multi-task runs mix {', '.join(MIXABLE)}")
+    if not get_task(parts[0]).mixable:  # an unknown type is an error naming the known ones
+        mixable = [task for task in TASK_TYPES if get_task(task).mixable]
+        raise SlimtuneError(f"task {name}: {parts[0]} cannot be mixed; multi-task runs mix {', '.join(mixable)}")
     for path in parts[1:]:
         if not Path(path).is_file():
             raise SlimtuneError(f"task {name}: {path}: no such file")

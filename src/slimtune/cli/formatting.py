@@ -1,0 +1,61 @@
+"""What `eval` and `predict` print on a terminal, by the kind of task (`Task.kind`); `--json` prints the data."""
+
+from slimtune.tasks.base import CLASSIFICATION, GENERATION, TAGGING
+
+
+def score_table(heading: str, rows: dict[str, tuple[float, float, float, int]]) -> list[str]:
+    """Aligned lines of precision / recall / F1 / support, one per class or entity type."""
+    lines = [f"{heading:<20}{'precision':>10}{'recall':>10}{'f1':>10}{'support':>10}"]
+    for name, (precision, recall, f1, support) in rows.items():
+        lines.append(f"{name:<20}{precision:>10.4f}{recall:>10.4f}{f1:>10.4f}{int(support):>10}")
+    return lines
+
+
+def _classification_report(metrics: dict) -> str:
+    lines = [f"accuracy {metrics['accuracy']:.4f}   macro-F1 {metrics['macro_f1']:.4f}   "
+             f"loss {metrics['loss']:.4f}   ({metrics['examples']} examples)", ""]
+    rows = {name: (r["precision"], r["recall"], r["f1-score"], r["support"]) for name, r in metrics["per_class"].items()}
+    return "\n".join(lines + score_table("label", rows))
+
+
+def _tagging_report(metrics: dict) -> str:
+    lines = [f"entity F1 {metrics['f1']:.4f}   precision {metrics['precision']:.4f}   "
+             f"recall {metrics['recall']:.4f}   token accuracy {metrics['token_accuracy']:.4f}   "
+             f"loss {metrics['loss']:.4f}   ({metrics['sentences']} sentences, {metrics['words']} words)", ""]
+    rows = {name: (r["precision"], r["recall"], r["f1"], r["support"]) for name, r in metrics["per_type"].items()}
+    return "\n".join(lines + score_table("type", rows))
+
+
+def _generation_report(metrics: dict) -> str:
+    line = (f"loss {metrics['loss']:.4f}   perplexity {metrics['perplexity']:.3f}   "
+            f"token accuracy {metrics['token_accuracy']:.4f}")
+    if "exact_match" in metrics:
+        line += f"   exact match {metrics['exact_match']:.4f}"
+    return line + f"   ({metrics['examples']} examples, {metrics['response_tokens']} response tokens)"
+
+
+def _classification_prediction(text: str, prediction: dict) -> str:
+    return f"{prediction['label']}\t{prediction['probability']:.4f}\t{text}"
+
+
+def _tagging_prediction(text: str, prediction: dict) -> str:
+    lines = [text] + [f"  {e['type']:<8}{str(e['start']) + ':' + str(e['end']):<12}{e['score']:.4f}  {e['text']}"
+                      for e in prediction["entities"]]
+    return "\n".join(lines if prediction["entities"] else lines + ["  (no entities)"])
+
+
+def _generation_prediction(text: str, prediction: dict) -> str:
+    return f"{text}\n→ {prediction['response']}"
+
+
+REPORTS = {CLASSIFICATION: _classification_report, TAGGING: _tagging_report, GENERATION: _generation_report}
+PREDICTIONS = {CLASSIFICATION: _classification_prediction, TAGGING: _tagging_prediction,
+               GENERATION: _generation_prediction}
+
+
+def format_report(task, metrics: dict) -> str:
+    return REPORTS[task.kind](metrics)
+
+
+def format_prediction(task, text: str, prediction: dict) -> str:
+    return PREDICTIONS[task.kind](text, prediction)
