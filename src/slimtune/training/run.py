@@ -6,10 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import yaml
 
 from slimtune.adaptation import attach
 from slimtune.adapter_files import ADAPTER_FILE, run_config, save_adapter
-from slimtune.atomic import write_json
+from slimtune.atomic import write_json, write_text
 from slimtune.compression.int8 import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.data.batching import length_grouped_batches, pad_batch, to_device
 from slimtune.errors import SlimtuneError
@@ -38,6 +39,7 @@ class TrainRequest:
     resume: bool = False
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
+    flags: dict | None = None  # the command line's resolved flags, saved as train_config.yaml to rerun the run
 
 
 def split_dev(rows: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -135,6 +137,8 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     write_json(out / "metrics.json", summary)
     write_json(out / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
                                            "dev": request.dev_path, "options": request.options})
+    if request.flags is not None:
+        write_text(out / "train_config.yaml", yaml.safe_dump(request.flags, sort_keys=False))
     return summary
 
 
