@@ -70,4 +70,4 @@ def test_help_shows_every_default(capsys):
         main(["train", "--help"])
     options = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
     for flag, default in (("--epochs", "3"), ("--patience", "3"), ("--seed", "42"), ("--batch-size", "32")):
-        assert re.search(rf"{flag} [A-Z_]+ .{0,120}?\(default: {default}\)", options), flag
+        assert re.search(rf"{flag} [A-Z_]+ .{{0,120}}?\(default: {default}\)", options), flag
