@@ -7,11 +7,13 @@ the seeded shuffle: no held-out sentence ever appears in train or dev.
 """
 
 import gzip
+import io
 import random
 import sys
 from pathlib import Path
 
 SIZES = {"train_8k": 8000, "dev_1k": 1000, "heldout_2k": 2000}
+NAMES = {"0": "negative", "1": "positive"}  # GLUE's integer labels, written as names people read
 
 
 def main(source: str, out_dir: str) -> None:
@@ -28,9 +30,10 @@ def main(source: str, out_dir: str) -> None:
     random.Random(0).shuffle(deduped)
     start = 0
     for name, size in SIZES.items():
-        part = deduped[start : start + size]
+        part = [NAMES[row.split("\t", 1)[0]] + "\t" + row.split("\t", 1)[1] for row in deduped[start : start + size]]
         start += size
-        with gzip.open(Path(out_dir) / f"{name}.tsv.gz", "wt", encoding="utf-8", compresslevel=9) as f:
+        with gzip.GzipFile(Path(out_dir) / f"{name}.tsv.gz", "wb", compresslevel=9, mtime=0) as raw, \
+                io.TextIOWrapper(raw, encoding="utf-8") as f:
             f.write("\n".join([header, *part]) + "\n")
         print(f"{name}: {len(part)} rows")
 

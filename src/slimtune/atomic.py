@@ -16,8 +16,12 @@ def _replace(tmp: Path, final: Path) -> None:
 
 
 def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     _replace(tmp, path)
 
 

@@ -10,6 +10,7 @@ import pkgutil
 import sys
 
 from slimtune import __version__
+from slimtune.cli.run_config import apply_config, config_path
 from slimtune.errors import SlimtuneError
 
 # The order `slimtune --help` lists them in; any other module here with a `register` function follows.
@@ -49,7 +50,21 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"slimtune.cli.{name}")
         if hasattr(module, "register"):
             module.register(sub)
+    for command in sub.choices.values():  # every flag's default in its --help
+        command.formatter_class = type("WithDefaults", (ShowDefaults, command.formatter_class), {})
     return parser
+
+
+class ShowDefaults(argparse.HelpFormatter):
+    """Appends "(default: X)" to a flag's help when it has a default worth showing and does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == []
+        if (action.option_strings and not unset and action.default is not argparse.SUPPRESS
+                and "default" not in text and action.help is not argparse.SUPPRESS):
+            text += (" " if text else "") + "(default: %(default)s)"
+        return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,8 +73,21 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()  # weight-loading chatter is not the user's business
     hf_logging.disable_progress_bar()
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `train --nproc` relaunches it
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    command = next((token for token in argv if not token.startswith("-")), None)
+    try:
+        path = config_path(argv) if command else None
+        if path:
+            commands = parser._subparsers._group_actions[0].choices
+            if command not in commands or "--config" not in commands[command]._option_string_actions:
+                raise SlimtuneError(f"slimtune {command} takes no --config")
+            apply_config(commands[command], path)
+    except SlimtuneError as e:
+        print(f"slimtune {command}: error: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    args.argv = argv  # as given: `train --nproc` relaunches it
     try:
         return args.handler(args) or 0
     except SlimtuneError as e:

@@ -26,10 +26,13 @@ def add_reader_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-col", help="name of the label column (default: label)")
     parser.add_argument("--scheme", choices=SCHEMES,
                         help="tag scheme of CoNLL files, iob2 being BIO (default: detected from the tags)")
+    parser.add_argument("--label-names", metavar="NAMES",
+                        help="names for integer labels: negative,positive (in numeric order) or 0=negative,1=positive")
 
 
 def reader_options(args) -> dict:
-    return {"text_col": args.text_col, "label_col": args.label_col, "scheme": args.scheme}
+    return {"text_col": args.text_col, "label_col": args.label_col, "scheme": args.scheme,
+            "label_names": args.label_names}
 
 
 def read_inputs(texts: list[str], file: str | None) -> list[str]:

@@ -5,7 +5,9 @@ import os
 import sys
 
 from slimtune.cli.common import BASE_INT8_HELP, add_int8_flags, add_reader_flags, parse_set, reader_options
+from slimtune.cli.run_config import add_config_flag, resolved_flags
 from slimtune.errors import SlimtuneError
+from slimtune.training.loggers import LOGGERS
 from slimtune.training.trainer import TrainConfig
 
 HELP = """Fine-tune a pretrained model on labelled data with one method.
@@ -44,15 +46,15 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     p.add_argument("--model", metavar="ID|PATH", help="Hugging Face id or local directory (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option, repeatable (e.g. r=16)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training data")
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a seeded sample of N rows")
     p.add_argument("--batch-size", type=int, default=32, help="examples per step, over all processes together")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seeds data order, splits, initialisation and dropout")
     p.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per optimizer step")
-    p.add_argument("--warmup-ratio", type=float, default=0.06)
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--warmup-ratio", type=float, default=0.06, help="share of the steps spent warming up the lr")
+    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay of weight matrices")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
     p.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="also evaluate every N steps")
     p.add_argument("--patience", type=int, default=3, help="evaluations without gain before stopping (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="checkpoint every N steps")
@@ -65,6 +67,9 @@ def register(sub) -> None:
     add_int8_flags(p, base_help=BASE_INT8_HELP + "; the method trains in fp32", quantize_dest="base_int8",
                    quantize_use="--base-int8")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
+    p.add_argument("--log", action="append", choices=LOGGERS, default=[],
+                   help="also log to: tensorboard (event files in RUN/tensorboard), repeatable")
+    add_config_flag(p)
     add_reader_flags(p)
     add_multitask_flags(p)
     p.set_defaults(handler=run)
@@ -147,6 +152,7 @@ def run(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
         eval_every=args.eval_every, patience=args.patience, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        log_to=tuple(dict.fromkeys(args.log)),
     )
     config.validate()
     if args.task == MULTI:
@@ -161,7 +167,7 @@ def run(args) -> int:
         task=args.task, method=args.method, train_path=args.train, out_dir=args.out, dev_path=args.dev,
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
-        overwrite=args.overwrite, base_int8=args.base_int8, config=config,
+        overwrite=args.overwrite, base_int8=args.base_int8, config=config, flags=resolved_flags(args),
     )
     summary = train(request)
     distributed.shutdown()  # on failure a rank just exits, and torchrun stops the others

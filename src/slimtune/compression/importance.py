@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from slimtune.models.pruned_layout import BlockParts, encoder_parts
+from slimtune.training.progress import progress_bar
 
 
 def _gate_hook(gate: torch.Tensor, unit: int):
@@ -52,13 +53,14 @@ def gradient_importance(model: nn.Module, task, batches) -> tuple[list[torch.Ten
     was_training = model.training
     model.eval()
     try:
-        with gates(model.backbone, head_gates, neuron_gates):
+        with gates(model.backbone, head_gates, neuron_gates), progress_bar(len(batches), "importance") as bar:
             for batch in batches:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 loss = task.loss(model(**inputs), batch["labels"])
                 grads = torch.autograd.grad(loss, head_gates + neuron_gates)
                 for score, grad in zip(head_scores + neuron_scores, grads):
                     score += grad.abs()
+                bar.update(1)
     finally:
         model.train(was_training)
     return _normalised(head_scores), neuron_scores

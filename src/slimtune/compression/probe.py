@@ -15,6 +15,7 @@ from slimtune.data.batching import length_grouped_batches, pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
+from slimtune.training.progress import progress_bar
 
 PROBE_EPOCHS = 4
 PROBE_LR = 1e-2  # the head method's default learning rate
@@ -54,13 +55,16 @@ def fit_probe(backbone, task, data: ProbeData, batch_size: int) -> torch.nn.Modu
     optimizer = torch.optim.AdamW(params, lr=PROBE_LR)
     model.eval()
     pad_id = backbone.tokenizer.pad_token_id
-    for epoch in range(PROBE_EPOCHS):
-        for batch in batches(data.fit, pad_id, batch_size, epoch):
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            loss = task.loss(model(**inputs), batch["labels"])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+    epochs = [batches(data.fit, pad_id, batch_size, epoch) for epoch in range(PROBE_EPOCHS)]
+    with progress_bar(sum(map(len, epochs)), "probe") as bar:
+        for epoch_batches in epochs:
+            for batch in epoch_batches:
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                loss = task.loss(model(**inputs), batch["labels"])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                bar.update(1)
     return model
 
 

@@ -1,11 +1,15 @@
 """Batched forward passes without gradients, in length-grouped order, results in input order."""
 
+import os
 from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 from slimtune.data.batching import length_grouped_batches, pad_batch, to_device
+from slimtune.training.progress import progress_bar
+
+MIN_BATCHES_SHOWN = 20  # shorter passes finish before a progress line would help
 
 
 def run_batches(
@@ -16,11 +20,14 @@ def run_batches(
     model.eval()
     lengths = [len(f["input_ids"]) for f in features]
     device = next(model.parameters()).device
+    order = length_grouped_batches(lengths, batch_size, seed=0, epoch=0, shuffle=False)
+    quiet = len(order) < MIN_BATCHES_SHOWN or os.environ.get("RANK", "0") != "0"
     try:
-        with torch.no_grad():
-            for indices in length_grouped_batches(lengths, batch_size, seed=0, epoch=0, shuffle=False):
+        with torch.no_grad(), progress_bar(len(order), "inference", disable=quiet) as bar:
+            for indices in order:
                 batch = to_device(pad_batch([features[i] for i in indices], pad_id), device)
                 yield indices, batch, model(**batch)
+                bar.update(1)
     finally:
         model.train(was_training)
 

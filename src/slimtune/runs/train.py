@@ -3,7 +3,9 @@
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimtune.atomic import write_json
+import yaml
+
+from slimtune.atomic import write_json, write_text
 from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
 from slimtune.runs.adapter_files import run_config, save_adapter
@@ -33,6 +35,7 @@ class TrainRequest:
     resume: bool = False
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
+    flags: dict | None = None  # the command line's resolved flags, saved as train_config.yaml to rerun the run
 
 
 class PeakMemory:
@@ -108,6 +111,8 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     write_json(out / "metrics.json", summary)
     write_json(out / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
                                            "dev": request.dev_path, "options": request.options})
+    if request.flags is not None:
+        write_text(out / "train_config.yaml", yaml.safe_dump(request.flags, sort_keys=False))
     return summary
 
 

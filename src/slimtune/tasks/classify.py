@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, classification_report, f1_score
 
+from slimtune.data.label_names import apply_label_names
 from slimtune.data.table import LabelledText, read_labelled_texts
 from slimtune.errors import SlimtuneError
 from slimtune.models.inference import predict_logits
@@ -25,9 +26,10 @@ class ClassificationTask(LabellingTask):
     kind = CLASSIFICATION
     mixable = True
 
-    def read(self, path, text_col=None, label_col=None, **options):
+    def read(self, path, text_col=None, label_col=None, label_names=None, **options):
         refuse_options(self.name, options)
-        return read_labelled_texts(path, text_col, label_col)
+        rows = read_labelled_texts(path, text_col, label_col)
+        return apply_label_names(rows, label_names, path) if label_names else rows
 
     def label_names(self, rows):
         return sort_labels(r.label for r in rows)

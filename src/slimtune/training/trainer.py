@@ -9,14 +9,12 @@ the same result as an uninterrupted run.
 import contextlib
 import json
 import math
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from slimtune.data.batching import to_device
 from slimtune.errors import SlimtuneError
@@ -25,6 +23,8 @@ from slimtune.tasks.base import Objective
 from slimtune.training.batch_source import BatchSource, FeatureBatches
 from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 from slimtune.training.distributed import Ranks
+from slimtune.training.loggers import open_loggers
+from slimtune.training.progress import note, progress_bar
 
 
 @dataclass
@@ -41,6 +41,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = only at epoch ends
     log_every: int = 20
     seed: int = 42
+    log_to: tuple[str, ...] = ()  # experiment logs beside metrics.jsonl (training/loggers.py)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -80,6 +81,7 @@ class Trainer:
         self.step_callbacks: list[Callable[[Progress], None]] = []  # called after each optimizer step
         # id(param) → its own peak learning rate, no weight decay (a multi-task run's learned loss weights)
         self.own_lr: dict[int, float] = {id(p): lr for p, lr in task.own_learning_rates()}
+        self.loggers: list = []  # opened by fit() from config.log_to
         self.checkpoint_dir = self.run_dir / "checkpoint"
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
@@ -97,6 +99,8 @@ class Trainer:
             return
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for logger in self.loggers:
+            logger(record)
 
     def _trim_log(self, step: int) -> None:
         """Drop records written after the checkpoint we resume from, so the log reads as one run."""
@@ -136,11 +140,13 @@ class Trainer:
         elif self.metrics_path.exists() and self.ranks.is_main:
             self.metrics_path.unlink()
 
+        if self.ranks.is_main:
+            self.loggers = open_loggers(cfg.log_to, self.run_dir)
         self.model.train()
         training_model = self.ranks.wrap(self.model)
-        bar = tqdm(total=batches_per_epoch * cfg.epochs, initial=progress.epoch * batches_per_epoch + progress.batch_in_epoch,
-                   desc="train", unit="batch", file=sys.stderr, dynamic_ncols=True,
-                   disable=None if self.ranks.is_main else True)
+        bar = progress_bar(batches_per_epoch * cfg.epochs, "train",
+                           initial=progress.epoch * batches_per_epoch + progress.batch_in_epoch,
+                           disable=not self.ranks.is_main)
         while progress.epoch < cfg.epochs and not progress.stopped_early:
             batches = source.epoch(progress.epoch)
             for b in range(progress.batch_in_epoch, len(batches)):
@@ -190,6 +196,8 @@ class Trainer:
                 progress.batch_in_epoch = 0
                 self._checkpoint(progress, best_state, optimizer, scheduler)
         bar.close()
+        for logger in self.loggers:
+            logger.close()
         if best_state:
             load_adapter_state(self.model, self.method, best_state)
         return {
@@ -232,7 +240,7 @@ class Trainer:
         self._log(record)
         progress.history.append(record)
         if self.ranks.is_main:
-            tqdm.write(f"step {progress.step}: dev {self.task.primary_metric} {score:.4f}", file=sys.stderr)
+            note(f"step {progress.step}: dev {self.task.primary_metric} {score:.4f}")
         if progress.best_metric is None or score > progress.best_metric:
             progress.best_metric, progress.best_step, progress.evals_without_gain = score, progress.step, 0
             return adapter_state(self.model, self.method)
@@ -240,7 +248,7 @@ class Trainer:
         if self.config.patience and progress.evals_without_gain >= self.config.patience:
             progress.stopped_early = True
             if self.ranks.is_main:
-                tqdm.write(f"early stop: no gain for {self.config.patience} evaluations", file=sys.stderr)
+                note(f"early stop: no gain for {self.config.patience} evaluations")
         return best_state
 
     def _checkpoint(self, progress, best_state, optimizer, scheduler) -> None:
