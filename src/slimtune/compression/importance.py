@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from slimtune.models.pruned_layout import BlockParts, encoder_parts
-from slimtune.training.progress import progress_bar
+from slimtune.progress import progress_bar
 
 
 def _gate_hook(gate: torch.Tensor, unit: int):

@@ -15,7 +15,7 @@ from slimtune.data.batching import length_grouped_batches, pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
-from slimtune.training.progress import progress_bar
+from slimtune.progress import progress_bar
 
 PROBE_EPOCHS = 4
 PROBE_LR = 1e-2  # the head method's default learning rate

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from slimtune.data.batching import length_grouped_batches, pad_batch, to_device
-from slimtune.training.progress import progress_bar
+from slimtune.progress import progress_bar
 
 MIN_BATCHES_SHOWN = 20  # shorter passes finish before a progress line would help
 

@@ -24,7 +24,7 @@ from slimtune.training.batch_source import BatchSource, FeatureBatches
 from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 from slimtune.training.distributed import Ranks
 from slimtune.training.loggers import open_loggers
-from slimtune.training.progress import note, progress_bar
+from slimtune.progress import note, progress_bar
 
 
 @dataclass

@@ -2,12 +2,12 @@
 
 import io
 
-from slimtune.training.progress import PlainProgress
+from slimtune.progress import PlainProgress
 
 
 def test_plain_lines_carry_count_rate_eta_and_postfix(monkeypatch):
     clock = iter([0.0, 6.0, 7.0, 40.0, 41.0])
-    monkeypatch.setattr("slimtune.training.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("slimtune.progress.time.monotonic", lambda: next(clock))
     out = io.StringIO()
     bar = PlainProgress(total=10, desc="train", file=out, every_seconds=30)  # t=0
     bar.set_postfix(loss="0.5")
