@@ -10,6 +10,7 @@ import pkgutil
 import sys
 
 from slimtune import __version__
+from slimtune.cli.common import check_numbers, check_out_dir
 from slimtune.errors import SlimtuneError
 
 # The order `slimtune --help` lists them in; any other module here with a `register` function follows.
@@ -61,7 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `train --nproc` relaunches it
     try:
-        return args.handler(args) or 0
+        check_numbers(args)
+        if getattr(args, "out", None):
+            check_out_dir(args.out)
+        code = args.handler(args) or 0
+        sys.stdout.flush()  # here, so a closed pipe is met below rather than at interpreter exit
+        return code
+    except BrokenPipeError:  # `slimtune methods | head -1`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe, not even at exit
+        return 141  # as a shell reports a process ended by SIGPIPE
     except SlimtuneError as e:
         print(f"slimtune {args.command}: error: {e}", file=sys.stderr)
         return 2
