@@ -25,6 +25,13 @@ def model_copy(tiny_model, tmp_path):
     return copy
 
 
+def _set_config(model, **values):
+    import json
+
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, **values}))
+
+
 def _truncate(path, keep: float):
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * keep)])
@@ -37,6 +44,7 @@ def _truncate(path, keep: float):
     (lambda m: (m / "config.json").write_text("[" * 100_000 + "]" * 100_000), "nested"),
     (lambda m: (m / "config.json").write_text('{"model_type": "bert", "hidden_size": "big"}'), "cannot load model"),
     (lambda m: (m / "config.json").unlink(), "no config.json"),
+    (lambda m: _set_config(m, hidden_size=400_000, intermediate_size=1_000_000), "cannot load model"),
     (lambda m: _truncate(m / "model.safetensors", 0.5), "cannot load model"),
     (lambda m: _truncate(m / "model.safetensors", 0.0001), "cannot load model"),
     (lambda m: ((m / "1_Pooling").mkdir(), (m / "1_Pooling" / "config.json").write_text("{oops")), "1_Pooling"),
