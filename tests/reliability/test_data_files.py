@@ -97,3 +97,12 @@ def test_predict_file_not_utf8_is_refused(refuses, trained_run, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_bytes(b"good film\n\xff\xff\n")
     assert "not UTF-8" in refuses(["predict", "--adapter", trained_run, "--file", texts])
+
+
+def test_predict_stdin_not_utf8_is_refused(refuses, trained_run, monkeypatch):
+    import io
+
+    stdin = io.TextIOWrapper(io.BytesIO(b"good film\n\xff\xfe\n"), encoding="utf-8")
+    stdin.isatty = lambda: False
+    monkeypatch.setattr("sys.stdin", stdin)
+    assert "standard input: not UTF-8" in refuses(["predict", "--adapter", trained_run])

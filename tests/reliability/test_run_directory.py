@@ -136,3 +136,21 @@ def test_damaged_adapter_file_is_refused(refuses, run_copy, damage):
     assert "adapter.safetensors" in refuses(["predict", "--adapter", run_copy, "good film"])
     if damage != "other_shapes":  # inspect reads no model, so options that do not fit the tensors are not its concern
         assert "adapter.safetensors" in refuses(["inspect", run_copy])
+
+
+def test_multi_task_run_gives_one_checked_view_per_task(run_copy):
+    config = json.loads((run_copy / "adapter_config.json").read_text())
+    labels = config.pop("labels")
+    config.update(task="multi", sharing="shared", tasks={"sst": {"task": "classify", "labels": labels}})
+    (run_copy / "adapter_config.json").write_text(json.dumps(config))
+    run = read_run(run_copy)
+    view = run.view("sst")
+    assert run.task_names == ["sst"] and view.config.task == "classify" and view.labels == labels
+    assert view.data["task_name"] == "sst"
+    for wrong in (None, "other"):
+        with pytest.raises(SlimtuneError, match="--task-name|no task"):
+            run.view(wrong)
+    config["tasks"]["sst"]["labels"] = [None]
+    (run_copy / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(SlimtuneError, match="tasks.sst.labels.0"):
+        read_run(run_copy)
