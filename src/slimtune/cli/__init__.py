@@ -59,19 +59,24 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.set_verbosity_error()  # weight-loading chatter is not the user's business
     hf_logging.disable_progress_bar()
-    args = build_parser().parse_args(argv)
+    try:
+        return _run(build_parser(), argv)
+    except BrokenPipeError:  # `slimtune methods | head -1`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe, not even at exit
+        return 141  # as a shell reports a process ended by SIGPIPE
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)  # argparse itself ignores a closed pipe when it prints help
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `train --nproc` relaunches it
     try:
         check_numbers(args)
         if getattr(args, "out", None):
             check_out_dir(args.out)
         code = args.handler(args) or 0
-        sys.stdout.flush()  # here, so a closed pipe is met below rather than at interpreter exit
+        sys.stdout.flush()  # here, so a closed pipe is met inside main rather than at interpreter exit
         return code
-    except BrokenPipeError:  # `slimtune methods | head -1`: the reader has all it wanted
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe, not even at exit
-        return 141  # as a shell reports a process ended by SIGPIPE
     except SlimtuneError as e:
         print(f"slimtune {args.command}: error: {e}", file=sys.stderr)
         return 2
