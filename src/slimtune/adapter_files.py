@@ -12,7 +12,7 @@ import slimtune
 from slimtune.adaptation import adapter_state
 from slimtune.atomic import write_json, write_safetensors
 from slimtune.models.loading import Backbone
-from slimtune.run_directory import ADAPTER_FILE, CONFIG_FILE, RunDirectory, read_run  # noqa: F401 (the read side)
+from slimtune.run_directory import ADAPTER_FILE, CONFIG_FILE
 from slimtune.run_loader import LoadedAdapter, build_adapter_model, load_adapter, load_base_model, read_config  # noqa: F401
 
 
