@@ -3,7 +3,7 @@
 `read_run` refuses anything malformed (not UTF-8, not a JSON object, wrong types or ranges, an unknown
 task or method, options the method rejects, a truncated or non-safetensors adapter file) before a
 single tensor is allocated. The `RunDirectory` it returns is what every reader uses: the loader
-(`slimtune.adapter_files`), `slimtune inspect`, the server. A multi-task run gives one `TaskView`
+(`slimtune.run_loader`), `slimtune inspect`, the server. A multi-task run gives one `TaskView`
 per task, the same shape as a single-task run's.
 """
 
@@ -15,7 +15,7 @@ import torch
 from pydantic import ValidationError
 from safetensors import SafetensorError, safe_open
 
-from slimtune.data.files import parse_json
+from slimtune.data.files import read_json_file
 from slimtune.errors import SlimtuneError
 from slimtune.multitask.files import check_task_name, task_config
 from slimtune.run_schema import MULTI, RunConfig, check_meaning, option_strings, validation_error_line
@@ -85,8 +85,9 @@ def read_run(run_dir) -> RunDirectory:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise SlimtuneError(f"{run_dir}: no such adapter directory")
-    data = _read_config_file(run_dir / CONFIG_FILE, run_dir)
-    return from_config(run_dir, data)
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise SlimtuneError(f"{run_dir}: not an adapter directory (no {CONFIG_FILE})")
+    return from_config(run_dir, read_json_file(run_dir / CONFIG_FILE, MAX_CONFIG_BYTES))
 
 
 def from_config(run_dir, data) -> RunDirectory:
@@ -105,22 +106,6 @@ def from_config(run_dir, data) -> RunDirectory:
         raise SlimtuneError(f"{path}: {e}") from None
     shapes, size = _read_header(run_dir / ADAPTER_FILE)
     return RunDirectory(run_dir, config, data, shapes, size)
-
-
-def _read_config_file(path: Path, run_dir: Path) -> object:
-    if not path.is_file():
-        raise SlimtuneError(f"{run_dir}: not an adapter directory (no {CONFIG_FILE})")
-    try:
-        if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise SlimtuneError(f"{path}: {path.stat().st_size:,} bytes, too large for an adapter config")
-        raw = path.read_bytes()
-    except OSError as e:
-        raise SlimtuneError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SlimtuneError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    return parse_json(text, path)
 
 
 def _read_header(path: Path) -> tuple[dict[str, tuple[int, ...]], int]:

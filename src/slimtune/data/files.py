@@ -39,14 +39,18 @@ def read_text(path: str | Path) -> str:
             raise SlimtuneError(f"{path}: broken or truncated gzip data ({e})") from None
         if not data:
             raise SlimtuneError(f"{path}: file is empty")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SlimtuneError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = _decode(data, path)
     nul = text.find("\0")
     if nul >= 0:
         raise SlimtuneError(f"{path}: binary data, not text (NUL character at offset {nul})")
     return text.removeprefix("\ufeff")  # a byte-order mark some editors write
+
+
+def _decode(data: bytes, path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SlimtuneError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def open_text(path: str | Path) -> io.TextIOBase:
@@ -62,6 +66,19 @@ def parse_json(text: str, where) -> object:
         raise SlimtuneError(f"{where}: not valid JSON ({e.msg})") from None
     except RecursionError:
         raise SlimtuneError(f"{where}: JSON nested too deeply") from None
+
+
+def read_json_file(path: str | Path, max_bytes: int | None = None) -> object:
+    """One JSON value from a UTF-8 file (a configuration), at most `max_bytes` long; errors name the path."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise SlimtuneError(f"{path}: {size:,} bytes, too large for what it should hold")
+        data = path.read_bytes()
+    except OSError as e:
+        raise SlimtuneError(f"{path}: cannot read ({e.strerror})") from None
+    return parse_json(_decode(data, path), path)
 
 
 def data_format(path: str | Path) -> str:

@@ -69,15 +69,9 @@ def pooling_from_checkpoint(path: str) -> str | None:
 
 def read_json_object(path: Path) -> dict:
     """A JSON object from a model directory's file; one clear line if it is not UTF-8, not JSON or not an object."""
-    from slimtune.data.files import parse_json
+    from slimtune.data.files import read_json_file
 
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as e:
-        raise SlimtuneError(f"{path}: cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise SlimtuneError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    value = parse_json(text, path)
+    value = read_json_file(path)
     if not isinstance(value, dict):
         raise SlimtuneError(f"{path}: expected a JSON object")
     return value
