@@ -10,6 +10,7 @@ import pkgutil
 import sys
 
 from slimtune import __version__
+from slimtune.cli.common import check_numbers, check_out_dir
 from slimtune.cli.run_config import apply_config, config_path
 from slimtune.errors import SlimtuneError
 
@@ -74,11 +75,19 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.set_verbosity_error()  # weight-loading chatter is not the user's business
     hf_logging.disable_progress_bar()
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
+    try:
+        return _run(build_parser(), argv)
+    except BrokenPipeError:  # `slimtune methods | head -1`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing more reaches the closed pipe, not even at exit
+        return 141  # as a shell reports a process ended by SIGPIPE
+
+
+def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     command = next((token for token in argv if not token.startswith("-")), None)
     try:
         path = config_path(argv) if command else None
-        if path:
+        if path:  # a YAML run config becomes the command's defaults; flags given still win
             commands = parser._subparsers._group_actions[0].choices
             if command not in commands or "--config" not in commands[command]._option_string_actions:
                 raise SlimtuneError(f"slimtune {command} takes no --config")
@@ -86,10 +95,15 @@ def main(argv: list[str] | None = None) -> int:
     except SlimtuneError as e:
         print(f"slimtune {command}: error: {e}", file=sys.stderr)
         return 2
-    args = parser.parse_args(argv)
+    args = parser.parse_args(argv)  # argparse itself ignores a closed pipe when it prints help
     args.argv = argv  # as given: `train --nproc` relaunches it
     try:
-        return args.handler(args) or 0
+        check_numbers(args)
+        if getattr(args, "out", None):
+            check_out_dir(args.out)
+        code = args.handler(args) or 0
+        sys.stdout.flush()  # here, so a closed pipe is met inside main rather than at interpreter exit
+        return code
     except SlimtuneError as e:
         print(f"slimtune {args.command}: error: {e}", file=sys.stderr)
         return 2

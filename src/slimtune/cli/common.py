@@ -43,9 +43,14 @@ def read_inputs(texts: list[str], file: str | None) -> list[str]:
         path = Path(file)
         if not path.is_file():
             raise SlimtuneError(f"{file}: no such file")
-        lines = path.read_text(encoding="utf-8").splitlines()
+        from slimtune.data.files import read_text
+
+        lines = read_text(path).splitlines()
     elif not sys.stdin.isatty():
-        lines = sys.stdin.read().splitlines()
+        try:
+            lines = sys.stdin.read().splitlines()
+        except UnicodeDecodeError as e:
+            raise SlimtuneError(f"standard input: not UTF-8 text ({e.reason} at byte {e.start})") from None
     else:
         raise SlimtuneError("no input: give texts as arguments, --file PATH, or pipe them on stdin")
     texts = [line for line in lines if line.strip()]
@@ -111,3 +116,44 @@ def load_model_or_adapter(args):
     if not args.task:
         raise SlimtuneError("give --adapter DIR, or --task causal-lm with --model to use a base model as it is")
     return load_base_model(args.task, args.model, getattr(args, "max_length", None), base_int8 or old_quantize)
+
+
+# Numeric flags that mean a count (at least 1) or an amount (at least 0), whichever command has them.
+POSITIVE_FLAGS = ("max_train_examples", "max_length", "batch_size", "epochs", "grad_accum", "seeds",
+                  "examples", "threads", "max_batch_size", "max_inputs", "max_chars", "max_new_tokens")
+NON_NEGATIVE_FLAGS = ("eval_every", "checkpoint_every", "patience", "grad_clip", "weight_decay", "warmup_ratio",
+                      "top_k", "heads", "neurons", "max_wait_ms", "temperature", "loss_weights_lr")
+
+
+def check_numbers(args) -> None:
+    """Refuse nonsense numbers before any work: NaN or infinite floats, counts below 1, negative amounts."""
+    import math
+
+    for name, value in vars(args).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise SlimtuneError(f"{flag} must be a finite number, got {value}")
+        if name in POSITIVE_FLAGS and value < 1:
+            raise SlimtuneError(f"{flag} must be at least 1, got {value}")
+        if name in NON_NEGATIVE_FLAGS and value < 0:
+            raise SlimtuneError(f"{flag} must not be negative, got {value}")
+
+
+def check_out_dir(path) -> None:
+    """An --out directory that can be written: not an existing file, and its nearest existing parent writable.
+
+    Checked before any work, so a long run never ends in a save that cannot happen."""
+    import os
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise SlimtuneError(f"--out {out}: exists and is not a directory")
+    existing = out.absolute()
+    while not existing.exists():  # the root always exists
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SlimtuneError(f"--out {out}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SlimtuneError(f"--out {out}: {existing} is not writable")

@@ -1,6 +1,7 @@
 """`slimtune inspect`: what a saved adapter holds, and for AdaLoRA where its rank budget went.
 
-Reads only adapter_config.json and adapter.safetensors; the base model is not loaded.
+Reads the run directory's checked description (slimtune.runs.run_directory): the config and the adapter file's
+header; tensors only for the adalora rank table. The base model is not loaded.
 """
 
 import argparse
@@ -26,27 +27,22 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    import math
 
-    from slimtune.runs.adapter_files import ADAPTER_FILE, read_config
     from slimtune.errors import SlimtuneError
+    from slimtune.runs.run_directory import read_run
 
-    config = read_config(Path(args.adapter))
-    path = Path(args.adapter) / ADAPTER_FILE
-    try:
-        state = load_file(str(path))
-    except (FileNotFoundError, SafetensorError, OSError) as e:
-        raise SlimtuneError(f"{path}: cannot read adapter ({e})") from None
-    print(summary(config, state, path.stat().st_size))
-    if config["method"] != "adalora":
+    run_dir = read_run(Path(args.adapter))
+    print(summary(run_dir.data, {name: math.prod(shape) for name, shape in run_dir.tensor_shapes.items()},
+                  run_dir.adapter_bytes))
+    if run_dir.config.method != "adalora":
         if args.png:
-            raise SlimtuneError(f"--png: only adalora adapters have per-matrix ranks; this one is {config['method']}")
+            raise SlimtuneError(f"--png: only adalora adapters have per-matrix ranks; this one is {run_dir.config.method}")
         return 0
     from slimtune.methods.adalora import final_ranks
 
-    rows = rank_rows(final_ranks(state))
-    initial, target = config["options"]["r"], config["options"]["target_rank"]
+    rows = rank_rows(final_ranks(run_dir.load_tensors()))
+    initial, target = run_dir.config.options["r"], run_dir.config.options["target_rank"]
     print()
     print(rank_table(rows, initial, target))
     png = Path(args.png) if args.png else Path(args.adapter) / "ranks.png"
@@ -55,15 +51,16 @@ def run(args) -> int:
     return 0
 
 
-def summary(config: dict, state: dict, file_bytes: int) -> str:
-    backbone = sum(v.numel() for k, v in state.items() if k.startswith("backbone."))
-    head = sum(v.numel() for k, v in state.items() if not k.startswith("backbone."))
+def summary(config: dict, sizes: dict[str, int], file_bytes: int) -> str:
+    """`sizes`: elements per tensor of the adapter file (from its header)."""
+    backbone = sum(n for k, n in sizes.items() if k.startswith("backbone."))
+    head = sum(n for k, n in sizes.items() if not k.startswith("backbone."))
     options = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in config["options"].items())
     return "\n".join([
         f"method      {config['method']} ({_tasks(config)})",
         f"base model  {config.get('base_model') or 'default (all-MiniLM-L6-v2)'}",
         f"options     {options or 'none'}",
-        f"tensors     {len(state)} ({file_bytes / 1024:.1f} KiB)",
+        f"tensors     {len(sizes)} ({file_bytes / 1024:.1f} KiB)",
         f"parameters  {backbone + head:,} ({backbone:,} method, {head:,} task head)",
     ])
 

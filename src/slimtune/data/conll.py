@@ -29,23 +29,20 @@ def _read_columns(path) -> list[tuple[int, list[str]]]:
     """(line number, columns) per token line, with (line, []) marking sentence boundaries."""
     rows: list[tuple[int, list[str]]] = []
     width, width_line = None, 0
-    try:
-        with open_text(path) as f:
-            for number, line in enumerate(f, 1):
-                columns = line.split()
-                if not columns or columns[0] == DOCSTART:
-                    rows.append((number, []))
-                    continue
-                if width is None:
-                    width, width_line = len(columns), number
-                elif len(columns) != width:
-                    raise SlimtuneError(
-                        f"{path}:{number}: {len(columns)} columns where line {width_line} has {width} "
-                        "(a token cannot contain spaces; is a tag missing?)"
-                    )
-                rows.append((number, columns))
-    except UnicodeDecodeError as e:
-        raise SlimtuneError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    with open_text(path) as f:
+        for number, line in enumerate(f, 1):
+            columns = line.split()
+            if not columns or columns[0] == DOCSTART:
+                rows.append((number, []))
+                continue
+            if width is None:
+                width, width_line = len(columns), number
+            elif len(columns) != width:
+                raise SlimtuneError(
+                    f"{path}:{number}: {len(columns)} columns where line {width_line} has {width} "
+                    "(a token cannot contain spaces; is a tag missing?)"
+                )
+            rows.append((number, columns))
     return rows
 
 

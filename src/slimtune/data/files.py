@@ -1,24 +1,84 @@
-"""Opening data files: plain or gzip-compressed, with errors that name the path."""
+"""Opening data files: plain or gzip-compressed, with errors that name the path.
+
+A file is read and checked whole before any reader parses it: it must be a
+readable file, a complete gzip stream when it ends in `.gz`, UTF-8, and text
+(no NUL bytes), so every reader refuses broken or binary input with one line
+instead of failing somewhere inside a parser.
+"""
 
 import gzip
 import io
+import json
+import zlib
 from pathlib import Path
 
 from slimtune.errors import SlimtuneError
 
+GZIP_MAGIC = b"\x1f\x8b"
 
-def open_text(path: str | Path) -> io.TextIOBase:
-    """Open a UTF-8 text file, transparently decompressing `.gz`."""
+
+def read_text(path: str | Path) -> str:
+    """The whole UTF-8 text of a data file, transparently decompressing `.gz`."""
     path = Path(path)
     if not path.exists():
         raise SlimtuneError(f"{path}: no such file")
     if path.is_dir():
         raise SlimtuneError(f"{path}: is a directory, expected a data file")
-    if path.stat().st_size == 0:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SlimtuneError(f"{path}: cannot read ({e.strerror})") from None
+    if not data:
         raise SlimtuneError(f"{path}: file is empty")
     if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+        if not data.startswith(GZIP_MAGIC):
+            raise SlimtuneError(f"{path}: not a gzip file (it ends in .gz)")
+        try:
+            data = gzip.decompress(data)
+        except (EOFError, OSError, zlib.error) as e:
+            raise SlimtuneError(f"{path}: broken or truncated gzip data ({e})") from None
+        if not data:
+            raise SlimtuneError(f"{path}: file is empty")
+    text = _decode(data, path)
+    nul = text.find("\0")
+    if nul >= 0:
+        raise SlimtuneError(f"{path}: binary data, not text (NUL character at offset {nul})")
+    return text.removeprefix("\ufeff")  # a byte-order mark some editors write
+
+
+def _decode(data: bytes, path) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SlimtuneError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def open_text(path: str | Path) -> io.TextIOBase:
+    """A UTF-8 text file (`.gz` decompressed) as a text stream, checked whole first (see `read_text`)."""
+    return io.StringIO(read_text(path), newline="")
+
+
+def parse_json(text: str, where) -> object:
+    """One JSON value; invalid or absurdly nested JSON is an error naming `where` (file or file:line)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise SlimtuneError(f"{where}: not valid JSON ({e.msg})") from None
+    except RecursionError:
+        raise SlimtuneError(f"{where}: JSON nested too deeply") from None
+
+
+def read_json_file(path: str | Path, max_bytes: int | None = None) -> object:
+    """One JSON value from a UTF-8 file (a configuration), at most `max_bytes` long; errors name the path."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if max_bytes is not None and size > max_bytes:
+            raise SlimtuneError(f"{path}: {size:,} bytes, too large for what it should hold")
+        data = path.read_bytes()
+    except OSError as e:
+        raise SlimtuneError(f"{path}: cannot read ({e.strerror})") from None
+    return parse_json(_decode(data, path), path)
 
 
 def data_format(path: str | Path) -> str:

@@ -13,11 +13,10 @@ EOS token. Tokens whose first character lies in a span are the response tokens: 
 only ones the loss sees.
 """
 
-import json
 from dataclasses import dataclass
 
 from slimtune.data.batching import LABEL_PAD
-from slimtune.data.files import open_text
+from slimtune.data.files import open_text, parse_json
 from slimtune.errors import SlimtuneError
 
 ROLES = ("system", "user", "assistant")
@@ -67,10 +66,7 @@ def read_conversations(path) -> list[Conversation]:
             if not text.strip():
                 continue
             where = f"{path}:{number}"
-            try:
-                row = json.loads(text)
-            except json.JSONDecodeError as e:
-                raise SlimtuneError(f"{where}: not valid JSON ({e.msg})") from None
+            row = parse_json(text, where)
             rows.append(Conversation(_messages(row, where), str(path), number))
     if not rows:
         raise SlimtuneError(f"{path}: no conversations")

@@ -5,14 +5,16 @@ and may be overridden. Every problem is reported as `file:line: what`.
 """
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from slimtune.data.files import data_format, open_text
+from slimtune.data.files import data_format, open_text, parse_json
 from slimtune.errors import SlimtuneError
 
 TEXT_COLUMNS = ("sentence", "text", "content")
+# csv's default field limit is 128 KiB; a text that long is still one example (the tokenizer truncates it),
+# beyond this one a field is taken for a broken file (an unclosed quote swallowing the rest).
+FIELD_LIMIT = 16 * 1024 * 1024
 LABEL_COLUMNS = ("label", "labels")
 
 
@@ -60,29 +62,38 @@ def _check_text(text, path, line: int) -> str:
 
 def _read_delimited(path, delimiter: str, text_col, label_col) -> list[LabelledText]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    if csv.field_size_limit() < FIELD_LIMIT:
+        csv.field_size_limit(FIELD_LIMIT)
     with open_text(path) as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         try:
-            header = next(reader)
-        except StopIteration:
-            raise SlimtuneError(f"{path}: file is empty") from None
-        text_name = _pick(header, text_col, TEXT_COLUMNS, "text", path)
-        label_name = _pick(header, label_col, LABEL_COLUMNS, "label", path)
-        t, l = header.index(text_name), header.index(label_name)
-        rows = []
-        for fields in reader:
-            line = reader.line_num
-            if not fields or all(not x.strip() for x in fields):
-                continue
-            if len(fields) != len(header):
-                raise SlimtuneError(
-                    f"{path}:{line}: expected {len(header)} fields like the header, found {len(fields)}"
-                )
-            rows.append(
-                LabelledText(
-                    _check_text(fields[t], path, line), _label_string(fields[l], path, line), str(path), line
-                )
+            return _delimited_rows(path, reader, text_col, label_col)
+        except csv.Error as e:
+            raise SlimtuneError(f"{path}:{reader.line_num}: {e}") from None
+
+
+def _delimited_rows(path, reader, text_col, label_col) -> list[LabelledText]:
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise SlimtuneError(f"{path}: file is empty") from None
+    text_name = _pick(header, text_col, TEXT_COLUMNS, "text", path)
+    label_name = _pick(header, label_col, LABEL_COLUMNS, "label", path)
+    t, l = header.index(text_name), header.index(label_name)
+    rows = []
+    for fields in reader:
+        line = reader.line_num
+        if not fields or all(not x.strip() for x in fields):
+            continue
+        if len(fields) != len(header):
+            raise SlimtuneError(
+                f"{path}:{line}: expected {len(header)} fields like the header, found {len(fields)}"
             )
+        rows.append(
+            LabelledText(
+                _check_text(fields[t], path, line), _label_string(fields[l], path, line), str(path), line
+            )
+        )
     return rows
 
 
@@ -92,10 +103,7 @@ def _read_jsonl(path, text_col, label_col) -> list[LabelledText]:
         for line, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            try:
-                record = json.loads(raw)
-            except json.JSONDecodeError as e:
-                raise SlimtuneError(f"{path}:{line}: not valid JSON ({e.msg})") from None
+            record = parse_json(raw, f"{path}:{line}")
             if not isinstance(record, dict):
                 raise SlimtuneError(f"{path}:{line}: expected a JSON object per line")
             if text_name is None:

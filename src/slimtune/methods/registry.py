@@ -5,6 +5,7 @@ found here without touching anything else.
 """
 
 import importlib
+import math
 import pkgutil
 import typing
 from dataclasses import MISSING, fields
@@ -75,6 +76,10 @@ def parse_options(cls: type[Method], pairs: dict[str, str]):
         raise SlimtuneError(f"unknown option {unknown[0]!r} for method {cls.name}; its options are: {listing}")
     hints = typing.get_type_hints(cls.Options)
     values = {k: _coerce(v, hints[k], k, cls.name) for k, v in pairs.items()}
+    for key, value in values.items():
+        items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(item, float) and not math.isfinite(item) for item in items):
+            raise SlimtuneError(f"option {key}={pairs[key]!r} for method {cls.name} must be a finite number")
     return cls.Options(**values)
 
 

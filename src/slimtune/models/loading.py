@@ -11,7 +11,6 @@ and `.gguf` files go through a one-time fp32 conversion (models/gguf.py).
 
 import hashlib
 import importlib.util
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,12 +59,37 @@ def pooling_from_checkpoint(path: str) -> str | None:
     config = Path(path) / "1_Pooling" / "config.json"
     if not config.is_file():
         return None
-    settings = json.loads(config.read_text())
+    settings = read_json_object(config)
     if settings.get("pooling_mode_mean_tokens"):
         return "mean"
     if settings.get("pooling_mode_cls_token"):
         return "cls"
     return None
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a model directory's file; one clear line if it is not UTF-8, not JSON or not an object."""
+    from slimtune.data.files import read_json_file
+
+    value = read_json_file(path)
+    if not isinstance(value, dict):
+        raise SlimtuneError(f"{path}: expected a JSON object")
+    return value
+
+
+def check_model_directory(path: str) -> None:
+    """A local model directory's config files readable, and weights in safetensors (never a pickle to unpickle)."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return  # a Hugging Face id: the hub cache is checked by transformers as it loads
+    config = directory / "config.json"
+    if not config.is_file():
+        raise SlimtuneError(f"model directory {path} has no config.json")
+    read_json_object(config)
+    if not any(directory.glob("*.safetensors")):
+        pickled = sorted(p.name for p in directory.glob("*.bin")) + sorted(p.name for p in directory.glob("*.pt*"))
+        found = f" (found {', '.join(pickled)}, pickle files slimtune never reads)" if pickled else ""
+        raise SlimtuneError(f"model directory {path} has no .safetensors weights{found}; convert them to safetensors")
 
 
 def load_backbone(spec: str | None, pooling: str | None = None, max_length: int | None = None,
@@ -75,16 +99,26 @@ def load_backbone(spec: str | None, pooling: str | None = None, max_length: int 
 
     from slimtune.models.pruned_layout import LAYOUT_KEY, load_pruned
 
+    from safetensors import SafetensorError
+
+    try:
+        from huggingface_hub.errors import StrictDataclassError  # a config field of the wrong type
+    except ImportError:  # an older huggingface_hub, which does not check config fields
+        StrictDataclassError = ValueError
+
     path = resolve_model_path(spec)
+    check_model_directory(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         config = AutoConfig.from_pretrained(path)
         if getattr(config, LAYOUT_KEY, None):  # heads or FFN neurons removed by `slimtune prune`
             model = load_pruned(path, config)
-        else:
-            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise SlimtuneError(f"cannot load model {spec or DEFAULT_MODEL!r}: {str(e).splitlines()[0]}") from None
+        else:  # safetensors only: a pickled pytorch_model.bin could run code when read
+            model = (AutoModelForCausalLM if causal else AutoModel).from_pretrained(path, dtype=torch.float32,
+                                                                                    use_safetensors=True)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, StrictDataclassError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SlimtuneError(f"cannot load model {spec or DEFAULT_MODEL!r}: {first}") from None
     if causal:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do

@@ -32,7 +32,12 @@ class ClassificationTask(LabellingTask):
         return apply_label_names(rows, label_names, path) if label_names else rows
 
     def label_names(self, rows):
-        return sort_labels(r.label for r in rows)
+        labels = sort_labels(r.label for r in rows)
+        if len(labels) < 2:
+            source = rows[0].source if rows and rows[0].source else "the training data"
+            raise SlimtuneError(f"{source}: every row has the label {labels[0]!r} (after any --max-train-examples "
+                                "sample); a classifier needs at least two labels to learn")
+        return labels
 
     def encode(self, rows, tokenizer, labels, max_length):
         index = {name: i for i, name in enumerate(labels)}

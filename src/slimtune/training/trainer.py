@@ -47,8 +47,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise SlimtuneError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr is not None and not self.lr > 0:
-            raise SlimtuneError("--lr must be positive")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise SlimtuneError(f"--lr must be a positive finite number, got {self.lr}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise SlimtuneError(f"--grad-clip must be a positive finite number, got {self.grad_clip}")
+        for name in ("weight_decay", "eval_every", "patience", "checkpoint_every"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise SlimtuneError(f"--{name.replace('_', '-')} must be a finite number, at least 0, got {value}")
+        if not (math.isfinite(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1):
+            raise SlimtuneError(f"--warmup-ratio must be in [0, 1], got {self.warmup_ratio}")
 
 
 def linear_warmup_then_decay(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -105,8 +113,33 @@ class Trainer:
     def _trim_log(self, step: int) -> None:
         """Drop records written after the checkpoint we resume from, so the log reads as one run."""
         if self.metrics_path.exists():
-            kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step]
+            kept = []
+            for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    record = json.loads(line)
+                except (json.JSONDecodeError, RecursionError):
+                    continue  # a line torn by the interruption; the records up to the checkpoint are whole
+                if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                    kept.append(line)
             self.metrics_path.write_text("".join(l + "\n" for l in kept))
+
+    def _resume(self, optimizer, scheduler) -> tuple[Progress, dict]:
+        """(progress, best state) from the checkpoint, the model, optimizer, scheduler and RNG restored from it.
+
+        A damaged checkpoint, or one from other settings, is refused in one line whatever broke in reading it.
+        """
+        try:
+            progress, trainable, best_state = load_checkpoint(self.checkpoint_dir, optimizer, scheduler,
+                                                              self.ranks.rank)
+            load_adapter_state(self.model, self.method, trainable)
+        except SlimtuneError as e:
+            raise SlimtuneError(f"{self.checkpoint_dir}: cannot resume, the checkpoint does not fit this run "
+                                f"(another method or options?): {e}") from None
+        except Exception as e:  # a file from outside, damaged: refuse it, whatever broke
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise SlimtuneError(f"{self.checkpoint_dir}: cannot resume, the checkpoint is damaged or from other "
+                                f"settings ({type(e).__name__}: {first})") from None
+        return progress, best_state
 
     def evaluate(self, dev_features) -> dict:
         """Dev metrics; with several ranks each runs its share of the rows and all score the gathered outputs."""
@@ -132,9 +165,7 @@ class Trainer:
         if resume:
             if not has_checkpoint(self.checkpoint_dir):
                 raise SlimtuneError(f"{self.run_dir}: no checkpoint to resume from")
-            progress, trainable, best_state = load_checkpoint(self.checkpoint_dir, optimizer, scheduler,
-                                                              self.ranks.rank)
-            load_adapter_state(self.model, self.method, trainable)
+            progress, best_state = self._resume(optimizer, scheduler)
             if self.ranks.is_main:
                 self._trim_log(progress.step)
         elif self.metrics_path.exists() and self.ranks.is_main:
@@ -156,10 +187,14 @@ class Trainer:
                 stepped = b - group_start + 1 == group_size
                 rows = source.rows(batches[b])
                 batch_loss = self._backward(training_model, source, rows, group_size, sync=stepped)
+                if not math.isfinite(batch_loss):
+                    self._stop_non_finite("loss", batch_loss, progress)
                 progress.loss_sum += batch_loss
                 progress.loss_count += 1
                 if stepped:
-                    torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+                    norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip))
+                    if not math.isfinite(norm):
+                        self._stop_non_finite("gradient norm", norm, progress)
                     optimizer.step()
                     scheduler.step()
                     self.method.on_step(self.model.backbone, progress.step + 1, total_steps)
@@ -212,6 +247,13 @@ class Trainer:
             "tokens_per_second": round(progress.tokens_seen / max(progress.train_seconds, 1e-9), 1),
             "history": progress.history,
         }
+
+    def _stop_non_finite(self, what: str, value: float, progress: Progress) -> None:
+        """Stop before a NaN or infinity reaches the weights; the checkpoint on disk stays the last good one."""
+        kept = (f"the last checkpoint ({self.checkpoint_dir}) is kept" if has_checkpoint(self.checkpoint_dir)
+                else "no checkpoint was written yet")
+        raise SlimtuneError(f"training stopped at step {progress.step + 1}: the {what} is {value}; {kept}; "
+                            "try a lower --lr or other method options")
 
     def _backward(self, training_model, source: BatchSource, rows: list[dict], group_size: int, sync: bool) -> float:
         """Gradients of this rank's share of the global batch `rows`; returns the global batch's mean loss.
