@@ -110,7 +110,7 @@ def test_huge_rank_is_refused_before_allocating(run_copy, monkeypatch):
     """r=100000 on the tiny base would allocate ~100 MB of LoRA factors (7.7 GB on MiniLM); the method's own
     count over the base's shapes refuses it before the task model is built or the method attached."""
     import slimtune.runs.run_loader as loader
-    from slimtune.adapter_files import load_adapter
+    from slimtune.runs.adapter_files import load_adapter
 
     def never(*args, **kwargs):
         raise AssertionError("allocated before refusing")
