@@ -90,7 +90,9 @@ def load_adapter(run_dir: Path, model_spec: str | None = None, quantize: str | N
     merges the adapter where it can and quantizes the encoder for CPU inference.
     `task_name` picks one task of a multi-task adapter, loaded as a single-task one.
     """
-    run_dir = Path(run_dir)
+    from slimtune.formats.peft_import import resolve_adapter_dir
+
+    run_dir = resolve_adapter_dir(run_dir, model_spec)  # a peft adapter directory becomes a run directory
     full_config = read_config(run_dir)
     check_task_name(full_config, task_name, run_dir)
     config = task_config(full_config, task_name) if is_multi(full_config) else full_config

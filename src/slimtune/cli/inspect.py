@@ -32,6 +32,9 @@ def run(args) -> int:
     from slimtune.adapter_files import ADAPTER_FILE, read_config
     from slimtune.errors import SlimtuneError
 
+    from slimtune.formats.peft_import import resolve_adapter_dir
+
+    args.adapter = resolve_adapter_dir(args.adapter, getattr(args, "model", None))  # a peft directory, converted
     config = read_config(Path(args.adapter))
     path = Path(args.adapter) / ADAPTER_FILE
     try:

@@ -172,8 +172,8 @@ class LoRAPeftMapping(PeftMapping):
         for module, parts in sorted(group_by_module(tensors, ("lora_A", "lora_B"), ".weight").items()):
             path = layout.backbone_module(module)
             layer = linear(backbone, path, layout)
-            check_shape(parts["lora_A"], (f.r, layer.in_features), f"{module}.lora_A.weight")
-            check_shape(parts["lora_B"], (layer.out_features, f.r), f"{module}.lora_B.weight")
+            check_shape(parts["lora_A"], (f.r, layer.in_features), f"{TUNER_PREFIX}{module}.lora_A.weight")
+            check_shape(parts["lora_B"], (layer.out_features, f.r), f"{TUNER_PREFIX}{module}.lora_B.weight")
             state[f"{path}.lora_A"], state[f"{path}.lora_B"] = parts["lora_A"], parts["lora_B"]
             paths.append(path)
         alpha = f.lora_alpha * math.sqrt(f.r) if f.use_rslora else f.lora_alpha  # α/√r = (α√r)/r
@@ -235,9 +235,10 @@ class AdaLoRAPeftMapping(PeftMapping):
             k = parts["lora_E"].shape[0]
             if k > f.init_r:
                 raise SlimtuneError(f"{where}: {module} has rank {k}, above init_r={f.init_r}")
-            check_shape(parts["lora_A"], (k, layer.in_features), f"{module}.lora_A")
-            check_shape(parts["lora_B"], (layer.out_features, k), f"{module}.lora_B")
-            check_shape(parts["lora_E"], (k, 1), f"{module}.lora_E")
+            key = f"{TUNER_PREFIX}{module}"
+            check_shape(parts["lora_A"], (k, layer.in_features), f"{key}.lora_A")
+            check_shape(parts["lora_B"], (layer.out_features, k), f"{key}.lora_B")
+            check_shape(parts["lora_E"], (k, 1), f"{key}.lora_E")
             state[f"{path}.lora_Q"], state[f"{path}.lora_P"] = parts["lora_A"], parts["lora_B"]
             state[f"{path}.lora_lambda"] = parts["lora_E"][:, 0]
             paths.append(path)

@@ -1,0 +1,152 @@
+"""Adapters made and perturbed with the real `peft` package, used by slimtune wherever it takes --adapter: the
+same outputs as peft; and peft directories that are malformed or made for another model, refused in one line."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from slimtune.cli import main
+from tests.conftest import TASK_BATCHES, TASK_LABELS
+from tests.formats.conftest import PROMPT_LENGTH, make_run
+
+peft = pytest.importorskip("peft")
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))
+
+
+def peft_config(kind: str, task_type: str, task: str):
+    targets = ["q_proj", "v_proj"] if task == "causal-lm" else ["query", "value"]
+    if kind == "lora":
+        return peft.LoraConfig(task_type=task_type, r=4, lora_alpha=8, target_modules=targets)
+    if kind == "rslora":
+        return peft.LoraConfig(task_type=task_type, r=4, lora_alpha=8, target_modules=targets, use_rslora=True)
+    if kind == "adalora":
+        return peft.AdaLoraConfig(task_type=task_type, init_r=4, target_r=2, lora_alpha=8, total_step=10,
+                                  target_modules=targets)
+    return peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=PROMPT_LENGTH)
+
+
+def make_peft_adapter(base_dir: str, task: str, kind: str, out) -> torch.nn.Module:
+    """Save a peft adapter with every trainable weight randomly moved; returns the peft model in eval mode."""
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification
+
+    torch.manual_seed(7)
+    if task == "ner":
+        base, task_type = AutoModelForTokenClassification.from_pretrained(base_dir, num_labels=5), "TOKEN_CLS"
+    elif task == "causal-lm":
+        base, task_type = AutoModelForCausalLM.from_pretrained(base_dir), "CAUSAL_LM"
+    else:
+        base, task_type = AutoModel.from_pretrained(base_dir), "FEATURE_EXTRACTION"
+    model = peft.get_peft_model(base, peft_config(kind, task_type, task))
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.3)
+    model.save_pretrained(str(out))
+    if task == "ner":  # peft keeps no label names; slimtune reads them from id2label
+        config = json.loads((out / "adapter_config.json").read_text())
+        config["id2label"] = dict(enumerate(TASK_LABELS["ner"]))
+        (out / "adapter_config.json").write_text(json.dumps(config))
+    return model.eval()
+
+
+@pytest.mark.parametrize("task,kind", [("ner", "lora"), ("ner", "rslora"), ("ner", "prompt"), ("causal-lm", "lora"),
+                                       ("causal-lm", "adalora"), ("causal-lm", "prompt")])
+def test_slimtune_gives_peft_outputs(tmp_path, tiny_model, tiny_lm, task, kind):
+    from slimtune.adapter_files import load_adapter
+
+    base_dir = tiny_lm if task == "causal-lm" else tiny_model
+    peft_model = make_peft_adapter(base_dir, task, kind, tmp_path / "peft")
+    loaded = load_adapter(tmp_path / "peft")  # what eval, predict and merge call with --adapter
+    batch = TASK_BATCHES[task](loaded.backbone, n=4, seed=3)
+    with torch.no_grad():
+        got = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        want = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    want = want[:, PROMPT_LENGTH:] if kind == "prompt" else want
+    real = batch["attention_mask"].bool()
+    assert (got[real] - want[real]).abs().max() < 1e-4
+    assert loaded.config["imported_from"]["format"] == "peft"
+
+
+def test_predict_and_inspect_a_peft_classifier(tmp_path, tiny_model, capsys):
+    """A FEATURE_EXTRACTION LoRA adapter plus a pooled head: `slimtune predict` scores as peft + the pooling do."""
+    peft_model = make_peft_adapter(tiny_model, "classify", "lora", tmp_path / "peft")
+    torch.manual_seed(1)
+    head = {"weight": torch.randn(2, 32), "bias": torch.randn(2)}
+    save_file(head, str(tmp_path / "peft" / "classifier_head.safetensors"))
+    (tmp_path / "peft" / "classifier_head.json").write_text(json.dumps({"pooling": "mean", "labels": ["neg", "pos"]}))
+    texts = ["the film was good", "dull plot and weak acting"]
+    assert main(["predict", "--adapter", str(tmp_path / "peft"), "--json", *texts]) == 0
+    got = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    from transformers import AutoTokenizer
+
+    tokens = AutoTokenizer.from_pretrained(tiny_model)(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        hidden = peft_model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).last_hidden_state
+    mask = tokens["attention_mask"].unsqueeze(-1).float()
+    want = (((hidden * mask).sum(1) / mask.sum(1)) @ head["weight"].T + head["bias"]).softmax(-1)
+    for row, probabilities in zip(got, want):
+        assert row["scores"]["pos"] == pytest.approx(float(probabilities[1]), abs=1e-3)
+    assert main(["inspect", str(tmp_path / "peft")]) == 0
+    assert "lora" in capsys.readouterr().out
+
+
+def test_export_then_import_is_the_same_run(tmp_path, tiny_model):
+    from slimtune.adapter_files import load_adapter
+
+    run = make_run(tiny_model, "ner", "adalora", tmp_path / "run")
+    assert main(["export", "--adapter", str(run), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
+    original, imported = load_adapter(run), load_adapter(tmp_path / "peft")
+    assert imported.labels == original.labels and imported.config["scheme"] == "iob2"
+    batch = TASK_BATCHES["ner"](original.backbone, n=4, seed=3)
+    with torch.no_grad():
+        a = original.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        b = imported.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert (a - b).abs().max() < 1e-5
+
+
+def refusal(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_malformed_peft_config_is_refused(tmp_path, tiny_lm, capsys):
+    make_peft_adapter(tiny_lm, "causal-lm", "lora", tmp_path / "peft")
+    path = tmp_path / "peft" / "adapter_config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "r": "four"}))
+    assert "r: Input should be a valid integer" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
+    path.write_text(json.dumps({**config, "peft_type": "LOHA"}))
+    assert "peft_type 'LOHA' has no slimtune method" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
+    path.write_text(json.dumps({**config, "use_dora": True}))
+    assert "use_dora" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
+    path.write_text("{not json")
+    assert "not valid JSON" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
+
+
+def test_mismatched_shapes_are_refused(tmp_path, tiny_lm, capsys):
+    make_peft_adapter(tiny_lm, "causal-lm", "lora", tmp_path / "peft")
+    weights = tmp_path / "peft" / "adapter_model.safetensors"
+    tensors = load_file(str(weights))
+    key = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    tensors[key] = torch.zeros(4, 20)
+    save_file(tensors, str(weights))
+    err = refusal(capsys, ["inspect", str(tmp_path / "peft")])
+    assert key in err and "(4, 20)" in err and "another model" in err
+
+
+def test_an_adapter_for_another_model_is_refused(tmp_path, tiny_lm, other_tiny_model, capsys):
+    """A Llama adapter given a BERT base with --model: its module names are not there."""
+    make_peft_adapter(tiny_lm, "causal-lm", "lora", tmp_path / "peft")
+    err = refusal(capsys, ["merge", "--adapter", str(tmp_path / "peft"), "--model", other_tiny_model,
+                           "--out", str(tmp_path / "merged")])
+    assert "model.layers.0.self_attn.q_proj" in err and "does not have" in err
+    assert not (tmp_path / "merged").exists()
