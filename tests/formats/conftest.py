@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TASK_BATCHES, TASK_LABELS, build_classifier
+from tests.conftest import TASK_BATCHES, TASK_LABELS
 
 pytest.importorskip("peft")
 
@@ -19,15 +19,20 @@ def method_options(method: str) -> dict:
             }.get(method, {})
 
 
-def make_run(model_dir: str, task: str, method: str, out: Path, seed: int = 0) -> Path:
+def make_run(model_dir: str, task: str, method: str, out: Path, seed: int = 0, pooling: str | None = None) -> Path:
     """A run directory for `method` on `model_dir`, every trained weight moved off its initial value."""
+    from slimtune.adaptation import attach
     from slimtune.adapter_files import run_config, save_adapter
+    from slimtune.methods.registry import create_method
     from slimtune.models.loading import fingerprint
     from slimtune.tasks import get_task
 
     task_obj = get_task(task)
     base_fingerprint = fingerprint(task_obj.load_backbone(model_dir).model)
-    model, m, params, backbone = build_classifier(model_dir, method, method_options(method), task=task, seed=seed)
+    backbone = task_obj.load_backbone(model_dir, pooling=pooling)
+    torch.manual_seed(seed)
+    model, m = task_obj.build_model(backbone, list(TASK_LABELS[task])), create_method(method, method_options(method))
+    params = attach(model, m)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in params:

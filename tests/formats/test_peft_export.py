@@ -56,6 +56,23 @@ def test_peft_reproduces_slimtune_logits(tmp_path, base_dirs, task, method, caps
     assert expected.abs().max() > 0.01  # a real output, not an empty comparison
 
 
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_classify_through_the_pooler_is_peft_sequence_classification(tmp_path, base_dirs, method):
+    """pooling=pooler is BERT's own sequence classifier: AutoModelForSequenceClassification + PeftModel."""
+    from transformers import AutoModelForSequenceClassification
+
+    run = make_run(base_dirs["classify"], "classify", method, tmp_path / "run", pooling="pooler")
+    assert main(["export", "--adapter", str(run), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["task_type"] == "SEQ_CLS" and set(config["modules_to_save"]) == {"bert.pooler", "classifier"}
+    expected, batch = slimtune_logits(run, "classify")
+    base = AutoModelForSequenceClassification.from_pretrained(base_dirs["classify"], num_labels=2)
+    model = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft")).eval()
+    with torch.no_grad():
+        got = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert (got - expected).abs().max() < 1e-4 and expected.abs().max() > 0.01
+
+
 def test_exported_files_follow_peft(tmp_path, base_dirs):
     run = make_run(base_dirs["ner"], "ner", "lora", tmp_path / "run")
     out = tmp_path / "peft"
@@ -77,6 +94,13 @@ def test_methods_peft_cannot_represent_are_refused(tmp_path, base_dirs, method, 
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
     assert f"peft has no form for method {method}" in err and "--format merged" in err
+    assert not (tmp_path / "peft").exists()
+
+
+def test_prompt_through_the_pooler_is_refused(tmp_path, base_dirs, capsys):
+    run = make_run(base_dirs["classify"], "classify", "prompt", tmp_path / "run", pooling="pooler")
+    assert main(["export", "--adapter", str(run), "--format", "peft", "--out", str(tmp_path / "peft")]) == 2
+    assert "pools the first prompt vector" in capsys.readouterr().err
     assert not (tmp_path / "peft").exists()
 
 

@@ -33,10 +33,13 @@ def peft_config(kind: str, task_type: str, task: str):
 
 def make_peft_adapter(base_dir: str, task: str, kind: str, out) -> torch.nn.Module:
     """Save a peft adapter with every trainable weight randomly moved; returns the peft model in eval mode."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification
+    from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
 
     torch.manual_seed(7)
-    if task == "ner":
+    if task == "seq":  # BERT's own sequence classifier: slimtune's classify pooled through the pooler
+        base, task_type = AutoModelForSequenceClassification.from_pretrained(base_dir, num_labels=2), "SEQ_CLS"
+    elif task == "ner":
         base, task_type = AutoModelForTokenClassification.from_pretrained(base_dir, num_labels=5), "TOKEN_CLS"
     elif task == "causal-lm":
         base, task_type = AutoModelForCausalLM.from_pretrained(base_dir), "CAUSAL_LM"
@@ -48,9 +51,9 @@ def make_peft_adapter(base_dir: str, task: str, kind: str, out) -> torch.nn.Modu
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.3)
     model.save_pretrained(str(out))
-    if task == "ner":  # peft keeps no label names; slimtune reads them from id2label
+    if task in ("ner", "seq"):  # peft keeps no label names; slimtune reads them from id2label
         config = json.loads((out / "adapter_config.json").read_text())
-        config["id2label"] = dict(enumerate(TASK_LABELS["ner"]))
+        config["id2label"] = dict(enumerate(TASK_LABELS["ner" if task == "ner" else "classify"]))
         (out / "adapter_config.json").write_text(json.dumps(config))
     return model.eval()
 
@@ -71,6 +74,19 @@ def test_slimtune_gives_peft_outputs(tmp_path, tiny_model, tiny_lm, task, kind):
     real = batch["attention_mask"].bool()
     assert (got[real] - want[real]).abs().max() < 1e-4
     assert loaded.config["imported_from"]["format"] == "peft"
+
+
+def test_a_peft_sequence_classifier_is_classify_through_the_pooler(tmp_path, tiny_model):
+    from slimtune.adapter_files import load_adapter
+
+    peft_model = make_peft_adapter(tiny_model, "seq", "lora", tmp_path / "peft")
+    loaded = load_adapter(tmp_path / "peft")
+    assert loaded.config["pooling"] == "pooler" and loaded.labels == TASK_LABELS["classify"]
+    batch = TASK_BATCHES["classify"](loaded.backbone, n=4, seed=3)
+    with torch.no_grad():
+        got = loaded.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        want = peft_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert (got - want).abs().max() < 1e-4
 
 
 def test_predict_and_inspect_a_peft_classifier(tmp_path, tiny_model, capsys):

@@ -34,7 +34,8 @@ def run(args) -> int:
 
     from slimtune.formats.peft_import import resolve_adapter_dir
 
-    args.adapter = resolve_adapter_dir(args.adapter, getattr(args, "model", None))  # a peft directory, converted
+    given = args.adapter
+    args.adapter = resolve_adapter_dir(given)  # a peft adapter directory, converted
     config = read_config(Path(args.adapter))
     path = Path(args.adapter) / ADAPTER_FILE
     try:
@@ -52,7 +53,7 @@ def run(args) -> int:
     initial, target = config["options"]["r"], config["options"]["target_rank"]
     print()
     print(rank_table(rows, initial, target))
-    png = Path(args.png) if args.png else Path(args.adapter) / "ranks.png"
+    png = Path(args.png) if args.png else Path(given) / "ranks.png"
     write_heatmap(rows, initial, png, title=f"AdaLoRA final rank per matrix\n(initial {initial}, target mean {target})")
     print(f"\nheatmap written to {png}")
     return 0

@@ -6,6 +6,7 @@ from pathlib import Path
 LOADERS = {
     "FEATURE_EXTRACTION": "AutoModel",
     "TOKEN_CLS": "AutoModelForTokenClassification",
+    "SEQ_CLS": "AutoModelForSequenceClassification",
     "CAUSAL_LM": "AutoModelForCausalLM",
 }
 
@@ -21,13 +22,13 @@ def _read_json(path: Path) -> dict:
 
 def _usage(peft_config: dict, task: str, labels: list) -> str:
     base, loader = peft_config["base_model_name_or_path"], LOADERS[peft_config["task_type"]]
-    extra = f", num_labels={len(labels)}" if loader == "AutoModelForTokenClassification" else ""
+    extra = f", num_labels={len(labels)}" if peft_config["task_type"] in ("TOKEN_CLS", "SEQ_CLS") else ""
     lines = ["```python", f"from transformers import {loader}", "from peft import PeftModel", "",
              f'base = {loader}.from_pretrained("{base}"{extra})', 'model = PeftModel.from_pretrained(base, "DIR")']
-    if task == "classify":
+    if peft_config["task_type"] == "FEATURE_EXTRACTION":
         lines += ["# slimtune's sentence classifier: pool last_hidden_state as classifier_head.json says, then",
                   "# logits = pooled @ weight.T + bias with weight, bias from classifier_head.safetensors"]
-    if task == "ner":
+    if peft_config["task_type"] in ("TOKEN_CLS", "SEQ_CLS"):
         lines += ["# the labels, in order: " + ", ".join(map(str, labels))]
     if peft_config["peft_type"] == "PROMPT_TUNING" and task != "causal-lm":
         lines += [f"# outputs start with the {peft_config['num_virtual_tokens']} prompt positions: drop them"]

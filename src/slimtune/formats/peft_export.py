@@ -66,7 +66,7 @@ def peft_directory(loaded, run_dir: Path, model_spec: str | None = None) -> dict
     if config.get("base_quantize") or config.get("quantize"):
         raise SlimtuneError("an adapter tied to an int8 base has no peft form; export the fp32 run it came from")
     model, labels = loaded.model, loaded.labels
-    layout = peft_layout(loaded.task.name, loaded.backbone.model.config, len(labels))
+    layout = peft_layout(loaded.task.name, loaded.backbone.model.config, len(labels), getattr(model, "pooling", None))
     fields, tensors = mapping.export(method, method.export_state_dict(model.backbone), layout, run_steps(run_dir))
     prefix = PROMPT_PREFIX if mapping.prompt_learning else TUNER_PREFIX
     files: dict[str, object] = {}
@@ -76,7 +76,7 @@ def peft_directory(loaded, run_dir: Path, model_spec: str | None = None) -> dict
             path = name.removeprefix("backbone.")
             tensors[prefix + layout.peft_module(path)] = param.detach()
             modules_to_save.append(layout.peft_module(path.split(".")[0]))
-    if layout.head_name:  # ner: peft's token-classification model has the head; saved as peft saves it
+    if layout.head_name:  # ner, classify through the pooler: peft's task model has the head; saved as peft saves it
         head = model.head[-1]
         tensors[f"{prefix}{layout.head_name}.weight"] = head.weight.detach()
         tensors[f"{prefix}{layout.head_name}.bias"] = head.bias.detach()

@@ -28,10 +28,10 @@ from safetensors.torch import load_file
 import slimtune
 from slimtune.errors import SlimtuneError
 from slimtune.formats.peft_export import CLASSIFIER_HEAD, CLASSIFIER_HEAD_JSON, PEFT_CONFIG, PEFT_WEIGHTS, SLIMTUNE_SIDECAR
-from slimtune.formats.peft_layout import TASK_TYPES
+from slimtune.formats.peft_layout import POOLER_TASK_TYPE, TASK_TYPES
 from slimtune.methods.peft_mappings import PROMPT_PREFIX, TUNER_PREFIX, validated
 
-PEFT_TASKS = {peft: task for task, peft in TASK_TYPES.items()}
+PEFT_TASKS = {**{peft: task for task, peft in TASK_TYPES.items()}, POOLER_TASK_TYPE: "classify"}
 SOURCE_FILES = (PEFT_CONFIG, PEFT_WEIGHTS, SLIMTUNE_SIDECAR, CLASSIFIER_HEAD, CLASSIFIER_HEAD_JSON)
 
 
@@ -85,10 +85,11 @@ def _cache_root() -> Path:
 
 def import_peft(peft_dir: Path, model_spec: str | None = None) -> Path:
     """The converted run directory, written atomically the first time and reused while the inputs are the same."""
-    digest = hashlib.sha256(f"{slimtune.__version__}\0{model_spec}\0".encode())
+    digest = hashlib.sha256(f"{slimtune.__version__}\0{peft_dir.resolve()}\0{model_spec}\0".encode())
     for name in SOURCE_FILES:
         if (peft_dir / name).is_file():
             digest.update(name.encode() + (peft_dir / name).read_bytes())
+    digest.update(_local_base_state(peft_dir, model_spec).encode())
     target = _cache_root() / digest.hexdigest()[:32]
     if (target / "adapter_config.json").is_file():
         return target
@@ -105,6 +106,20 @@ def import_peft(peft_dir: Path, model_spec: str | None = None) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp)
     return target
+
+
+def _local_base_state(peft_dir: Path, model_spec: str | None) -> str:
+    """Names, sizes and times of a local base model's files, so a changed base is converted again."""
+    from slimtune.models.loading import resolve_model_path
+
+    try:
+        spec = model_spec or json.loads((peft_dir / PEFT_CONFIG).read_text()).get("base_model_name_or_path")
+        base = Path(resolve_model_path(spec)) if isinstance(spec, str) else None
+    except (OSError, ValueError, SlimtuneError):
+        return ""  # the conversion reports it
+    if base is None or not base.is_dir():
+        return ""
+    return "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in sorted(base.iterdir()) if p.is_file())
 
 
 def _read_json(path: Path) -> dict:
@@ -144,10 +159,10 @@ def _task_and_labels(config: PeftConfigFile, sidecar: Sidecar | None, head: Head
     if sidecar:
         return sidecar.task, sidecar.labels
     task = "classify" if head else PEFT_TASKS.get(config.task_type or "")
-    if task is None or (task == "classify" and head is None):
+    if task is None or (config.task_type == "FEATURE_EXTRACTION" and head is None):
         raise SlimtuneError(f"{where}: task_type {config.task_type!r} has no slimtune task; slimtune reads "
-                            "TOKEN_CLS (ner), CAUSAL_LM (causal-lm) and FEATURE_EXTRACTION with classifier_head.json "
-                            "(classify)")
+                            "TOKEN_CLS (ner), CAUSAL_LM (causal-lm), SEQ_CLS (classify through the pooler) and "
+                            "FEATURE_EXTRACTION with classifier_head.json (classify)")
     if head:
         return task, head.labels
     if task == "causal-lm":
@@ -182,10 +197,11 @@ def convert_peft_dir(peft_dir: Path, model_spec: str | None, out: Path) -> None:
     if not spec:
         raise SlimtuneError(f"{where}: no base_model_name_or_path; pass --model")
     task = get_task(task_name)
-    pooling = (sidecar.pooling if sidecar else None) or (head_file.pooling if head_file else None)
+    pooling = ((sidecar.pooling if sidecar else None) or (head_file.pooling if head_file else None)
+               or ("pooler" if config.task_type == POOLER_TASK_TYPE else None))
     backbone = task.load_backbone(spec, pooling=pooling, max_length=sidecar.max_length if sidecar else None)
     base_fingerprint = fingerprint(backbone.model)
-    layout = peft_layout(task_name, backbone.model.config, len(labels))
+    layout = peft_layout(task_name, backbone.model.config, len(labels), backbone.pooling)
     tensors = _read_tensors(peft_dir / PEFT_WEIGHTS)
 
     prefix = PROMPT_PREFIX if method_cls.peft_mapping.prompt_learning else TUNER_PREFIX
@@ -194,8 +210,8 @@ def convert_peft_dir(peft_dir: Path, model_spec: str | None, out: Path) -> None:
         for part in ("weight", "bias"):
             key = f"{prefix}{layout.head_name}.{part}"
             if key not in tensors:
-                raise SlimtuneError(f"{peft_dir / PEFT_WEIGHTS}: no {key}: the token classifier must be saved "
-                                    "with the adapter (modules_to_save)")
+                raise SlimtuneError(f"{peft_dir / PEFT_WEIGHTS}: no {key}: the classifier must be saved with the "
+                                    "adapter (modules_to_save)")
             head_state[f"head.1.{part}"] = tensors.pop(key)
     elif task_name == "classify":
         head_tensors = _read_tensors(peft_dir / CLASSIFIER_HEAD)
@@ -204,10 +220,10 @@ def convert_peft_dir(peft_dir: Path, model_spec: str | None, out: Path) -> None:
         head_state = {"head.1.weight": head_tensors["weight"], "head.1.bias": head_tensors["bias"]}
 
     model = task.build_model(backbone, labels)
-    for name in head_parameters(model):  # a pooler trained with the head travels as a module to save
+    for name, param in head_parameters(model).items():  # the pooler: a module to save, else the base's own
         key = prefix + layout.peft_module(name.removeprefix("backbone."))
-        if name.startswith("backbone.") and key in tensors:
-            head_state[name] = tensors.pop(key)
+        if name.startswith("backbone."):
+            head_state[name] = tensors.pop(key) if key in tensors else param.detach().clone()
     imported = method_cls.peft_mapping.import_(raw, tensors, layout, model.backbone, str(where))
     method = create_method(method_cls.name, imported.options)
     task.check_method(method)

@@ -1,9 +1,10 @@
 """Where slimtune's modules sit in the transformers model that `peft` wraps for a task.
 
 slimtune adapts a backbone (an encoder from `AutoModel`, or a causal LM's decoder stack); peft wraps the
-whole transformers model its user loads: `AutoModel` for classify (slimtune's pooled sentence head has no
-transformers class, so it travels beside the adapter), `AutoModelForTokenClassification` for ner and
-`AutoModelForCausalLM` for causal-lm. The layout is read from a weightless (meta-device) instance of that
+whole transformers model its user loads: `AutoModel` for classify (slimtune's mean- or cls-pooled sentence head
+has no transformers class, so it travels beside the adapter), `AutoModelForSequenceClassification` for classify
+pooled through the pooler (BERT's own sequence classifier: pooler, dropout, linear),
+`AutoModelForTokenClassification` for ner and `AutoModelForCausalLM` for causal-lm. The layout is read from a weightless (meta-device) instance of that
 class built from the base model's config, so names are exact without loading any weights.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from slimtune.errors import SlimtuneError
 
 TASK_TYPES = {"classify": "FEATURE_EXTRACTION", "ner": "TOKEN_CLS", "causal-lm": "CAUSAL_LM"}
+POOLER_TASK_TYPE = "SEQ_CLS"  # classify pooled through the pooler
 TUNER_PREFIX = "base_model.model."  # tensor keys of tuners that wrap layers (LoRA, AdaLoRA, IA3, ...)
 PROMPT_PREFIX = "base_model."  # tensor keys of the task head for prompt-learning methods
 
@@ -26,7 +28,7 @@ class PeftLayout:
     task_type: str
     backbone_prefix: str  # where slimtune's backbone sits in the transformers model: "", "bert." or "model."
     linear_names: tuple[str, ...]  # every Linear module of the transformers model, by peft's names
-    head_name: str | None  # the token classifier of a TOKEN_CLS model ("classifier"), else None
+    head_name: str | None  # the linear classifier of a TOKEN_CLS or SEQ_CLS model ("classifier"), else None
     config: object  # the base model's transformers config
 
     def peft_module(self, backbone_path: str) -> str:
@@ -47,21 +49,22 @@ class PeftLayout:
         return sorted(wanted)
 
 
-def task_type_of(task: str) -> str:
+def task_type_of(task: str, pooling: str | None = None) -> str:
     if task not in TASK_TYPES:
         raise SlimtuneError(f"task {task} has no peft counterpart; peft task types: {', '.join(TASK_TYPES.values())}")
-    return TASK_TYPES[task]
+    return POOLER_TASK_TYPE if task == "classify" and pooling == "pooler" else TASK_TYPES[task]
 
 
-def peft_layout(task: str, base_config, num_labels: int = 0) -> PeftLayout:
-    """The layout of the model a peft user loads for `task` on a base with `base_config`."""
-    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForTokenClassification
+def peft_layout(task: str, base_config, num_labels: int = 0, pooling: str | None = None) -> PeftLayout:
+    """The layout of the model a peft user loads for `task` (and classify's `pooling`) on a base with `base_config`."""
+    from transformers import (AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification)
 
-    task_type = task_type_of(task)
+    task_type = task_type_of(task, pooling)
     config = copy.deepcopy(base_config)
     auto = {"FEATURE_EXTRACTION": AutoModel, "TOKEN_CLS": AutoModelForTokenClassification,
-            "CAUSAL_LM": AutoModelForCausalLM}[task_type]
-    if task_type == "TOKEN_CLS":
+            "SEQ_CLS": AutoModelForSequenceClassification, "CAUSAL_LM": AutoModelForCausalLM}[task_type]
+    if task_type in ("TOKEN_CLS", "SEQ_CLS"):
         config.num_labels = num_labels
     try:
         with torch.device("meta"):
@@ -71,11 +74,12 @@ def peft_layout(task: str, base_config, num_labels: int = 0) -> PeftLayout:
     inner = model.base_model
     prefix = next(name for name, module in model.named_modules() if module is inner)
     head = None
-    if task_type == "TOKEN_CLS":
+    if task_type in ("TOKEN_CLS", "SEQ_CLS"):
         heads = [name for name, module in model.named_children()
                  if isinstance(module, nn.Linear) and module.out_features == num_labels]
-        if len(heads) != 1:
-            raise SlimtuneError(f"{type(model).__name__} has no single linear token classifier for peft to save")
+        if len(heads) != 1 or (task_type == "SEQ_CLS" and getattr(inner, "pooler", None) is None):
+            kind = "token classifier" if task_type == "TOKEN_CLS" else "classifier on the pooler output"
+            raise SlimtuneError(f"{type(model).__name__} has no single linear {kind} for peft to save")
         head = heads[0]
     linears = tuple(n for n, m in model.named_modules() if isinstance(m, nn.Linear))
     return PeftLayout(task, task_type, f"{prefix}." if prefix else "", linears, head, base_config)

@@ -255,15 +255,22 @@ class PromptFields(PeftFields):
 
 class PromptPeftMapping(PeftMapping):
     """slimtune's soft prompt [P, H] is peft's `prompt_embeddings`: both put it before the embedded input, with
-    attention-mask ones and token-type zeros, numbering positions over prompt and input together."""
+    attention-mask ones and token-type zeros, numbering positions over prompt and input together.
+
+    Not for SEQ_CLS (classify through the pooler): peft's sequence classifier pools the first prompt position,
+    slimtune's the first real token."""
 
     peft_type = "PROMPT_TUNING"
     prompt_learning = True
     KEY = "soft_prompt.embeddings"
+    POOLER_DIFFERS = ("peft's sequence classifier pools the first prompt vector, slimtune the first real token, "
+                      "so prompt tuning through the pooler has no peft form")
 
     @staticmethod
     def export(method, state, layout, total_steps=None):
         refuse_unmapped(method.name, method.options_dict(), _defaults(method), {"length", "init"})
+        if layout.task_type == "SEQ_CLS":
+            raise SlimtuneError(PromptPeftMapping.POOLER_DIFFERS)
         prompt = state[PromptPeftMapping.KEY]
         config = layout.config
         fields = {"peft_type": "PROMPT_TUNING", "num_virtual_tokens": prompt.shape[0], "token_dim": prompt.shape[1],
@@ -274,6 +281,8 @@ class PromptPeftMapping(PeftMapping):
     @staticmethod
     def import_(fields, tensors, layout, backbone, where):
         f = validated(PromptFields, fields, where)
+        if layout.task_type == "SEQ_CLS":
+            raise SlimtuneError(f"{where}: {PromptPeftMapping.POOLER_DIFFERS}")
         if set(tensors) != {"prompt_embeddings"}:
             raise SlimtuneError(f"a peft prompt-tuning adapter holds prompt_embeddings only, this one has "
                                 f"{sorted(tensors)[:3]}")
