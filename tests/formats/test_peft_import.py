@@ -166,3 +166,52 @@ def test_an_adapter_for_another_model_is_refused(tmp_path, tiny_lm, other_tiny_m
                            "--out", str(tmp_path / "merged")])
     assert "model.layers.0.self_attn.q_proj" in err and "does not have" in err
     assert not (tmp_path / "merged").exists()
+
+
+def _rewrite_config(directory, **changes):
+    path = directory / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def _rewrite_tensors(directory, change):
+    path = directory / "adapter_model.safetensors"
+    tensors = load_file(str(path))
+    change(tensors)
+    save_file(tensors, str(path))
+
+
+BROKEN = {
+    "garbage tensors": (lambda d: (d / "adapter_model.safetensors").write_bytes(b"\x00" * 40), "cannot read tensors"),
+    "pickled weights only": (lambda d: ((d / "adapter_model.safetensors").rename(d / "adapter_model.bin")),
+                             "pickle, which slimtune never loads"),
+    "a factor missing": (lambda d: _rewrite_tensors(d, lambda t: t.pop(next(k for k in t if "lora_B" in k))),
+                         "needs ['lora_A', 'lora_B']"),
+    "a stray tensor": (lambda d: _rewrite_tensors(d, lambda t: t.update(extra=torch.zeros(1))), "unexpected tensor extra"),
+    "rank zero": (lambda d: _rewrite_config(d, r=0), "r: Input should be greater than 0"),
+    "a missing base": (lambda d: _rewrite_config(d, base_model_name_or_path="/no/such/model"), "does not exist"),
+    "per-module ranks": (lambda d: _rewrite_config(d, rank_pattern={"q_proj": 2}), "rank_pattern"),
+    "an unknown task type": (lambda d: _rewrite_config(d, task_type="SEQ_2_SEQ_LM"), "has no slimtune task"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN)
+def test_broken_peft_directories_are_one_line_errors(tmp_path, tiny_lm, capsys, case):
+    break_it, message = BROKEN[case]
+    make_peft_adapter(tiny_lm, "causal-lm", "lora", tmp_path / "peft")
+    break_it(tmp_path / "peft")
+    assert message in refusal(capsys, ["inspect", str(tmp_path / "peft")])
+    assert not list((tmp_path / "cache" / "peft-imports").glob("*/adapter_config.json"))  # nothing half-converted
+
+
+def test_eval_of_an_exported_run_equals_eval_of_the_run(tmp_path, tiny_model, capsys):
+    from tests.conftest import ner_sentences, write_conll
+
+    run = make_run(tiny_model, "ner", "lora", tmp_path / "run")
+    assert main(["export", "--adapter", str(run), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
+    data = write_conll(tmp_path / "dev.conll", ner_sentences(12, 5))
+    capsys.readouterr()
+    scores = []
+    for adapter in (run, tmp_path / "peft"):
+        assert main(["eval", "--adapter", str(adapter), "--data", data, "--json"]) == 0
+        scores.append(json.loads(capsys.readouterr().out))
+    assert scores[0] == scores[1]

@@ -175,9 +175,41 @@ def _task_and_labels(config: PeftConfigFile, sidecar: Sidecar | None, head: Head
     return task, [config.id2label[i] for i in range(len(config.id2label))]
 
 
+def _optional(model: type[BaseModel], path: Path):
+    return validated(model, _read_json(path), str(path)) if path.is_file() else None
+
+
+def _head_state(model, layout, tensors: dict, prefix: str, peft_dir: Path) -> dict[str, torch.Tensor]:
+    """The task model's head parameters by name: from peft's saved classifier (ner, SEQ_CLS), classifier_head
+    .safetensors (classify pooled otherwise), and the pooler when trained with the head (else the base's own).
+    Taken out of `tensors`, which keep the method's."""
+    from slimtune.adaptation import head_parameters
+
+    linear = model.head[-1]  # classify and ner heads: dropout, then this linear layer
+    state = {}
+    for name, param in head_parameters(model).items():
+        if name.startswith("backbone."):  # the pooler: a module to save, else the base's own
+            key = prefix + layout.peft_module(name.removeprefix("backbone."))
+            state[name] = tensors.pop(key) if key in tensors else param.detach().clone()
+    names = {part: n for n, p in model.named_parameters() for part in ("weight", "bias") if p is getattr(linear, part)}
+    if layout.head_name:
+        for part, name in names.items():
+            key = f"{prefix}{layout.head_name}.{part}"
+            if key not in tensors:
+                raise SlimtuneError(f"{peft_dir / PEFT_WEIGHTS}: no {key}: the classifier must be saved with the "
+                                    "adapter (modules_to_save)")
+            state[name] = tensors.pop(key)
+    else:
+        saved = _read_tensors(peft_dir / CLASSIFIER_HEAD)
+        if set(saved) != set(names):
+            raise SlimtuneError(f"{peft_dir / CLASSIFIER_HEAD}: expected tensors {' and '.join(sorted(names))}")
+        state.update({name: saved[part] for part, name in names.items()})
+    return state
+
+
 def convert_peft_dir(peft_dir: Path, model_spec: str | None, out: Path) -> None:
     """Write the slimtune run directory for the peft adapter in `peft_dir` into `out`."""
-    from slimtune.adaptation import attach, head_parameters, load_adapter_state
+    from slimtune.adaptation import attach, load_adapter_state
     from slimtune.adapter_files import run_config, save_adapter
     from slimtune.formats.peft_layout import peft_layout
     from slimtune.methods.registry import create_method
@@ -188,10 +220,7 @@ def convert_peft_dir(peft_dir: Path, model_spec: str | None, out: Path) -> None:
     raw = _read_json(where)
     config = validated(PeftConfigFile, raw, str(where))
     method_cls = mapping_method(config.peft_type, where)
-    sidecar = (validated(Sidecar, _read_json(peft_dir / SLIMTUNE_SIDECAR), str(peft_dir / SLIMTUNE_SIDECAR))
-               if (peft_dir / SLIMTUNE_SIDECAR).is_file() else None)
-    head_file = (validated(HeadFile, _read_json(peft_dir / CLASSIFIER_HEAD_JSON), str(peft_dir / CLASSIFIER_HEAD_JSON))
-                 if (peft_dir / CLASSIFIER_HEAD_JSON).is_file() else None)
+    sidecar, head_file = _optional(Sidecar, peft_dir / SLIMTUNE_SIDECAR), _optional(HeadFile, peft_dir / CLASSIFIER_HEAD_JSON)
     task_name, labels = _task_and_labels(config, sidecar, head_file, where)
     spec = model_spec or config.base_model_name_or_path or (sidecar.base_model if sidecar else None)
     if not spec:
@@ -203,33 +232,15 @@ def convert_peft_dir(peft_dir: Path, model_spec: str | None, out: Path) -> None:
     base_fingerprint = fingerprint(backbone.model)
     layout = peft_layout(task_name, backbone.model.config, len(labels), backbone.pooling)
     tensors = _read_tensors(peft_dir / PEFT_WEIGHTS)
-
     prefix = PROMPT_PREFIX if method_cls.peft_mapping.prompt_learning else TUNER_PREFIX
-    head_state = {}
-    if layout.head_name:
-        for part in ("weight", "bias"):
-            key = f"{prefix}{layout.head_name}.{part}"
-            if key not in tensors:
-                raise SlimtuneError(f"{peft_dir / PEFT_WEIGHTS}: no {key}: the classifier must be saved with the "
-                                    "adapter (modules_to_save)")
-            head_state[f"head.1.{part}"] = tensors.pop(key)
-    elif task_name == "classify":
-        head_tensors = _read_tensors(peft_dir / CLASSIFIER_HEAD)
-        if set(head_tensors) != {"weight", "bias"}:
-            raise SlimtuneError(f"{peft_dir / CLASSIFIER_HEAD}: expected tensors weight and bias")
-        head_state = {"head.1.weight": head_tensors["weight"], "head.1.bias": head_tensors["bias"]}
 
     model = task.build_model(backbone, labels)
-    for name, param in head_parameters(model).items():  # the pooler: a module to save, else the base's own
-        key = prefix + layout.peft_module(name.removeprefix("backbone."))
-        if name.startswith("backbone."):
-            head_state[name] = tensors.pop(key) if key in tensors else param.detach().clone()
+    head_state = _head_state(model, layout, tensors, prefix, peft_dir) if task_name != "causal-lm" else {}
     imported = method_cls.peft_mapping.import_(raw, tensors, layout, model.backbone, str(where))
     method = create_method(method_cls.name, imported.options)
     task.check_method(method)
     attach(model, method)
-    state = {**{f"backbone.{k}": v for k, v in imported.state.items()}, **head_state}
-    load_adapter_state(model, method, state)
+    load_adapter_state(model, method, {**{f"backbone.{k}": v for k, v in imported.state.items()}, **head_state})
     settings = {"scheme": (sidecar.scheme if sidecar else None) or "iob2"} if task_name == "ner" else {}
     run = run_config(task, method, spec, base_fingerprint, backbone, labels, settings)
     run["imported_from"] = {"format": "peft", "path": str(peft_dir.resolve()), "peft_type": config.peft_type}

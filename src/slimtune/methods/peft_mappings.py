@@ -232,6 +232,9 @@ class AdaLoRAPeftMapping(PeftMapping):
         for module, parts in sorted(group_by_module(tensors, ("lora_A", "lora_B", "lora_E"), "").items()):
             path = layout.backbone_module(module)
             layer = linear(backbone, path, layout)
+            if parts["lora_E"].dim() != 2:
+                raise SlimtuneError(f"{where}: {TUNER_PREFIX}{module}.lora_E must be [rank, 1], "
+                                    f"got shape {tuple(parts['lora_E'].shape)}")
             k = parts["lora_E"].shape[0]
             if k > f.init_r:
                 raise SlimtuneError(f"{where}: {module} has rank {k}, above init_r={f.init_r}")
