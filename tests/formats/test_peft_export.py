@@ -87,13 +87,14 @@ def test_exported_files_follow_peft(tmp_path, base_dirs):
     assert "base_model:" in card and "best_dev_accuracy: 0.7500" in card and "AutoModelForTokenClassification" in card
 
 
-@pytest.mark.parametrize("method", ["bitfit", "adapter"])
-def test_methods_peft_cannot_represent_are_refused(tmp_path, base_dirs, method, capsys):
+@pytest.mark.parametrize("method,instead", [("bitfit", "--format merged"), ("subspace", "--format merged"),
+                                            ("adapter", "slimtune serve"), ("prefix", "slimtune serve")])
+def test_methods_peft_cannot_represent_are_refused(tmp_path, base_dirs, method, instead, capsys):
     run = make_run(base_dirs["classify"], "classify", method, tmp_path / "run")
     code = main(["export", "--adapter", str(run), "--format", "peft", "--out", str(tmp_path / "peft")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err
-    assert f"peft has no form for method {method}" in err and "--format merged" in err
+    assert f"peft has no form for method {method}" in err and instead in err
     assert not (tmp_path / "peft").exists()
 
 

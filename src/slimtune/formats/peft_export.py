@@ -62,7 +62,9 @@ def peft_directory(loaded, run_dir: Path, model_spec: str | None = None) -> dict
     method, config = loaded.method, loaded.config
     mapping = method.peft_mapping
     if mapping is None:
-        raise SlimtuneError(f"peft has no form for method {method.name}; {MERGED_INSTEAD}")
+        instead = MERGED_INSTEAD if method.mergeable else (
+            "it cannot be merged either, so serve it with slimtune (`slimtune serve`, `predict`, `eval`)")
+        raise SlimtuneError(f"peft has no form for method {method.name}; {instead}")
     if config.get("base_quantize") or config.get("quantize"):
         raise SlimtuneError("an adapter tied to an int8 base has no peft form; export the fp32 run it came from")
     model, labels = loaded.model, loaded.labels
