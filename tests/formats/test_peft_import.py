@@ -215,3 +215,15 @@ def test_eval_of_an_exported_run_equals_eval_of_the_run(tmp_path, tiny_model, ca
         assert main(["eval", "--adapter", str(adapter), "--data", data, "--json"]) == 0
         scores.append(json.loads(capsys.readouterr().out))
     assert scores[0] == scores[1]
+
+
+def test_the_bundled_model_travels_by_its_hub_id(tmp_path):
+    """A run on the bundled MiniLM names it by its hub id, which slimtune maps back to the bundled copy offline."""
+    from slimtune.adapter_files import load_adapter
+
+    run = make_run("all-minilm-l6-v2", "classify", "lora", tmp_path / "run")
+    assert main(["export", "--adapter", str(run), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
+    original, imported = load_adapter(run), load_adapter(tmp_path / "peft")
+    assert imported.config["base_fingerprint"] == original.config["base_fingerprint"]

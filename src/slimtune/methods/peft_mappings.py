@@ -125,6 +125,9 @@ def _defaults(method) -> dict:
 
 
 class LoRAFields(PeftFields):
+    """Fields that change what a LoRA tensor means; target_modules, layers_to_transform and the like need no check,
+    as the tensors themselves name the adapted layers."""
+
     r: int = Field(gt=0)
     lora_alpha: float = Field(gt=0)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
@@ -135,7 +138,6 @@ class LoRAFields(PeftFields):
     lora_bias: Literal[False] = False
     rank_pattern: dict[str, int] | None = None
     alpha_pattern: dict[str, float] | None = None
-    layers_to_transform: None = None
     layer_replication: None = None
     trainable_token_indices: None = None
 
