@@ -9,7 +9,6 @@ import torch
 
 from tests.conftest import TASK_BATCHES, TASK_LABELS
 
-pytest.importorskip("peft")
 
 PROMPT_LENGTH = 3
 

@@ -20,7 +20,7 @@ from slimtune.atomic import write_json, write_safetensors
 from slimtune.errors import SlimtuneError
 from slimtune.formats.model_card import model_card
 from slimtune.formats.peft_layout import peft_layout
-from slimtune.methods.peft_mappings import PROMPT_PREFIX, TUNER_PREFIX
+from slimtune.methods.peft_mapping_base import PROMPT_PREFIX, TUNER_PREFIX
 from slimtune.models.loading import DEFAULT_MODEL, resolve_model_path
 
 PEFT_CONFIG = "adapter_config.json"

@@ -29,7 +29,7 @@ import slimtune
 from slimtune.errors import SlimtuneError
 from slimtune.formats.peft_export import CLASSIFIER_HEAD, CLASSIFIER_HEAD_JSON, PEFT_CONFIG, PEFT_WEIGHTS, SLIMTUNE_SIDECAR
 from slimtune.formats.peft_layout import POOLER_TASK_TYPE, TASK_TYPES
-from slimtune.methods.peft_mappings import PROMPT_PREFIX, TUNER_PREFIX, validated
+from slimtune.methods.peft_mapping_base import PROMPT_PREFIX, TUNER_PREFIX, validated
 
 PEFT_TASKS = {**{peft: task for task, peft in TASK_TYPES.items()}, POOLER_TASK_TYPE: "classify"}
 SOURCE_FILES = (PEFT_CONFIG, PEFT_WEIGHTS, SLIMTUNE_SIDECAR, CLASSIFIER_HEAD, CLASSIFIER_HEAD_JSON)
