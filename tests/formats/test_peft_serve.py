@@ -3,10 +3,11 @@ adapter is served in the shared-base LoRA batches like slimtune's own, predictin
 
 import pytest
 
-from tests.formats.test_peft_import import make_peft_adapter
-from tests.serve.conftest import make_adapter, running_server
-
 pytest.importorskip("peft")
+
+from tests.formats.test_peft_import import make_peft_adapter  # noqa: E402
+from tests.serve.conftest import make_adapter, running_server  # noqa: E402
+
 TOKEN = "peft-token"
 TEXTS = ["anna went to rome", "bob marley is of new york , and carla of paris"]
 
