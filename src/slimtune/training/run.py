@@ -17,6 +17,7 @@ from slimtune.methods.registry import create_method
 from slimtune.models.loading import fingerprint
 from slimtune.tasks import get_task
 from slimtune.training import distributed
+from slimtune.training.init_adapter import read_initial_adapter
 from slimtune.training.trainer import TrainConfig, Trainer
 
 
@@ -38,6 +39,7 @@ class TrainRequest:
     resume: bool = False
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
+    init_adapter: str | None = None  # start from this adapter's weights (training/init_adapter.py)
 
 
 def split_dev(rows: list, fraction: float, seed: int) -> tuple[list, list]:
@@ -77,6 +79,7 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     if out.exists() and (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
         raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
     task = get_task(request.task)
+    initial = read_initial_adapter(request) if request.init_adapter else None  # fills method options and base
     if request.quantize not in (None, *QUANTIZE_CHOICES):
         raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
     method = create_method(request.method, request.options)
@@ -96,12 +99,16 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
         keep = sorted(random.Random(cfg.seed).sample(range(len(train_rows)), request.max_train_examples))
         train_rows = [train_rows[i] for i in keep]
     labels = task.label_names(train_rows)
+    if initial:
+        labels = initial.check_labels(labels)
 
     backbone = task.load_backbone(request.model, request.pooling, request.max_length)
     base_fingerprint = fingerprint(backbone.model)
     torch.manual_seed(cfg.seed)
     model = task.build_model(backbone, labels)
     params = attach(model, method)
+    if initial and not request.resume:
+        initial.load_into(model, method, base_fingerprint)
     parameter_counts = count_parameters(model, params)  # before quantization turns frozen weights into buffers
     if request.quantize:
         quantize_frozen_linears(model.backbone)
