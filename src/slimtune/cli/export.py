@@ -7,8 +7,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "export", help="write an adapter as a PEFT adapter directory or a merged model",
         description="--format peft: a Hugging Face PEFT adapter directory (adapter_config.json, "
-                    "adapter_model.safetensors, README.md model card) that transformers + peft load, for lora, "
-                    "adalora and prompt runs. --format merged: the adapter folded into the base weights, a "
+                    "adapter_model.safetensors, README.md model card) that transformers + peft load, for the "
+                    "methods that have a peft form (`slimtune methods` names it). --format merged: the adapter folded into the base weights, a "
                     "standalone transformers model (the same as `slimtune merge`), for every mergeable method.")
     p.add_argument("--adapter", required=True, metavar="DIR", help="a slimtune run directory")
     p.add_argument("--format", required=True, choices=FORMATS)
