@@ -9,6 +9,7 @@ from slimtune.compression.dynamic_int8 import merge_for_inference
 from slimtune.compression.measure import forward_latency_ms, synthetic_batch, torch_save_bytes
 from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
+from slimtune.formats.peft_import import resolve_adapter_dir
 
 REPORT_FILE = "quantize_report.json"
 
@@ -19,6 +20,7 @@ def quantize_adapter(adapter_dir: str, out_dir: str, model_spec: str | None = No
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
+    adapter_dir = resolve_adapter_dir(adapter_dir, model_spec)  # a peft adapter directory, converted
     if read_config(adapter_dir).get("quantize"):
         raise SlimtuneError(f"{adapter_dir} is already quantized; give the fp32 run it came from")
     fp32 = load_adapter(adapter_dir, model_spec)
