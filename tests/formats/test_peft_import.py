@@ -127,6 +127,15 @@ def test_export_then_import_is_the_same_run(tmp_path, tiny_model):
     assert (a - b).abs().max() < 1e-5
 
 
+def test_an_exported_run_checks_its_base_by_fingerprint(tmp_path, tiny_model, other_tiny_model, capsys):
+    """Same module names and shapes, other weights: slimtune_config.json's fingerprint tells them apart."""
+    run = make_run(tiny_model, "ner", "lora", tmp_path / "run")
+    assert main(["export", "--adapter", str(run), "--format", "peft", "--out", str(tmp_path / "peft")]) == 0
+    err = refusal(capsys, ["merge", "--adapter", str(tmp_path / "peft"), "--model", other_tiny_model,
+                           "--out", str(tmp_path / "merged")])
+    assert "trained on another base model" in err
+
+
 def refusal(capsys, argv) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

@@ -4,7 +4,7 @@
 adapter_config.json has `peft_type`) into a slimtune run directory, once: the peft config is validated,
 the method whose `peft_mapping` has that `peft_type` is attached to the base model, the peft tensors are
 converted by the mapping and checked against the base's module names and shapes (an adapter made for
-another model is refused), and the result is saved as slimtune saves a run, under
+another model is refused; one slimtune exported is also checked by its base's fingerprint), and the result is saved as slimtune saves a run, under
 $SLIMTUNE_CACHE/peft-imports/<hash of the peft files and the base>/. Everything downstream (eval, predict,
 merge, inspect, serve, compare's reports) then reads an ordinary run directory.
 
@@ -53,6 +53,7 @@ class Sidecar(BaseModel):
     task: str
     labels: list[str]
     base_model: str | None = None
+    base_fingerprint: str | None = None
     pooling: str | None = None
     max_length: int | None = Field(default=None, gt=0)
     scheme: str | None = None
@@ -230,6 +231,9 @@ def convert_peft_dir(peft_dir: Path, model_spec: str | None, out: Path) -> None:
                or ("pooler" if config.task_type == POOLER_TASK_TYPE else None))
     backbone = task.load_backbone(spec, pooling=pooling, max_length=sidecar.max_length if sidecar else None)
     base_fingerprint = fingerprint(backbone.model)
+    if sidecar and sidecar.base_fingerprint not in (None, base_fingerprint):
+        raise SlimtuneError(f"{peft_dir} was trained on another base model (fingerprint {sidecar.base_fingerprint}); "
+                            f"{spec} does not match it")
     layout = peft_layout(task_name, backbone.model.config, len(labels), backbone.pooling)
     tensors = _read_tensors(peft_dir / PEFT_WEIGHTS)
     prefix = PROMPT_PREFIX if method_cls.peft_mapping.prompt_learning else TUNER_PREFIX
