@@ -32,7 +32,9 @@ def run(args) -> int:
     from slimtune.errors import SlimtuneError
     from slimtune.runs.run_directory import read_run
 
-    run_dir = read_run(Path(args.adapter))
+    from slimtune.runs.formats.peft_import import resolve_adapter_dir
+
+    run_dir = read_run(Path(resolve_adapter_dir(args.adapter)))  # a peft adapter directory, converted
     print(summary(run_dir.data, {name: math.prod(shape) for name, shape in run_dir.tensor_shapes.items()},
                   run_dir.adapter_bytes))
     if run_dir.config.method != "adalora":
@@ -45,7 +47,7 @@ def run(args) -> int:
     initial, target = run_dir.config.options["r"], run_dir.config.options["target_rank"]
     print()
     print(rank_table(rows, initial, target))
-    png = Path(args.png) if args.png else Path(args.adapter) / "ranks.png"
+    png = Path(args.png) if args.png else Path(given) / "ranks.png"
     write_heatmap(rows, initial, png, title=f"AdaLoRA final rank per matrix\n(initial {initial}, target mean {target})")
     print(f"\nheatmap written to {png}")
     return 0

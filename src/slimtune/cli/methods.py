@@ -12,7 +12,8 @@ def run(args) -> int:
 
     for name, cls in available_methods().items():
         merge = "mergeable" if cls.mergeable else "not mergeable"
-        print(f"{name:<12} {cls.summary}  [default lr {cls.default_lr:g}; {merge}]")
+        peft = f"; peft {cls.peft_mapping.peft_type}" if cls.peft_mapping else ""
+        print(f"{name:<12} {cls.summary}  [default lr {cls.default_lr:g}; {merge}{peft}]")
         for option, default, text in option_help(cls):
             print(f"    --set {f'{option}={default}':<24} {text}")
     return 0

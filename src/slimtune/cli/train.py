@@ -59,6 +59,8 @@ def register(sub) -> None:
     p.add_argument("--patience", type=int, default=3, help="evaluations without gain before stopping (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="checkpoint every N steps")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--init-adapter", metavar="DIR", help="start from this adapter's weights (a slimtune run or a "
+                   "peft adapter directory); it fixes the method options, labels and base")
     p.add_argument("--nproc", type=int, metavar="N", help="train data-parallel on N processes of this machine "
                    "(started by torchrun's launcher; one per GPU when there are GPUs)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
@@ -168,6 +170,7 @@ def run(args) -> int:
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
         overwrite=args.overwrite, base_int8=args.base_int8, config=config, flags=resolved_flags(args),
+        init_adapter=args.init_adapter,
     )
     summary = train(request)
     distributed.shutdown()  # on failure a rank just exits, and torchrun stops the others
@@ -183,7 +186,8 @@ def run_multitask(args, config: TrainConfig) -> int:
     from slimtune.tasks.multitask.specs import parse_task_specs, parse_weights
 
     given = [flag for flag, value in (("--train", args.train), ("--dev", args.dev), ("--text-col", args.text_col),
-                                      ("--label-col", args.label_col), ("--scheme", args.scheme)) if value]
+                                      ("--label-col", args.label_col), ("--scheme", args.scheme),
+                                      ("--init-adapter", args.init_adapter)) if value]
     if given:
         raise SlimtuneError(f"{', '.join(given)} does not apply to --task multi; give each task's files in --tasks")
     if args.nproc not in (None, 1):

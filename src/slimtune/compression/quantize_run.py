@@ -10,6 +10,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.models.int8_inference import merge_for_inference
 from slimtune.runs.adapter_files import ADAPTER_FILE, CONFIG_FILE, load_adapter, read_config
 from slimtune.runs.int8_keys import INFERENCE_INT8, inference_int8_of
+from slimtune.runs.formats.peft_import import resolve_adapter_dir
 
 REPORT_FILE = "quantize_report.json"
 
@@ -20,6 +21,7 @@ def quantize_adapter(adapter_dir: str, out_dir: str, model_spec: str | None = No
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
+    adapter_dir = resolve_adapter_dir(adapter_dir, model_spec)  # a peft adapter directory, converted
     if inference_int8_of(read_config(adapter_dir)):
         raise SlimtuneError(f"{adapter_dir} is already quantized; give the fp32 run it came from")
     fp32 = load_adapter(adapter_dir, model_spec)

@@ -16,6 +16,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.methods.peft_mappings import AdaLoRAPeftMapping
 from slimtune.methods.lora import default_targets
 from slimtune.methods.rank_budget import BudgetSchedule, keep_most_important, update_sensitivity
 from slimtune.models.folding import FoldableWrapper, set_merged
@@ -134,6 +135,7 @@ class AdaLoRAOptions:
 
 class AdaLoRA(Method):
     name = "adalora"
+    peft_mapping = AdaLoRAPeftMapping
     summary = "LoRA in SVD form whose rank budget moves to the most important matrices (mergeable)"
     Options = AdaLoRAOptions
     default_lr = 2e-3  # LoRA's measured rate; not swept for AdaLoRA

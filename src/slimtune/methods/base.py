@@ -43,6 +43,8 @@ class Method:
     # Whether the method computes with the wrapped layers' fp32 weight matrices (rather than calling the layers),
     # which an int8 frozen base (`--quantize int8`) does not keep.
     needs_float_base_weights: ClassVar[bool] = False
+    # How Hugging Face PEFT writes this method's adapter (a methods.peft_mappings.PeftMapping), None if it cannot.
+    peft_mapping: ClassVar[type | None] = None
 
     def __init__(self, options=None):
         self.options = options if options is not None else self.Options()

@@ -11,6 +11,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.methods.peft_mappings import LoRAPeftMapping
 from slimtune.models.folding import FoldableWrapper, set_merged
 from slimtune.models.surgery import find_linear_targets, replace_module, transformer_blocks
 
@@ -87,6 +88,7 @@ class LoRAOptions:
 
 class LoRA(Method):
     name = "lora"
+    peft_mapping = LoRAPeftMapping
     summary = "low-rank updates B·A added to chosen linear layers (mergeable)"
     Options = LoRAOptions
     default_lr = 2e-3  # measured: docs/results.md, "Choosing the defaults"

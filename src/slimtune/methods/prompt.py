@@ -25,6 +25,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.methods.peft_mappings import PromptPeftMapping
 
 INITS = ("vocab", "random")
 
@@ -107,6 +108,7 @@ class PromptOptions:
 
 class Prompt(Method):
     name = "prompt"
+    peft_mapping = PromptPeftMapping
     summary = "trained soft-prompt vectors put before every input (removed again from the outputs)"
     Options = PromptOptions
     default_lr = 3e-2

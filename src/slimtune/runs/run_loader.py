@@ -42,7 +42,9 @@ def load_adapter(run_dir, model_spec: str | None = None, quantize: str | None = 
     merges the adapter where it can and quantizes the encoder for CPU inference.
     `task_name` picks one task of a multi-task adapter, loaded as a single-task one.
     """
-    run = read_run(run_dir)
+    from slimtune.runs.formats.peft_import import resolve_adapter_dir
+
+    run = read_run(resolve_adapter_dir(run_dir, model_spec))  # a peft adapter directory becomes a run directory
     view = run.view(task_name)
     config = view.config
     scheme = quantize or config.inference_int8_scheme

@@ -10,7 +10,8 @@ from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
 from slimtune.runs.adapter_files import run_config, save_adapter
 from slimtune.runs.int8_keys import BASE_INT8
-from slimtune.runs.prepare import prepare_run, read_split
+from slimtune.runs.init_adapter import read_initial_adapter
+from slimtune.runs.prepare import build_run, check_output_dir, prepare_training, read_split
 from slimtune.tasks import get_task
 from slimtune.training import distributed
 from slimtune.training.batch_source import FeatureBatches
@@ -36,6 +37,7 @@ class TrainRequest:
     overwrite: bool = False
     config: TrainConfig = field(default_factory=TrainConfig)
     flags: dict | None = None  # the command line's resolved flags, saved as train_config.yaml to rerun the run
+    init_adapter: str | None = None  # start from this adapter's weights (runs/init_adapter.py)
 
 
 class PeakMemory:
@@ -56,6 +58,8 @@ class SingleTask:
 
     def __init__(self, request: TrainRequest):
         self.request, self.task = request, get_task(request.task)
+        # fills the request's method options and base from the adapter it starts from
+        self.initial = read_initial_adapter(request) if request.init_adapter else None
 
     def create_method(self):
         method = create_method(self.request.method, self.request.options)
@@ -67,6 +71,8 @@ class SingleTask:
         self.train_rows, self.dev_rows = read_split(self.task, r.train_path, r.dev_path, r.read_options,
                                                     r.dev_fraction, r.max_train_examples, seed)
         self.labels = self.task.label_names(self.train_rows)
+        if self.initial:
+            self.labels = self.initial.check_labels(self.labels)
 
     def load_backbone(self):
         return self.task.load_backbone(self.request.model, self.request.pooling, self.request.max_length)
@@ -90,7 +96,11 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     ranks = distributed.from_environment()
     out = Path(request.out_dir)
     kind = SingleTask(request)
-    prepared = prepare_run(kind, out, request.config, request.base_int8, request.resume, request.overwrite, ranks)
+    check_output_dir(out, request.resume, request.overwrite)
+    built = build_run(kind, request.config, request.base_int8)
+    if kind.initial and not request.resume:
+        kind.initial.load_into(built.model, built.method, built.base_fingerprint)
+    prepared = prepare_training(built, ranks)
     built, task, method, cfg = prepared.built, kind.task, prepared.built.method, prepared.built.config
     settings = {**task.run_settings(kind.train_rows),
                 **({BASE_INT8: request.base_int8} if request.base_int8 else {})}

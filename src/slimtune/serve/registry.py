@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimtune.runs.formats.peft_import import resolve_adapter_dir
 from slimtune.errors import SlimtuneError
 from slimtune.methods.lora import LoRA
 from slimtune.models.int8_inference import INFERENCE_INT8_CHOICES, quantize_int8
@@ -146,7 +147,7 @@ class AdapterRegistry:
     def served_tasks(self, name: str, run_dir: Path) -> list[tuple[str, str | None]]:
         """(served name, task name) for each adapter a directory holds: NAME.TASK per task of a multi-task one."""
         try:
-            config = read_config(Path(run_dir))
+            config = read_config(resolve_adapter_dir(run_dir))  # a peft adapter directory, converted
         except SlimtuneError as e:
             raise AdapterRefused(str(e)) from None
         return [(f"{name}.{task}", task) for task in config["tasks"]] if is_multi(config) else [(name, None)]
@@ -163,6 +164,7 @@ class AdapterRegistry:
             raise AdapterRefused(f"{run_dir}: not a usable adapter ({type(e).__name__}: {e})") from None
 
     def _prepare(self, name: str, run_dir: Path, merge: bool, task_name: str | None) -> ServedAdapter:
+        run_dir = resolve_adapter_dir(run_dir)  # a peft adapter directory becomes a run directory
         full_config = read_config(run_dir)
         check_task_name(full_config, task_name, run_dir)
         config = task_config(full_config, task_name) if is_multi(full_config) else full_config

@@ -1,0 +1,30 @@
+"""`slimtune export`: an adapter in another tool's format: a Hugging Face PEFT adapter directory, or merged."""
+
+FORMATS = ("peft", "merged")
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write an adapter as a PEFT adapter directory or a merged model",
+        description="--format peft: a Hugging Face PEFT adapter directory (adapter_config.json, "
+                    "adapter_model.safetensors, README.md model card) that transformers + peft load, for the "
+                    "methods that have a peft form (`slimtune methods` names it). --format merged: the adapter folded into the base weights, a "
+                    "standalone transformers model (the same as `slimtune merge`), for every mergeable method.")
+    p.add_argument("--adapter", required=True, metavar="DIR", help="a slimtune run directory")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory")
+    p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
+    p.add_argument("--task-name", metavar="NAME", help="the task to export of a multi-task adapter")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    if args.format == "merged":
+        from slimtune.cli import merge
+
+        return merge.run(args)
+    from slimtune.runs.formats.peft_export import export_peft
+
+    out = export_peft(args.adapter, args.out, args.model, args.task_name)
+    print(f"peft adapter written to {out}")
+    return 0
