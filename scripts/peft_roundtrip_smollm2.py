@@ -39,7 +39,7 @@ def roundtrip(run_dir: str, out: Path, prompts: list[str], max_new_tokens: int) 
 
     from slimtune.runs.adapter_files import load_adapter
     from slimtune.runs.formats.peft_export import export_peft
-    from slimtune.generation import GenerationOptions, chat_prompt_ids, generate_ids
+    from slimtune.tasks.generation import GenerationOptions, chat_prompt_ids, generate_ids
 
     export_peft(run_dir, out)
     config = json.loads((out / "adapter_config.json").read_text())

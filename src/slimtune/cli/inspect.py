@@ -34,7 +34,8 @@ def run(args) -> int:
 
     from slimtune.runs.formats.peft_import import resolve_adapter_dir
 
-    run_dir = read_run(Path(resolve_adapter_dir(args.adapter)))  # a peft adapter directory, converted
+    given = args.adapter
+    run_dir = read_run(Path(resolve_adapter_dir(given)))  # a peft adapter directory, converted
     print(summary(run_dir.data, {name: math.prod(shape) for name, shape in run_dir.tensor_shapes.items()},
                   run_dir.adapter_bytes))
     if run_dir.config.method != "adalora":

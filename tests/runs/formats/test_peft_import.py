@@ -241,6 +241,6 @@ def test_the_bundled_model_travels_by_its_hub_id(tmp_path):
 def test_quantize_and_merge_take_a_peft_directory(tmp_path, tiny_model):
     make_peft_adapter(tiny_model, "ner", "lora", tmp_path / "peft")
     assert main(["quantize", "--adapter", str(tmp_path / "peft"), "--out", str(tmp_path / "int8")]) == 0
-    assert json.loads((tmp_path / "int8" / "adapter_config.json").read_text())["quantize"] == "int8"
+    assert json.loads((tmp_path / "int8" / "adapter_config.json").read_text())["inference_int8"] == "int8"
     assert main(["merge", "--adapter", str(tmp_path / "peft"), "--out", str(tmp_path / "merged")]) == 0
     assert (tmp_path / "merged" / "config.json").is_file()

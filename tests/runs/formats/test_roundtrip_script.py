@@ -10,7 +10,7 @@ from tests.runs.formats.conftest import make_run
 from tests.tiny_llama import instruction_rows
 
 pytest.importorskip("peft")
-SCRIPT = Path(__file__).parents[2] / "scripts" / "peft_roundtrip_smollm2.py"
+SCRIPT = Path(__file__).parents[3] / "scripts" / "peft_roundtrip_smollm2.py"
 
 
 @pytest.mark.parametrize("method", ["lora", "prompt"])
