@@ -18,10 +18,10 @@ def run(args) -> int:
     from slimtune.adapter_files import load_adapter
     from slimtune.errors import SlimtuneError
     from slimtune.models.surgery import unwrap
+    from slimtune.ownership import check_out, new_output
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
+    check_out(out, overwrite=False, hint="; choose a new directory")
     loaded = load_adapter(args.adapter, args.model, task_name=args.task_name)
     if loaded.config.get("base_quantize"):
         raise SlimtuneError(f"{args.adapter} was trained on an {loaded.config['base_quantize']} base, whose weights "
@@ -30,6 +30,7 @@ def run(args) -> int:
         raise SlimtuneError(f"method {loaded.method.name} adds computation that cannot be folded into the base")
     loaded.method.merge(loaded.model.backbone)
     unwrap(loaded.model.backbone)
-    loaded.task.save_merged(loaded, out)
+    with new_output(out, "merge") as tmp:  # written beside --out, then swapped in whole
+        loaded.task.save_merged(loaded, tmp)
     print(f"merged model written to {out}")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import slimtune
-from slimtune.adapter_files import ADAPTER_FILE, save_adapter
+from slimtune.adapter_files import save_adapter
 from slimtune.atomic import write_json
 from slimtune.compression.int8 import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.errors import SlimtuneError
@@ -23,6 +23,7 @@ from slimtune.multitask.sampling import MultiTaskBatches, task_probabilities
 from slimtune.multitask.specs import TaskSpec
 from slimtune.tasks import get_task
 from slimtune.training.run import count_parameters, split_dev
+from slimtune.training.run_dir import check_run_out, commit_run, config_settings, data_identity, open_work_dir
 from slimtune.training.trainer import TrainConfig, Trainer
 
 WEIGHTS_PLOT = "task_weights.png"
@@ -74,8 +75,6 @@ def read_task_data(spec: TaskSpec, request: MultiTrainRequest) -> TaskData:
 
 def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
     out, cfg = Path(request.out_dir), request.config
-    if (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
-        raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
     if request.loss_weights not in LOSS_WEIGHTINGS:
         raise SlimtuneError(f"unknown loss weighting {request.loss_weights!r}; "
                             f"choose from {', '.join(LOSS_WEIGHTINGS)}")
@@ -86,6 +85,7 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
                             "train it on one process")
     if request.quantize not in (None, *QUANTIZE_CHOICES):
         raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
+    check_run_out(out, request.resume, request.overwrite)
     data = {spec.name: read_task_data(spec, request) for spec in request.tasks}
     names = list(data)
     tasks = {name: d.task for name, d in data.items()}
@@ -118,7 +118,9 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
     objective = MultiTask(tasks, weights)
     prepare(method, model, source, objective)
 
-    trainer = Trainer(model, method, objective, params, cfg, out, pad_id, labels)
+    work = open_work_dir(out, request.resume)
+    trainer = Trainer(model, method, objective, params, cfg, work, pad_id, labels)
+    trainer.run_settings = run_settings(request, method, backbone, base_fingerprint)
     if request.loss_weights == "learned":
         trainer.own_lr[id(weights.log_vars)] = request.loss_weights_lr
     trainer.step_callbacks.append(lambda progress: append_record(trainer.metrics_path,
@@ -136,8 +138,8 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
         "tasks": {n: {"task": d.task.name, "labels": d.labels, **d.task.run_settings(d.train_rows)}
                   for n, d in data.items()},
     }
-    adapter_path = save_adapter(out, model, method, config)
-    plotted = plot_task_weights(trainer.metrics_path, out / WEIGHTS_PLOT,
+    adapter_path = save_adapter(work, model, method, config)
+    plotted = plot_task_weights(trainer.metrics_path, work / WEIGHTS_PLOT,
                                 f"{request.loss_weights} task weights ({method.name}, {request.sharing})")
     summary.update(parameter_counts, model_weight_bytes=weight_bytes(model), quantize=request.quantize)
     best = next((h for h in summary["history"] if h["step"] == summary["best_step"]), {})
@@ -148,14 +150,28 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
                     "dev_examples": {n: len(f) for n, f in dev_features.items()},
                     "task_batches_per_epoch": source.counts, "final_task_weights": weights.weights(), "lr": cfg.lr,
                     "weights_plot": str(out / WEIGHTS_PLOT) if plotted else None})
-    write_json(out / "metrics.json", summary)
-    write_json(out / "train_config.json", {
+    write_json(work / "metrics.json", summary)
+    write_json(work / "train_config.json", {
         **cfg.__dict__, "tasks": [spec.__dict__ for spec in request.tasks], "options": request.options,
         "sharing": request.sharing, "sampling": request.sampling, "temperature": request.temperature,
         "loss_weights": request.loss_weights, "loss_weights_lr": request.loss_weights_lr,
         "fixed_weights": request.fixed_weights, "max_train_examples": request.max_train_examples,
         "quantize": request.quantize})
+    commit_run(work, out)
     return summary
+
+
+def run_settings(request: MultiTrainRequest, method, backbone, base_fingerprint: str) -> dict:
+    """Everything that determines the run, recorded in its checkpoints: a resume must match it."""
+    tasks = [{**spec.__dict__, "train": data_identity(spec.train), "dev": data_identity(spec.dev)}
+             for spec in request.tasks]
+    return {"tasks": tasks, "method": method.name, "options": method.options_dict(), "model": request.model,
+            "base_fingerprint": base_fingerprint, "sharing": request.sharing, "sampling": request.sampling,
+            "temperature": request.temperature, "loss_weights": request.loss_weights,
+            "loss_weights_lr": request.loss_weights_lr, "fixed_weights": request.fixed_weights,
+            "max_train_examples": request.max_train_examples, "dev_fraction": request.dev_fraction,
+            "max_length": backbone.max_length, "pooling": backbone.pooling, "quantize": request.quantize,
+            **config_settings(request.config)}
 
 
 def prepare(method, model: MultiTaskModel, source: MultiTaskBatches, objective: MultiTask) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from slimtune.adaptation import attach
-from slimtune.adapter_files import ADAPTER_FILE, run_config, save_adapter
+from slimtune.adapter_files import run_config, save_adapter
 from slimtune.atomic import write_json
 from slimtune.compression.int8 import QUANTIZE_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.data.batching import length_grouped_batches, pad_batch, to_device
@@ -16,7 +16,9 @@ from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import fingerprint
 from slimtune.tasks import get_task
+from slimtune.ownership import work_dir_for
 from slimtune.training import distributed
+from slimtune.training.run_dir import check_run_out, commit_run, config_settings, data_identity, open_work_dir
 from slimtune.training.trainer import TrainConfig, Trainer
 
 
@@ -74,8 +76,8 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     """Train and save; under torchrun every rank calls this, and only rank 0 writes the run directory."""
     ranks = distributed.from_environment()
     out = Path(request.out_dir)
-    if out.exists() and (out / ADAPTER_FILE).exists() and not (request.resume or request.overwrite):
-        raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
+    if ranks.is_main:
+        check_run_out(out, request.resume, request.overwrite)
     task = get_task(request.task)
     if request.quantize not in (None, *QUANTIZE_CHOICES):
         raise SlimtuneError(f"unknown --quantize {request.quantize!r}; choose from {list(QUANTIZE_CHOICES)}")
@@ -118,7 +120,10 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     method.prepare(model, (to_device(pad_batch([train_features[i] for i in b], pad_id), ranks.device) for b in order),
                    task.loss)
     prepare_seconds = time.perf_counter() - started
-    trainer = Trainer(model, method, task, params, cfg, out, pad_id, labels, ranks)
+    work = open_work_dir(out, request.resume) if ranks.is_main else work_dir_for(out)
+    ranks.barrier()  # the other ranks read the work directory rank 0 has just prepared
+    trainer = Trainer(model, method, task, params, cfg, work, pad_id, labels, ranks)
+    trainer.run_settings = run_settings(request, method, backbone, base_fingerprint)
     peak_rss = PeakMemory()
     trainer.step_callbacks.extend([peak_rss, *step_callbacks])
     summary = trainer.fit(train_features, dev_features, resume=request.resume)
@@ -128,14 +133,24 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
                    processes=ranks.world_size)
     if not ranks.is_main:
         return summary
-    adapter_path = save_adapter(out, model, method, config)
+    adapter_path = save_adapter(work, model, method, config)
     summary.update({"prepare_seconds": round(prepare_seconds, 2), "adapter_bytes": adapter_path.stat().st_size,
                     "train_examples": len(train_features), "dev_examples": len(dev_features), "lr": cfg.lr,
                     "method": method.name, "task": task.name})
-    write_json(out / "metrics.json", summary)
-    write_json(out / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
-                                           "dev": request.dev_path, "options": request.options})
+    write_json(work / "metrics.json", summary)
+    write_json(work / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
+                                            "dev": request.dev_path, "options": request.options})
+    commit_run(work, out)
     return summary
+
+
+def run_settings(request: TrainRequest, method, backbone, base_fingerprint: str) -> dict:
+    """Everything that determines the run, recorded in its checkpoints: a resume must match it."""
+    return {"task": request.task, "method": method.name, "options": method.options_dict(), "model": request.model,
+            "base_fingerprint": base_fingerprint, "train_data": data_identity(request.train_path),
+            "dev_data": data_identity(request.dev_path), "max_train_examples": request.max_train_examples,
+            "dev_fraction": request.dev_fraction, "max_length": backbone.max_length, "pooling": backbone.pooling,
+            "read_options": request.read_options, "quantize": request.quantize, **config_settings(request.config)}
 
 
 def describe(summary: dict, metric: str) -> str:
