@@ -118,9 +118,10 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
     objective = MultiTask(tasks, weights)
     prepare(method, model, source, objective)
 
-    work = open_work_dir(out, request.resume)
+    settings = run_settings(request, method, backbone, base_fingerprint)
+    work = open_work_dir(out, request.resume, settings)
     trainer = Trainer(model, method, objective, params, cfg, work, pad_id, labels)
-    trainer.run_settings = run_settings(request, method, backbone, base_fingerprint)
+    trainer.run_settings = settings
     if request.loss_weights == "learned":
         trainer.own_lr[id(weights.log_vars)] = request.loss_weights_lr
     trainer.step_callbacks.append(lambda progress: append_record(trainer.metrics_path,

@@ -120,10 +120,11 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     method.prepare(model, (to_device(pad_batch([train_features[i] for i in b], pad_id), ranks.device) for b in order),
                    task.loss)
     prepare_seconds = time.perf_counter() - started
-    work = open_work_dir(out, request.resume) if ranks.is_main else work_dir_for(out)
+    settings = run_settings(request, method, backbone, base_fingerprint)
+    work = open_work_dir(out, request.resume, settings) if ranks.is_main else work_dir_for(out)
     ranks.barrier()  # the other ranks read the work directory rank 0 has just prepared
     trainer = Trainer(model, method, task, params, cfg, work, pad_id, labels, ranks)
-    trainer.run_settings = run_settings(request, method, backbone, base_fingerprint)
+    trainer.run_settings = settings
     peak_rss = PeakMemory()
     trainer.step_callbacks.extend([peak_rss, *step_callbacks])
     summary = trainer.fit(train_features, dev_features, resume=request.resume)

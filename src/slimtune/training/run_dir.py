@@ -13,7 +13,7 @@ from pathlib import Path
 from slimtune.errors import SlimtuneError
 from slimtune.ownership import (BUILDING, check_out, clean_leftovers, commit, is_empty, mark, read_marker, recover,
                                 remove_owned, work_dir_for)
-from slimtune.training.checkpoint import has_checkpoint
+from slimtune.training.checkpoint import check_settings, has_checkpoint
 
 CHECKPOINT = "checkpoint"
 LOG = "metrics.jsonl"
@@ -42,12 +42,17 @@ def check_run_out(out: Path, resume: bool, overwrite: bool) -> None:
                             "or --overwrite to start again")
 
 
-def open_work_dir(out: Path, resume: bool) -> Path:
+def open_work_dir(out: Path, resume: bool, settings: dict) -> Path:
     """The marked directory this run trains in (after `check_run_out`): the interrupted one when resuming it,
-    else a new one, holding a copy of the committed run's checkpoint and log when resuming that."""
+    else a new one, holding a copy of the committed run's checkpoint and log when resuming that.
+
+    A resume whose `settings` differ from those its checkpoint records is refused before anything is written.
+    """
     out = Path(out)
     work = work_dir_for(out)
     clean_leftovers(out)
+    if resume:
+        check_settings((work if interrupted(work) else out) / CHECKPOINT, settings)
     if resume and interrupted(work):
         return work
     if work.exists():

@@ -22,7 +22,7 @@ from slimtune.adaptation import adapter_state, load_adapter_state
 from slimtune.data.batching import to_device
 from slimtune.errors import SlimtuneError
 from slimtune.training.batch_source import BatchSource, FeatureBatches
-from slimtune.training.checkpoint import Progress, check_settings, has_checkpoint, load_checkpoint, save_checkpoint
+from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 from slimtune.training.distributed import Ranks
 
 
@@ -78,7 +78,7 @@ class Trainer:
         self.pad_id, self.labels = pad_id, labels
         self.step_callbacks: list[Callable[[Progress], None]] = []  # called after each optimizer step
         self.own_lr: dict[int, float] = {}  # id(param) → its own peak learning rate, no weight decay
-        self.run_settings: dict = {}  # what determines the run: saved with each checkpoint, matched on resume
+        self.run_settings: dict = {}  # what determines the run: saved with each checkpoint (see run_dir.py)
         self.checkpoint_dir = self.run_dir / "checkpoint"
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
@@ -132,7 +132,6 @@ class Trainer:
         if resume:
             if not has_checkpoint(self.checkpoint_dir):
                 raise SlimtuneError(f"{self.run_dir}: no checkpoint to resume from")
-            check_settings(self.checkpoint_dir, self.run_settings)
             progress, trainable, best_state = load_checkpoint(self.checkpoint_dir, optimizer, scheduler,
                                                               self.ranks.rank)
             load_adapter_state(self.model, self.method, trainable)
