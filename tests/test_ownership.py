@@ -38,6 +38,8 @@ def test_out_rules(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SlimtuneError, match="is a file"):
         check_out(tmp_path / "file", overwrite=True)
+    with pytest.raises(SlimtuneError, match="file is a file, not a directory"):
+        check_out(tmp_path / "file" / "sub" / "out", overwrite=False)
     _output(tmp_path / "run", "old")
     with pytest.raises(SlimtuneError, match="already holds a slimtune output; pass --overwrite"):
         check_out(tmp_path / "run", overwrite=False)

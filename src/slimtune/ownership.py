@@ -44,15 +44,11 @@ def read_marker(directory: Path) -> dict | None:
     return marker if isinstance(marker, dict) and isinstance(marker.get("kind"), str) else None
 
 
-def mark(directory: Path, kind: str, state: str = COMPLETE, run_id: str | None = None) -> dict:
-    marker = {"kind": kind, "run_id": run_id or uuid.uuid4().hex, "state": state,
+def mark(directory: Path, kind: str, state: str = COMPLETE) -> dict:
+    marker = {"kind": kind, "run_id": uuid.uuid4().hex, "state": state,
               "host": socket.gethostname(), "pid": os.getpid()}
     write_json(Path(directory) / MARKER, marker)
     return marker
-
-
-def set_state(directory: Path, state: str) -> None:
-    write_json(Path(directory) / MARKER, {**read_marker(directory), "state": state})
 
 
 def is_empty(directory: Path) -> bool:
@@ -66,6 +62,11 @@ def check_out(out: Path, overwrite: bool, hint: str = "; pass --overwrite to rep
     refused whatever the flags.
     """
     out = Path(out)
+    writable = next(p for p in out.absolute().parents if p.exists())  # outputs are built beside `out`
+    if not writable.is_dir():
+        raise SlimtuneError(f"{out}: {writable} is a file, not a directory")
+    if not os.access(writable, os.W_OK | os.X_OK):
+        raise SlimtuneError(f"{out}: cannot write in {writable} (permission denied)")
     recover(out)
     if not out.exists():
         return False
