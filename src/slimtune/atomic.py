@@ -35,8 +35,12 @@ def _write(path: Path, write) -> None:
         raise
 
 
+def write_text(path: Path, text: str) -> None:
+    _write(path, lambda tmp: tmp.write_text(text))
+
+
 def write_json(path: Path, data) -> None:
-    _write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:

@@ -107,3 +107,13 @@ def test_resume_after_overwrite_with_other_settings_is_refused(tiny_model, toy_d
         train(_request(tiny_model, other, tmp_path / "run", resume=True, seed=9))
     kept = load_file(tmp_path / "run" / "adapter.safetensors")  # the previous run, whole
     assert kept.keys() == previous.keys() and all(torch.equal(kept[k], previous[k]) for k in kept)
+
+
+def test_a_torn_last_log_line_of_a_killed_run_is_dropped_on_resume(tiny_model, toy_data, tmp_path):
+    train(_request(tiny_model, toy_data, tmp_path / "whole"))
+    _interrupted(tiny_model, toy_data, tmp_path / "run")
+    with open(work_dir_for(tmp_path / "run") / "metrics.jsonl", "a") as log:
+        log.write('{"type": "train", "st')  # the append a kill -9 cut short
+    train(_request(tiny_model, toy_data, tmp_path / "run", resume=True))
+    strip = lambda run: [l.split('"lr"')[0] for l in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+    assert strip("run") == strip("whole")

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from slimtune.adaptation import adapter_state, load_adapter_state
+from slimtune.atomic import write_text
 from slimtune.data.batching import to_device
 from slimtune.errors import SlimtuneError
 from slimtune.training.batch_source import BatchSource, FeatureBatches
@@ -98,10 +99,20 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _trim_log(self, step: int) -> None:
-        """Drop records written after the checkpoint we resume from, so the log reads as one run."""
+        """Drop records written after the checkpoint we resume from, so the log reads as one run.
+
+        A process killed mid-append leaves a torn last line; it is dropped with the rest after `step`.
+        """
         if self.metrics_path.exists():
-            kept = [l for l in self.metrics_path.read_text().splitlines() if json.loads(l)["step"] <= step]
-            self.metrics_path.write_text("".join(l + "\n" for l in kept))
+            kept = []
+            for line in self.metrics_path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    break
+                if record["step"] <= step:
+                    kept.append(line)
+            write_text(self.metrics_path, "".join(l + "\n" for l in kept))
 
     def evaluate(self, dev_features: list[dict] | dict[str, list[dict]]) -> dict:
         """Dev metrics; with several ranks each runs its share of the rows and all score the gathered outputs.
