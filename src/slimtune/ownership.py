@@ -11,7 +11,8 @@ trash name and removed (contents first, marker last). A kill -9 at any instant l
 one in place, never a mix. Where the exchange is unsupported (another OS or file system) the swap is two renames;
 a kill between them leaves the complete new output under its temporary name, which `recover` (run before an
 output is next checked) renames into place. Leftover temporary and trash directories of a dead slimtune process
-are recognised by their marker and removed by `clean_leftovers`.
+are recognised by their marker and removed by `clean_leftovers`; inside a marked directory every temporary name
+is slimtune's, and those a kill left there are removed before the directory is committed.
 """
 
 import ctypes
@@ -111,6 +112,7 @@ def commit(tmp: Path, final: Path) -> None:
     """Swap the fully written marked directory `tmp` into `final` in one step; a previous output there
     (which the caller has checked is slimtune's) is removed afterwards."""
     tmp, final = Path(tmp), Path(final)
+    _remove_temporaries(tmp)
     empty = not final.exists() or (final.is_dir() and is_empty(final))
     previous = None if empty else read_marker(final)
     write_json(tmp / MARKER, {**read_marker(tmp), "state": COMPLETE, "replaces": previous and previous["run_id"]})
@@ -185,6 +187,14 @@ def remove_owned(directory: Path) -> None:
             child.unlink()
     (directory / MARKER).unlink()
     directory.rmdir()
+
+
+def _remove_temporaries(directory: Path) -> None:
+    """Inside a marked directory everything is slimtune's: drop the temporaries a killed process left there
+    (a half-written file's `.NAME.slimtune-tmp-*`, an unfinished checkpoint directory) before committing it."""
+    for child in directory.iterdir():
+        if _TMP in child.name or _TRASH in child.name:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def _to_trash(directory: Path, final: Path) -> Path:

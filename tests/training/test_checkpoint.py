@@ -87,7 +87,8 @@ def test_no_source_file_unpickles():
             assert "weights_only=True" in call, (path, call)
 
 
-@pytest.mark.parametrize("change, key", [({"lr": 1e-3}, "lr"), ({"seed": 8}, "seed"), ({"batch_size": 16}, "batch_size")])
+@pytest.mark.parametrize("change, key", [({"lr": 1e-3}, "lr"), ({"seed": 8}, "seed"),
+                                         ({"batch_size": 16}, "batch_size")])
 def test_resume_with_other_settings_is_refused_naming_them(tiny_model, toy_data, tmp_path, change, key):
     _interrupted(tiny_model, toy_data, tmp_path / "run")
     with pytest.raises(SlimtuneError, match=rf"other settings than the checkpoint's \({key}: "):

@@ -69,7 +69,6 @@ def open_work_dir(out: Path, resume: bool, settings: dict) -> Path:
 
 def commit_run(work: Path, out: Path) -> None:
     """Make the finished run in `work` the content of `out`, replacing only a previous slimtune run."""
-    clean_leftovers(work / CHECKPOINT)
     check_out(out, overwrite=True)
     commit(work, out)
 
