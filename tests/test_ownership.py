@@ -126,9 +126,13 @@ def test_new_output_removes_its_temporary_directory_on_error(tmp_path):
     with new_output(tmp_path / "out", "merge") as tmp:
         (tmp / "model.bin").write_bytes(b"x")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "model.bin"]
-    with pytest.raises(SlimtuneError, match="already holds a slimtune output; choose a new directory"):
+    with pytest.raises(SlimtuneError, match="already holds a slimtune output; pass --overwrite"):
         with new_output(tmp_path / "out", "merge"):
             pass
+    with new_output(tmp_path / "out", "merge", overwrite=True) as tmp:
+        (tmp / "model2.bin").write_bytes(b"y")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [MARKER, "model2.bin"]
 
 
 def test_atomic_writes_leave_a_users_tmp_file_alone(tmp_path):

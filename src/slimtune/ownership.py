@@ -93,15 +93,15 @@ def temp_dir_for(final: Path, kind: str) -> Path:
 
 
 @contextmanager
-def new_output(final: Path, kind: str):
-    """Build a new output (`with new_output(out, "merge") as tmp:` write into tmp) and commit it to `final`,
-    which must be missing or empty, before and after; on any error the temporary directory is removed."""
-    hint = "; choose a new directory"
-    check_out(final, overwrite=False, hint=hint)
+def new_output(final: Path, kind: str, overwrite: bool = False):
+    """Build an output (`with new_output(out, "merge") as tmp:` write into tmp) and commit it to `final`, which
+    must be missing, empty or (with `overwrite`) a previous slimtune output, before and after; on any error the
+    temporary directory is removed."""
+    check_out(final, overwrite)
     tmp = temp_dir_for(final, kind)
     try:
         yield tmp
-        check_out(final, overwrite=False, hint=hint)  # still free after the work
+        check_out(final, overwrite)  # still free after the work
     except BaseException:
         remove_owned(tmp)
         raise

@@ -97,7 +97,13 @@ def test_outputs_leave_the_users_siblings_alone_and_refuse_the_users_out(tiny_mo
     assert json.loads((out / MARKER).read_text())["kind"] == command
     assert {name: _listing(tmp_path / name) for name in siblings} == siblings
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "x.old", "x.tmp"]
-    assert "already holds a slimtune output" in _error(capsys, [*argv, "--out", str(out)])
+    assert "already holds a slimtune output; pass --overwrite" in _error(capsys, [*argv, "--out", str(out)])
+    first = json.loads((out / MARKER).read_text())["run_id"]
+    assert main([*argv, "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / MARKER).read_text())["run_id"] != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x", "x.old", "x.tmp"]
+    capsys.readouterr()
     mine = _users_files(tmp_path / "mine")
-    assert "holds files slimtune did not write" in _error(capsys, [*argv, "--out", str(tmp_path / "mine")])
+    for flags in ([], ["--overwrite"]):
+        assert "holds files slimtune did not write" in _error(capsys, [*argv, "--out", str(tmp_path / "mine"), *flags])
     assert _listing(tmp_path / "mine") == mine

@@ -9,6 +9,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--task-name", metavar="NAME", help="the task to use of a multi-task adapter")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune output in --out")
     p.set_defaults(handler=run)
 
 
@@ -21,7 +22,7 @@ def run(args) -> int:
     from slimtune.ownership import check_out, new_output
 
     out = Path(args.out)
-    check_out(out, overwrite=False, hint="; choose a new directory")
+    check_out(out, args.overwrite)
     loaded = load_adapter(args.adapter, args.model, task_name=args.task_name)
     if loaded.config.get("base_quantize"):
         raise SlimtuneError(f"{args.adapter} was trained on an {loaded.config['base_quantize']} base, whose weights "
@@ -30,7 +31,7 @@ def run(args) -> int:
         raise SlimtuneError(f"method {loaded.method.name} adds computation that cannot be folded into the base")
     loaded.method.merge(loaded.model.backbone)
     unwrap(loaded.model.backbone)
-    with new_output(out, "merge") as tmp:  # written beside --out, then swapped in whole
+    with new_output(out, "merge", args.overwrite) as tmp:  # written beside --out, then swapped in whole
         loaded.task.save_merged(loaded, tmp)
     print(f"merged model written to {out}")
     return 0

@@ -36,6 +36,7 @@ class PruneRequest:
     read_options: dict = field(default_factory=dict)
     examples: int = 1024  # rows sampled from data: half fit the probe and importance, half score it
     batch_size: int = 32
+    overwrite: bool = False  # replace a previous slimtune output in out_dir
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -49,7 +50,7 @@ class PruneRequest:
             raise SlimtuneError("structured pruning takes --heads and/or --neurons, or --sparsity for both, not both")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise SlimtuneError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        check_out(Path(self.out_dir), overwrite=False, hint="; choose a new directory")
+        check_out(Path(self.out_dir), self.overwrite)
 
 
 def prune(request: PruneRequest) -> dict:
@@ -83,7 +84,7 @@ def prune(request: PruneRequest) -> dict:
               "latency_batch": "real" if data else f"synthetic {list(latency_batch['input_ids'].shape)}",
               "probe_data": request.data, "probe_rows": data.rows if data else 0,
               "before": before, "after": after}
-    _save(backbone, request.model, Path(request.out_dir), report)
+    _save(backbone, request.model, Path(request.out_dir), report, request.overwrite)
     return report
 
 
@@ -129,9 +130,9 @@ def _prune_structured(request: PruneRequest, counts: tuple[int, int], backbone, 
             "layout": layout(backbone.model)}
 
 
-def _save(backbone, model_spec: str | None, out: Path, report: dict) -> None:
+def _save(backbone, model_spec: str | None, out: Path, report: dict, overwrite: bool) -> None:
     """A model directory `--model` accepts: weights, config, tokenizer, sentence-transformers pooling files."""
-    with new_output(out, "prune") as tmp:
+    with new_output(out, "prune", overwrite) as tmp:
         backbone.model.save_pretrained(tmp)
         backbone.tokenizer.save_pretrained(tmp)
         source = Path(resolve_model_path(model_spec))

@@ -15,10 +15,11 @@ REPORT_FILE = "quantize_report.json"
 
 
 def quantize_adapter(adapter_dir: str, out_dir: str, model_spec: str | None = None, data: str | None = None,
-                     read_options: dict | None = None, batch_size: int = 64, scheme: str = "int8") -> dict:
+                     read_options: dict | None = None, batch_size: int = 64, scheme: str = "int8",
+                     overwrite: bool = False) -> dict:
     """Measure fp32 (merged where mergeable) against int8 and write the int8 run directory with its report."""
     out = Path(out_dir)
-    check_out(out, overwrite=False, hint="; choose a new directory")
+    check_out(out, overwrite)
     if read_config(adapter_dir).get("quantize"):
         raise SlimtuneError(f"{adapter_dir} is already quantized; give the fp32 run it came from")
     fp32 = load_adapter(adapter_dir, model_spec)
@@ -41,7 +42,7 @@ def quantize_adapter(adapter_dir: str, out_dir: str, model_spec: str | None = No
             entry["quality"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         report[name] = entry
 
-    with new_output(out, "quantize") as tmp:
+    with new_output(out, "quantize", overwrite) as tmp:
         shutil.copy2(Path(adapter_dir) / ADAPTER_FILE, tmp / ADAPTER_FILE)
         config = {**fp32.config, "quantize": scheme, "base_model": model_spec or fp32.config.get("base_model")}
         write_json(tmp / CONFIG_FILE, config)
