@@ -78,6 +78,16 @@ def test_a_checkpoint_file_replaced_by_a_pickle_is_refused_without_running_it(ti
     assert not proof.exists()
 
 
+@pytest.mark.parametrize("name, content", [("progress.json", '{"step": "7"}'), ("progress.json", "[1]"),
+                                           ("state.json", "{}"), ("trainable.safetensors", "\x00" * 9),
+                                           ("settings.json", "null")])
+def test_a_damaged_checkpoint_is_one_clear_error(tiny_model, toy_data, tmp_path, name, content):
+    checkpoint = _interrupted(tiny_model, toy_data, tmp_path / "run")
+    (checkpoint / name).write_text(content)
+    with pytest.raises(SlimtuneError, match="damaged or incomplete checkpoint|does not record its settings"):
+        train(_request(tiny_model, toy_data, tmp_path / "run", resume=True))
+
+
 def test_no_source_file_unpickles():
     """No torch.load without weights_only=True, and no pickle module, anywhere in the package."""
     for path in SRC.rglob("*.py"):

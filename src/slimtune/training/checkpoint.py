@@ -71,6 +71,9 @@ def load_checkpoint(directory: Path, optimizer, scheduler, rank: int = 0):
     """
     try:
         progress = Progress(**json.loads((directory / PROGRESS).read_text()))
+        counters = (progress.step, progress.epoch, progress.batch_in_epoch, progress.examples_seen, progress.tokens_seen)
+        if not all(type(n) is int and n >= 0 for n in counters):
+            raise ValueError(f"{PROGRESS} holds counters that are not non-negative integers")
         plain = json.loads((directory / STATE_JSON).read_text())
         tensors = load_file(directory / STATE_TENSORS)
         optimizer.load_state_dict(_join_optimizer(plain["optimizer"], tensors))
@@ -97,6 +100,8 @@ def check_settings(directory: Path, settings: dict) -> None:
     """Refuse to resume a checkpoint written for other settings, naming the keys that differ."""
     try:
         saved = json.loads((directory / SETTINGS).read_text())
+        if not isinstance(saved, dict):
+            raise ValueError(f"{SETTINGS} is not a JSON object")
     except (OSError, ValueError):
         raise SlimtuneError(f"{directory}: the checkpoint does not record its settings; "
                             "start again with --overwrite") from None
