@@ -52,6 +52,17 @@ def mark(directory: Path, kind: str, state: str = COMPLETE) -> dict:
     return marker
 
 
+def claim(directory: Path) -> None:
+    """Record this process in the marker of a directory it takes over (an interrupted run it resumes)."""
+    write_json(Path(directory) / MARKER, {**read_marker(directory), "host": socket.gethostname(), "pid": os.getpid()})
+
+
+def running_here(marker: dict) -> bool:
+    """Whether another live process on this machine wrote `marker` (so is likely still writing its directory)."""
+    return (marker.get("host") == socket.gethostname() and marker.get("pid") != os.getpid()
+            and _alive(marker))
+
+
 def is_empty(directory: Path) -> bool:
     return not any(Path(directory).iterdir())
 

@@ -1,6 +1,7 @@
 """`--out` of every writing command: what is not slimtune's is refused and left alone, siblings included."""
 
 import json
+import os
 
 import pytest
 
@@ -79,7 +80,14 @@ def test_an_interrupted_run_is_neither_lost_nor_silently_restarted(tiny_model, d
     with pytest.raises(Interrupt):
         train(request, step_callbacks=[interrupt_at(2)])
     assert interrupted(work_dir_for(out)) and not out.exists()
+    capsys.readouterr()
     assert "an interrupted run waits in" in _error(capsys, _train(tiny_model, data, out, "--checkpoint-every", "1"))
+    marker = json.loads((work_dir_for(out) / MARKER).read_text())
+    (work_dir_for(out) / MARKER).write_text(json.dumps({**marker, "pid": os.getppid()}))  # as if still running
+    for flags in (["--overwrite"], ["--resume"]):
+        assert f"another slimtune process (pid {os.getppid()}) is training into it" in _error(
+            capsys, _train(tiny_model, data, out, "--checkpoint-every", "1", *flags))
+    (work_dir_for(out) / MARKER).write_text(json.dumps(marker))
     assert main(_train(tiny_model, data, out, "--overwrite")) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
 

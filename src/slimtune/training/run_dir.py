@@ -11,8 +11,8 @@ import shutil
 from pathlib import Path
 
 from slimtune.errors import SlimtuneError
-from slimtune.ownership import (BUILDING, check_out, clean_leftovers, commit, is_empty, mark, read_marker, recover,
-                                remove_owned, work_dir_for)
+from slimtune.ownership import (BUILDING, check_out, claim, clean_leftovers, commit, is_empty, mark, read_marker,
+                                recover, remove_owned, running_here, work_dir_for)
 from slimtune.training.checkpoint import check_settings, has_checkpoint
 
 CHECKPOINT = "checkpoint"
@@ -31,6 +31,9 @@ def check_run_out(out: Path, resume: bool, overwrite: bool) -> None:
     recover(out)
     if work.exists() and not (work.is_dir() and (is_empty(work) or read_marker(work))):
         raise SlimtuneError(f"{work} holds files slimtune did not write; move it away or choose another --out")
+    marker = read_marker(work) or {}
+    if marker.get("state") == BUILDING and running_here(marker):
+        raise SlimtuneError(f"{out}: another slimtune process (pid {marker['pid']}) is training into it")
     if resume:
         check_out(out, overwrite=True)  # resuming replaces the run it continues, and only a slimtune run
         if not interrupted(work) and not (read_marker(out) and has_checkpoint(out / CHECKPOINT)):
@@ -54,6 +57,7 @@ def open_work_dir(out: Path, resume: bool, settings: dict) -> Path:
     if resume:
         check_settings((work if interrupted(work) else out) / CHECKPOINT, settings)
     if resume and interrupted(work):
+        claim(work)
         return work
     if work.exists():
         remove_owned(work) if read_marker(work) else work.rmdir()
