@@ -99,7 +99,7 @@ def test_bad_inputs_give_one_clear_line(trained, capsys, tmp_path, tiny_model, o
     assert "bad.tsv:3:" in _error(capsys, base + ["--train", str(tmp_path / "bad.tsv")])
     assert "unknown method 'lorra'" in _error(capsys, [*base[:2], "lorra", *base[3:], "--train", train])
     assert "unknown option 'rank'" in _error(capsys, base + ["--train", train, "--set", "rank=4"])
-    assert "already holds an adapter" in _error(capsys, [*base[:-1], run, "--train", train])
+    assert "already holds a slimtune output" in _error(capsys, [*base[:-1], run, "--train", train])
     (tmp_path / "unknown.tsv").write_text("sentence\tlabel\ngood film\tneutral\n")
     assert "unknown.tsv:2: label 'neutral'" in _error(
         capsys, ["eval", "--adapter", run, "--data", str(tmp_path / "unknown.tsv")])

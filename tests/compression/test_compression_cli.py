@@ -111,5 +111,5 @@ def test_bad_prune_requests_give_one_clear_line(tiny_model, pruned, tmp_path, ca
     assert "between 0 and 6 heads" in _error(capsys, base + ["--method", "structured", "--heads", "7"])
     assert "not a multiple of 2" in _error(capsys, base + ["--method", "structured", "--heads", "3",
                                                             "--scope", "layer"])
-    assert "not empty" in _error(capsys, ["prune", "--model", tiny_model, "--method", "magnitude",
+    assert "already holds a slimtune output" in _error(capsys, ["prune", "--model", tiny_model, "--method", "magnitude",
                                           "--sparsity", "0.1", "--out", str(pruned)])

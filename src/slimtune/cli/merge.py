@@ -9,6 +9,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--task-name", metavar="NAME", help="the task to use of a multi-task adapter")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune output in --out")
     p.set_defaults(handler=run)
 
 
@@ -20,10 +21,10 @@ def run(args) -> int:
     from slimtune.models.surgery import unwrap
     from slimtune.runs.export import save_merged
     from slimtune.runs.int8_keys import base_int8_of
+    from slimtune.ownership import check_out, new_output
 
     out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
+    check_out(out, args.overwrite)
     loaded = load_adapter(args.adapter, args.model, task_name=args.task_name)
     if base_int8_of(loaded.config):
         raise SlimtuneError(f"{args.adapter} was trained on an {base_int8_of(loaded.config)} base, whose weights "
@@ -32,6 +33,7 @@ def run(args) -> int:
         raise SlimtuneError(f"method {loaded.method.name} adds computation that cannot be folded into the base")
     loaded.method.merge(loaded.model.backbone)
     unwrap(loaded.model.backbone)
-    save_merged(loaded, out)
+    with new_output(out, "merge", args.overwrite) as tmp:  # written beside --out, then swapped in whole
+        save_merged(loaded, tmp)
     print(f"merged model written to {out}")
     return 0

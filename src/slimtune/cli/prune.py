@@ -47,6 +47,7 @@ def register(sub) -> None:
     p.add_argument("--examples", type=int, default=1024, metavar="N", help="rows sampled from --data")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune output in --out")
     add_reader_flags(p)
     p.set_defaults(handler=run)
 
@@ -60,7 +61,8 @@ def run(args) -> int:
 
     request = PruneRequest(out_dir=args.out, method=args.method, model=args.model, sparsity=args.sparsity,
                            heads=args.heads, neurons=args.neurons, scope=args.scope, data=args.data, task=args.task,
-                           read_options=reader_options(args), examples=args.examples, batch_size=args.batch_size)
+                           read_options=reader_options(args), examples=args.examples, batch_size=args.batch_size,
+                           overwrite=args.overwrite)
     report = prune(request)
     print(json.dumps(report) if args.json else format_report(report))
     print(f"pruned model written to {args.out}", file=sys.stderr)

@@ -23,6 +23,7 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--batch-size", type=int, default=64, help="evaluation and latency batch size")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune output in --out")
     add_reader_flags(p)
     p.set_defaults(handler=run)
 
@@ -34,7 +35,8 @@ def run(args) -> int:
     from slimtune.cli.common import reader_options
     from slimtune.compression.quantize_run import format_quantize_report, quantize_adapter
 
-    report = quantize_adapter(args.adapter, args.out, args.model, args.data, reader_options(args), args.batch_size)
+    report = quantize_adapter(args.adapter, args.out, args.model, args.data, reader_options(args), args.batch_size,
+                              overwrite=args.overwrite)
     print(json.dumps(report) if args.json else format_quantize_report(report))
     print(f"int8 run directory written to {args.out}", file=sys.stderr)
     return 0

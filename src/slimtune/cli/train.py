@@ -58,12 +58,12 @@ def register(sub) -> None:
     p.add_argument("--eval-every", type=int, default=0, metavar="STEPS", help="also evaluate every N steps")
     p.add_argument("--patience", type=int, default=3, help="evaluations without gain before stopping (0: off)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="STEPS", help="checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted (or finished) run of --out, with the same settings")
     p.add_argument("--init-adapter", metavar="DIR", help="start from this adapter's weights (a slimtune run or a "
                    "peft adapter directory); it fixes the method options, labels and base")
     p.add_argument("--nproc", type=int, metavar="N", help="train data-parallel on N processes of this machine "
                    "(started by torchrun's launcher; one per GPU when there are GPUs)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing adapter in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune run in --out (never anything else)")
     p.add_argument("--max-length", type=int,
                    help="token limit per text (default: the model's window); causal-lm drops longer examples")
     add_int8_flags(p, base_help=BASE_INT8_HELP + "; the method trains in fp32", quantize_dest="base_int8",

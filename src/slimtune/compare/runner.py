@@ -1,6 +1,7 @@
 """Every (method, seed) of a comparison, one at a time, each training in its own process.
 
-A run lives in OUT/runs/METHOD-sSEED. It is finished when its result.json exists and was made with the same
+A run lives in OUT/runs/METHOD-sSEED: its training log and record, and the run directory `slimtune train` wrote
+in adapter/ (train replaces only a directory of its own, see slimtune.ownership). It is finished when its result.json exists and was made with the same
 settings; a later `compare` reuses it. A run that fails leaves failure.json (its error line) instead, is reported,
 and is tried again next time; the other runs go on either way. Every run starts with an empty $SLIMTUNE_CACHE, so
 no run's time is shortened by features another run cached.
@@ -19,6 +20,7 @@ from slimtune.tasks import get_task
 RESULT_FILE = "result.json"
 FAILURE_FILE = "failure.json"
 TRAIN_LOG = "train.log"
+ADAPTER_DIR = "adapter"  # train's --out
 
 
 def run_comparison(settings: CompareSettings, out_dir: Path, log: Callable[[str], None] = print,
@@ -47,7 +49,7 @@ def run_one(settings: CompareSettings, method: str, seed: int, runs_dir: Path, l
 
     log(f"{name}: training")
     with tempfile.TemporaryDirectory(prefix="slimtune-cold-cache-") as cold_cache:
-        child = run_measured(settings.train_command(method, seed, str(run_dir)), run_dir / TRAIN_LOG,
+        child = run_measured(settings.train_command(method, seed, str(run_dir / ADAPTER_DIR)), run_dir / TRAIN_LOG,
                              settings.threads, {"SLIMTUNE_CACHE": cold_cache})
     if child.returncode != 0:
         return _fail(run_dir, method, seed, recorded, child.last_error_line or f"exit status {child.returncode}", log)
@@ -65,8 +67,8 @@ def run_one(settings: CompareSettings, method: str, seed: int, runs_dir: Path, l
 def _collect(settings: CompareSettings, method: str, seed: int, run_dir: Path) -> dict:
     task = get_task(settings.task)
     metric = task.primary_metric
-    summary = json.loads((run_dir / "metrics.json").read_text())
-    test = evaluate(run_dir, settings.test, settings.read_options) if settings.test else None
+    summary = json.loads((run_dir / ADAPTER_DIR / "metrics.json").read_text())
+    test = evaluate(run_dir / ADAPTER_DIR, settings.test, settings.read_options) if settings.test else None
     record = {key: summary[key] for key in ("trainable_parameters", "total_parameters", "trainable_percent",
                                             "adapter_bytes", "steps", "epochs_run", "train_examples", "lr")}
     # A method's one-off work before the first step (features' encoder pass, subnetwork's Fisher scores) is part
@@ -76,7 +78,7 @@ def _collect(settings: CompareSettings, method: str, seed: int, run_dir: Path) -
                   examples_per_second=round(summary["examples_per_second"] * loop_seconds
                                             / max(loop_seconds + prepare_seconds, 1e-9), 1))
     record.update(method=method, seed=seed, status="ok", options=settings.options.get(method, {}), metric=metric,
-                  best_dev=summary[f"best_dev_{metric}"], test=test, curve=read_curve(run_dir / "metrics.jsonl", metric))
+                  best_dev=summary[f"best_dev_{metric}"], test=test, curve=read_curve(run_dir / ADAPTER_DIR / "metrics.jsonl", metric))
     record["quality"], record["quality_source"] = (test[metric], "test") if test else (record["best_dev"], "dev")
     return record
 

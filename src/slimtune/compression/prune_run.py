@@ -4,7 +4,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from slimtune.atomic import replace_directory, write_json
+from slimtune.atomic import write_json
 from slimtune.compression.importance import gradient_importance, magnitude_importance
 from slimtune.compression.magnitude import SCOPES, magnitude_prune
 from slimtune.compression.measure import (forward_latency_ms, nonzero_count, parameter_count, safetensors_bytes,
@@ -15,6 +15,7 @@ from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.models.loading import load_backbone, resolve_model_path
 from slimtune.models.pruned_layout import encoder_parts, layout
+from slimtune.ownership import check_out, new_output
 from slimtune.tasks import get_task
 
 METHODS = ("magnitude", "structured")
@@ -36,6 +37,7 @@ class PruneRequest:
     read_options: dict = field(default_factory=dict)
     examples: int = 1024  # rows sampled from data: half fit the probe and importance, half score it
     batch_size: int = 32
+    overwrite: bool = False  # replace a previous slimtune output in out_dir
 
     def validate(self) -> None:
         if self.method not in METHODS:
@@ -49,9 +51,7 @@ class PruneRequest:
             raise SlimtuneError("structured pruning takes --heads and/or --neurons, or --sparsity for both, not both")
         if self.sparsity is not None and not 0 <= self.sparsity < 1:
             raise SlimtuneError(f"--sparsity must be in [0, 1), got {self.sparsity}")
-        out = Path(self.out_dir)
-        if out.exists() and any(out.iterdir()):
-            raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
+        check_out(Path(self.out_dir), self.overwrite)
 
 
 def prune(request: PruneRequest) -> dict:
@@ -85,7 +85,7 @@ def prune(request: PruneRequest) -> dict:
               "latency_batch": "real" if data else f"synthetic {list(latency_batch['input_ids'].shape)}",
               "probe_data": request.data, "probe_rows": data.rows if data else 0,
               "before": before, "after": after}
-    _save(backbone, request.model, Path(request.out_dir), report)
+    _save(backbone, request.model, Path(request.out_dir), report, request.overwrite)
     return report
 
 
@@ -131,20 +131,18 @@ def _prune_structured(request: PruneRequest, counts: tuple[int, int], backbone, 
             "layout": layout(backbone.model)}
 
 
-def _save(backbone, model_spec: str | None, out: Path, report: dict) -> None:
+def _save(backbone, model_spec: str | None, out: Path, report: dict, overwrite: bool) -> None:
     """A model directory `--model` accepts: weights, config, tokenizer, sentence-transformers pooling files."""
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    backbone.model.save_pretrained(tmp)
-    backbone.tokenizer.save_pretrained(tmp)
-    source = Path(resolve_model_path(model_spec))
-    for name in SENTENCE_TRANSFORMERS_FILES:
-        if (source / name).is_dir():
-            shutil.copytree(source / name, tmp / name)
-        elif (source / name).is_file():
-            shutil.copy2(source / name, tmp / name)
-    write_json(tmp / REPORT_FILE, report)
-    replace_directory(tmp, out)
+    with new_output(out, "prune", overwrite) as tmp:
+        backbone.model.save_pretrained(tmp)
+        backbone.tokenizer.save_pretrained(tmp)
+        source = Path(resolve_model_path(model_spec))
+        for name in SENTENCE_TRANSFORMERS_FILES:
+            if (source / name).is_dir():
+                shutil.copytree(source / name, tmp / name)
+            elif (source / name).is_file():
+                shutil.copy2(source / name, tmp / name)
+        write_json(tmp / REPORT_FILE, report)
 
 
 def format_report(report: dict) -> str:

@@ -3,24 +3,25 @@
 import shutil
 from pathlib import Path
 
-from slimtune.atomic import replace_directory, write_json
+from slimtune.atomic import write_json
 from slimtune.compression.measure import forward_latency_ms, synthetic_batch, torch_save_bytes
 from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.models.int8_inference import merge_for_inference
+from slimtune.ownership import check_out, new_output
 from slimtune.runs.adapter_files import ADAPTER_FILE, CONFIG_FILE, load_adapter, read_config
-from slimtune.runs.int8_keys import INFERENCE_INT8, inference_int8_of
 from slimtune.runs.formats.peft_import import resolve_adapter_dir
+from slimtune.runs.int8_keys import INFERENCE_INT8, inference_int8_of
 
 REPORT_FILE = "quantize_report.json"
 
 
 def quantize_adapter(adapter_dir: str, out_dir: str, model_spec: str | None = None, data: str | None = None,
-                     read_options: dict | None = None, batch_size: int = 64, scheme: str = "int8") -> dict:
+                     read_options: dict | None = None, batch_size: int = 64, scheme: str = "int8",
+                     overwrite: bool = False) -> dict:
     """Measure fp32 (merged where mergeable) against int8 and write the int8 run directory with its report."""
     out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
+    check_out(out, overwrite)
     adapter_dir = resolve_adapter_dir(adapter_dir, model_spec)  # a peft adapter directory, converted
     if inference_int8_of(read_config(adapter_dir)):
         raise SlimtuneError(f"{adapter_dir} is already quantized; give the fp32 run it came from")
@@ -44,14 +45,11 @@ def quantize_adapter(adapter_dir: str, out_dir: str, model_spec: str | None = No
             entry["quality"] = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
         report[name] = entry
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copy2(Path(adapter_dir) / ADAPTER_FILE, tmp / ADAPTER_FILE)
-    config = {**fp32.config, INFERENCE_INT8: scheme, "base_model": model_spec or fp32.config.get("base_model")}
-    write_json(tmp / CONFIG_FILE, config)
-    write_json(tmp / REPORT_FILE, report)
-    replace_directory(tmp, out)
+    with new_output(out, "quantize", overwrite) as tmp:
+        shutil.copy2(Path(adapter_dir) / ADAPTER_FILE, tmp / ADAPTER_FILE)
+        config = {**fp32.config, INFERENCE_INT8: scheme, "base_model": model_spec or fp32.config.get("base_model")}
+        write_json(tmp / CONFIG_FILE, config)
+        write_json(tmp / REPORT_FILE, report)
     return report
 
 

@@ -12,6 +12,7 @@ from slimtune.models.loading import load_backbone
 from slimtune.runs.adapter_files import save_adapter
 from slimtune.runs.int8_keys import BASE_INT8
 from slimtune.runs.multitask_plot import plot_task_weights
+from slimtune.runs.run_commit import commit_run, config_settings, data_identity, open_work_dir
 from slimtune.runs.prepare import prepare_run, read_split
 from slimtune.tasks import get_task
 from slimtune.tasks.multitask.files import MULTI
@@ -129,12 +130,15 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
     kind = SeveralTasks(request)
     prepared = prepare_run(kind, out, request.config, request.base_int8, request.resume, request.overwrite)
     built, method, cfg = prepared.built, prepared.built.method, prepared.built.config
-    trainer = prepared.trainer(out, step_callbacks=step_callbacks)
+    settings = run_settings(request, method, built.backbone, built.base_fingerprint)
+    work = open_work_dir(out, request.resume, settings)
+    trainer = prepared.trainer(work, step_callbacks=step_callbacks)
+    trainer.run_settings = settings
     summary = trainer.fit(prepared.source, prepared.dev_features, resume=request.resume)
 
     config = kind.run_config(method, built.base_fingerprint, built.backbone)
-    adapter_path = save_adapter(out, built.model, method, config)
-    plotted = plot_task_weights(trainer.metrics_path, out / WEIGHTS_PLOT,
+    adapter_path = save_adapter(work, built.model, method, config)
+    plotted = plot_task_weights(trainer.metrics_path, work / WEIGHTS_PLOT,
                                 f"{request.loss_weights} task weights ({method.name}, {request.sharing})")
     summary.update(built.parameter_counts, model_weight_bytes=built.model_weight_bytes, base_int8=request.base_int8)
     best = next((h for h in summary["history"] if h["step"] == summary["best_step"]), {})
@@ -145,14 +149,28 @@ def train_multitask(request: MultiTrainRequest, step_callbacks=()) -> dict:
                     "dev_examples": {n: len(f) for n, f in prepared.dev_features.items()},
                     "task_batches_per_epoch": prepared.source.counts, "final_task_weights": kind.weights.weights(),
                     "lr": cfg.lr, "weights_plot": str(out / WEIGHTS_PLOT) if plotted else None})
-    write_json(out / "metrics.json", summary)
-    write_json(out / "train_config.json", {
+    write_json(work / "metrics.json", summary)
+    write_json(work / "train_config.json", {
         **cfg.__dict__, "tasks": [spec.__dict__ for spec in request.tasks], "options": request.options,
         "sharing": request.sharing, "sampling": request.sampling, "temperature": request.temperature,
         "loss_weights": request.loss_weights, "loss_weights_lr": request.loss_weights_lr,
         "fixed_weights": request.fixed_weights, "max_train_examples": request.max_train_examples,
         "base_int8": request.base_int8})
+    commit_run(work, out)
     return summary
+
+
+def run_settings(request: MultiTrainRequest, method, backbone, base_fingerprint: str) -> dict:
+    """Everything that determines the run, recorded in its checkpoints: a resume must match it."""
+    tasks = [{**spec.__dict__, "train": data_identity(spec.train), "dev": data_identity(spec.dev)}
+             for spec in request.tasks]
+    return {"tasks": tasks, "method": method.name, "options": method.options_dict(), "model": request.model,
+            "base_fingerprint": base_fingerprint, "sharing": request.sharing, "sampling": request.sampling,
+            "temperature": request.temperature, "loss_weights": request.loss_weights,
+            "loss_weights_lr": request.loss_weights_lr, "fixed_weights": request.fixed_weights,
+            "max_train_examples": request.max_train_examples, "dev_fraction": request.dev_fraction,
+            "max_length": backbone.max_length, "pooling": backbone.pooling, "base_int8": request.base_int8,
+            **config_settings(request.config)}
 
 
 def describe(summary: dict) -> str:

@@ -19,7 +19,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.models.int8_base import BASE_INT8_CHOICES, quantize_frozen_linears, weight_bytes
 from slimtune.models.loading import Backbone, fingerprint
-from slimtune.runs.adapter_files import ADAPTER_FILE
+from slimtune.runs.run_commit import check_run_out
 from slimtune.training.batch_source import BatchSource
 from slimtune.training.distributed import Ranks
 from slimtune.training.trainer import TrainConfig, Trainer
@@ -80,9 +80,10 @@ class PreparedRun:
         return trainer
 
 
-def check_output_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    if (out / ADAPTER_FILE).exists() and not (resume or overwrite):
-        raise SlimtuneError(f"{out} already holds an adapter; pass --overwrite to replace it or --resume to continue")
+def check_output_dir(out: Path, resume: bool, overwrite: bool, ranks: Ranks = Ranks()) -> None:
+    """--out may take this run (see runs/run_commit.py); the main rank checks, the others follow it."""
+    if ranks.is_main:
+        check_run_out(out, resume, overwrite)
 
 
 def check_base_int8(base_int8: str | None, method: Method | None = None) -> None:
@@ -156,7 +157,7 @@ def prepare_training(built: BuiltRun, ranks: Ranks = Ranks()) -> PreparedRun:
 
 def prepare_run(kind: RunKind, out: Path, config: TrainConfig, base_int8: str | None, resume: bool, overwrite: bool,
                 ranks: Ranks = Ranks()) -> PreparedRun:
-    check_output_dir(out, resume, overwrite)
+    check_output_dir(out, resume, overwrite, ranks)
     return prepare_training(build_run(kind, config, base_int8), ranks)
 
 

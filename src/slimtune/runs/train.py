@@ -11,7 +11,9 @@ from slimtune.methods.registry import create_method
 from slimtune.runs.adapter_files import run_config, save_adapter
 from slimtune.runs.int8_keys import BASE_INT8
 from slimtune.runs.init_adapter import read_initial_adapter
+from slimtune.ownership import work_dir_for
 from slimtune.runs.prepare import build_run, check_output_dir, prepare_training, read_split
+from slimtune.runs.run_commit import commit_run, config_settings, data_identity, open_work_dir
 from slimtune.tasks import get_task
 from slimtune.training import distributed
 from slimtune.training.batch_source import FeatureBatches
@@ -96,7 +98,7 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     ranks = distributed.from_environment()
     out = Path(request.out_dir)
     kind = SingleTask(request)
-    check_output_dir(out, request.resume, request.overwrite)
+    check_output_dir(out, request.resume, request.overwrite, ranks)
     built = build_run(kind, request.config, request.base_int8)
     if kind.initial and not request.resume:
         kind.initial.load_into(built.model, built.method, built.base_fingerprint)
@@ -105,8 +107,12 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     settings = {**task.run_settings(kind.train_rows),
                 **({BASE_INT8: request.base_int8} if request.base_int8 else {})}
     config = run_config(task, method, request.model, built.base_fingerprint, built.backbone, kind.labels, settings)
+    settings = run_settings(request, method, built.backbone, built.base_fingerprint)
+    work = open_work_dir(out, request.resume, settings) if ranks.is_main else work_dir_for(out)
+    ranks.barrier()  # the other ranks read the work directory rank 0 has just prepared
     peak_rss = PeakMemory()
-    trainer = prepared.trainer(out, ranks, [peak_rss, *step_callbacks])
+    trainer = prepared.trainer(work, ranks, [peak_rss, *step_callbacks])
+    trainer.run_settings = settings
     summary = trainer.fit(prepared.source, prepared.dev_features, resume=request.resume)
     built.model.cpu()
     summary.update(built.parameter_counts)
@@ -114,16 +120,27 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
                    base_int8=request.base_int8, processes=ranks.world_size)
     if not ranks.is_main:
         return summary
-    adapter_path = save_adapter(out, built.model, method, config)
+    adapter_path = save_adapter(work, built.model, method, config)
     summary.update({"prepare_seconds": round(prepared.prepare_seconds, 2), "adapter_bytes": adapter_path.stat().st_size,
                     "train_examples": len(prepared.train_features), "dev_examples": len(prepared.dev_features),
                     "lr": cfg.lr, "method": method.name, "task": task.name})
-    write_json(out / "metrics.json", summary)
-    write_json(out / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
-                                           "dev": request.dev_path, "options": request.options})
+    write_json(work / "metrics.json", summary)
+    write_json(work / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
+                                            "dev": request.dev_path, "options": request.options})
     if request.flags is not None:
-        write_text(out / "train_config.yaml", yaml.safe_dump(request.flags, sort_keys=False))
+        write_text(work / "train_config.yaml", yaml.safe_dump(request.flags, sort_keys=False))
+    commit_run(work, out)
     return summary
+
+
+def run_settings(request: TrainRequest, method, backbone, base_fingerprint: str) -> dict:
+    """Everything that determines the run, recorded in its checkpoints: a resume must match it."""
+    return {"task": request.task, "method": method.name, "options": method.options_dict(), "model": request.model,
+            "base_fingerprint": base_fingerprint, "train_data": data_identity(request.train_path),
+            "dev_data": data_identity(request.dev_path), "max_train_examples": request.max_train_examples,
+            "dev_fraction": request.dev_fraction, "max_length": backbone.max_length, "pooling": backbone.pooling,
+            "read_options": request.read_options, BASE_INT8: request.base_int8,
+            "init_adapter": request.init_adapter, **config_settings(request.config)}
 
 
 def describe(summary: dict, metric: str) -> str:

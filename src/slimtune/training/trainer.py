@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from slimtune.atomic import write_text
 from slimtune.data.batching import to_device
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import adapter_state, load_adapter_state
@@ -90,6 +91,7 @@ class Trainer:
         # id(param) → its own peak learning rate, no weight decay (a multi-task run's learned loss weights)
         self.own_lr: dict[int, float] = {id(p): lr for p, lr in task.own_learning_rates()}
         self.loggers: list = []  # opened by fit() from config.log_to
+        self.run_settings: dict = {}  # what determines the run: saved with each checkpoint (see runs/run_commit.py)
         self.checkpoint_dir = self.run_dir / "checkpoint"
         self.metrics_path = self.run_dir / "metrics.jsonl"
 
@@ -111,7 +113,10 @@ class Trainer:
             logger(record)
 
     def _trim_log(self, step: int) -> None:
-        """Drop records written after the checkpoint we resume from, so the log reads as one run."""
+        """Drop records written after the checkpoint we resume from, so the log reads as one run.
+
+        A process killed mid-append leaves a torn last line; it is dropped with the rest after `step`.
+        """
         if self.metrics_path.exists():
             kept = []
             for line in self.metrics_path.read_text(encoding="utf-8", errors="replace").splitlines():
@@ -121,7 +126,7 @@ class Trainer:
                     continue  # a line torn by the interruption; the records up to the checkpoint are whole
                 if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
                     kept.append(line)
-            self.metrics_path.write_text("".join(l + "\n" for l in kept))
+            write_text(self.metrics_path, "".join(l + "\n" for l in kept))
 
     def _resume(self, optimizer, scheduler) -> tuple[Progress, dict]:
         """(progress, best state) from the checkpoint, the model, optimizer, scheduler and RNG restored from it.
@@ -297,4 +302,4 @@ class Trainer:
         rng_states = self.ranks.all_objects(torch.get_rng_state())  # each rank's dropout stream, for --resume
         if self.ranks.is_main:
             save_checkpoint(self.checkpoint_dir, progress, adapter_state(self.model, self.method), best_state,
-                            optimizer, scheduler, rng_states)
+                            optimizer, scheduler, rng_states, self.run_settings)
