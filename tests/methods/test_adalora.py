@@ -7,7 +7,8 @@ from safetensors.torch import load_file
 
 from slimtune.adaptation import adapter_state, load_adapter_state
 from slimtune.errors import SlimtuneError
-from slimtune.methods.adalora import SVDLoRALinear, final_ranks
+from slimtune.methods.adalora import SVDLoRALinear
+from slimtune.methods.adalora_view import final_ranks
 from slimtune.methods.rank_budget import BudgetSchedule
 from slimtune.training.run import TrainRequest, train
 from slimtune.training.trainer import TrainConfig

@@ -11,7 +11,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
-from slimtune.models.folding import FoldableWrapper, set_merged
+from slimtune.models.folding import FoldableWrapper
 from slimtune.models.surgery import find_linear_targets, replace_module, transformer_blocks
 
 
@@ -30,14 +30,11 @@ class LoRALinear(FoldableWrapper):
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B @ self.lora_A) * self.scaling  # [out, in]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
-        if self.merged:
-            return out
-        return out + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
 
-    def _fold(self, sign: float) -> None:
-        self.base_layer.weight.add_(self.delta_weight(), alpha=sign)
+    def folded_parameters(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.base_layer.weight + self.delta_weight()}
 
     def row_update(self, x: torch.Tensor, base_out: torch.Tensor, base_layer: nn.Module) -> torch.Tensor:
         """The update over a shared base (see `Method.row_updates`): base_out + (α/r)·x Aᵀ Bᵀ."""
@@ -111,9 +108,3 @@ class LoRA(Method):
 
     def row_updates(self, backbone: nn.Module) -> dict:
         return {name: m.row_update for name, m in backbone.named_modules() if isinstance(m, LoRALinear)}
-
-    def merge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, LoRALinear, True)
-
-    def unmerge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, LoRALinear, False)

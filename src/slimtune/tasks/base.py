@@ -18,13 +18,9 @@ def refuse_options(task_name: str, options: dict) -> None:
 class Task:
     name: str
     primary_metric: str  # higher is better; drives early stopping and best-weight selection
-    unsupported_methods: dict[str, str] = {}  # method name → why it cannot apply to this task
 
     def check_method(self, method) -> None:
-        """Refuse a method this task cannot take, or one that does not serve this task (`Method.tasks`)."""
-        if method.name in self.unsupported_methods:
-            raise SlimtuneError(f"method {method.name} does not apply to task {self.name}: "
-                                f"{self.unsupported_methods[method.name]}")
+        """Refuse a method that does not serve this task: methods declare their tasks (`Method.tasks`)."""
         method.check_task(self.name)
 
     def load_backbone(self, spec, pooling=None, max_length=None):
