@@ -1,6 +1,10 @@
-"""LoRA: a frozen linear layer plus a trainable low-rank update, W x + (α/r)·B A x.
+"""LoRA: a frozen linear layer plus a trainable low-rank update, W x + s·B A x, s = α/r (rsLoRA: α/√r).
 
-B starts at zero, so an injected model reproduces its base exactly until it trains.
+With the default initialisations B starts at zero, so an injected model reproduces its base exactly until it
+trains. PiSSA (A, B from W's top singular triplets) and OLoRA (from W's QR) start B A at the principal part of W
+and keep the residual W − s·B₀A₀ frozen; here the base layer is left untouched (other adapters may share it) and
+the update is s·(B A − B₀A₀), B₀A₀ rebuilt from W on load and never stored: the same model, an exact base at
+initialisation, and a shared-base per-row update like any LoRA's.
 """
 
 import math
@@ -14,31 +18,78 @@ from slimtune.methods.base import Method
 from slimtune.models.folding import FoldableWrapper
 from slimtune.models.surgery import find_linear_targets, replace_module, transformer_blocks
 
+INITS = ("kaiming", "gaussian", "pissa", "olora")
 
-class LoRALinear(FoldableWrapper):
-    """Wraps (never subclasses) a linear layer, so it stacks on quantized or pruned layers."""
 
-    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float):
+def principal_factors(weight: torch.Tensor, rank: int, scaling: float, init: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A₀ [r, in], B₀ [out, r]) whose s·B₀A₀ is W's principal part, as peft's pissa_init / olora_init build them.
+
+    Computed in float64 on the CPU so that every load rebuilds the same factors from the same W.
+    """
+    w = weight.detach().to("cpu", torch.float64)
+    if init == "pissa":  # W = U S Vᵀ: A₀ = √(S_r/s) V_rᵀ, B₀ = U_r √(S_r/s)
+        u, singular, vh = torch.linalg.svd(w, full_matrices=False)
+        root = (singular[:rank] / scaling).sqrt()
+        a, b = root[:, None] * vh[:rank], u[:, :rank] * root
+    else:  # olora, W = Q R: A₀ = R_r, B₀ = Q_r, the update scaled by s as peft does
+        q, r = torch.linalg.qr(w)
+        a, b = r[:rank], q[:, :rank]
+    # contiguous like the parameters they are copied into, so that B A and B₀ A₀ run the same kernels and cancel
+    return a.to(weight.dtype).contiguous(), b.to(weight.dtype).contiguous()
+
+
+class LowRankLinear(FoldableWrapper):
+    """The factors A [r, in], B [out, r] of a low-rank update of a wrapped (never subclassed) linear layer.
+
+    `offset` holds (A₀, B₀) for the principal initialisations: the update is then s·(B A − B₀ A₀).
+    """
+
+    def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, dropout: float, rslora: bool = False,
+                 init: str = "kaiming"):
         super().__init__()
         self.base_layer = base_layer
-        self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features))  # [r, in]
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank))  # [out, r]
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
-        self.scaling = alpha / rank
+        like = {"device": base_layer.weight.device}
+        self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features, **like))  # [r, in]
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, **like))  # [out, r]
+        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.principal = init in ("pissa", "olora")
+        with torch.no_grad():
+            if self.principal:
+                a, b = principal_factors(base_layer.weight, rank, self.scaling, init)
+                self.lora_A.copy_(a), self.lora_B.copy_(b)
+                self.register_buffer("init_A", a.to(**like), persistent=False)  # A₀ [r, in]
+                self.register_buffer("init_B", b.to(**like), persistent=False)  # B₀ [out, r]
+            elif init == "gaussian":
+                nn.init.normal_(self.lora_A, std=1 / rank)
+            else:
+                nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
 
     def delta_weight(self) -> torch.Tensor:
-        return (self.lora_B @ self.lora_A) * self.scaling  # [out, in]
+        """s·(B A − B₀ A₀) [out, in]."""
+        delta = self.lora_B @ self.lora_A
+        if self.principal:
+            delta = delta - self.init_B @ self.init_A
+        return delta * self.scaling
 
+    def delta(self, x: torch.Tensor, dropped: torch.Tensor | None = None) -> torch.Tensor:
+        """s·(x Aᵀ Bᵀ − x A₀ᵀ B₀ᵀ) [..., out]; `dropped` is x after dropout, for the trained term."""
+        out = (x if dropped is None else dropped) @ self.lora_A.T @ self.lora_B.T
+        if self.principal:
+            out = out - x @ self.init_A.T @ self.init_B.T
+        return out * self.scaling
+
+
+class LoRALinear(LowRankLinear):
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + (self.dropout(x) @ self.lora_A.T @ self.lora_B.T) * self.scaling
+        return self.base_layer(x) + self.delta(x, self.dropout(x))
 
     def folded_parameters(self) -> dict[str, torch.Tensor]:
         return {"weight": self.base_layer.weight + self.delta_weight()}
 
     def row_update(self, x: torch.Tensor, base_out: torch.Tensor, base_layer: nn.Module) -> torch.Tensor:
-        """The update over a shared base (see `Method.row_updates`): base_out + (α/r)·x Aᵀ Bᵀ."""
-        return base_out + (x @ self.lora_A.T @ self.lora_B.T) * self.scaling
+        """The update over a shared base (see `Method.row_updates`): base_out + s·x (B A − B₀A₀)ᵀ."""
+        return base_out + self.delta(x)
 
 
 def has_gated_mlp(backbone: nn.Module) -> bool:
@@ -70,6 +121,10 @@ class LoRAOptions:
     r: int = field(default=8, metadata={"help": "rank of the update"})
     alpha: float = field(default=16.0, metadata={"help": "scale; the update is multiplied by alpha/r"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input"})
+    use_rslora: bool = field(default=False, metadata={"help": "rank-stabilised scale alpha/sqrt(r) instead of alpha/r"})
+    init: str = field(default="kaiming", metadata={
+        "help": "A and B at the start: kaiming or gaussian (B zero), pissa (W's top singular triplets) or olora "
+                "(W's QR); the last two keep the residual frozen"})
     targets: tuple[str, ...] = field(
         default=(), metadata={"help": "linear layer names or regexes (default: attention query,value; in llama-style "
                                    "blocks every attention and MLP projection)"}
@@ -80,6 +135,8 @@ class LoRAOptions:
             raise SlimtuneError(f"LoRA rank r must be at least 1, got {self.r}")
         if not 0 <= self.dropout < 1:
             raise SlimtuneError(f"LoRA dropout must be in [0, 1), got {self.dropout}")
+        if self.init not in INITS:
+            raise SlimtuneError(f"LoRA init must be one of {', '.join(INITS)}, got {self.init!r}")
 
 
 class LoRA(Method):
@@ -88,23 +145,26 @@ class LoRA(Method):
     Options = LoRAOptions
     default_lr = 2e-3  # measured: docs/results.md, "Choosing the defaults"
     mergeable = True
+    layer_type: type[LowRankLinear] = LoRALinear
+
+    def _target_names(self, backbone: nn.Module) -> list[str]:
+        return find_linear_targets(backbone, self.options.targets or default_targets(backbone))
 
     def inject(self, backbone: nn.Module) -> None:
-        targets = self.options.targets or default_targets(backbone)
-        for name in find_linear_targets(backbone, targets):
+        o = self.options
+        for name in self._target_names(backbone):
             layer = backbone.get_submodule(name)
-            replace_module(backbone, name, LoRALinear(layer, self.options.r, self.options.alpha, self.options.dropout))
+            replace_module(backbone, name, self.layer_type(layer, o.r, o.alpha, o.dropout, o.use_rslora, o.init))
 
     def count_parameters(self, backbone: nn.Module) -> int:
-        targets = self.options.targets or default_targets(backbone)
-        layers = [backbone.get_submodule(n) for n in find_linear_targets(backbone, targets)]
+        layers = [backbone.get_submodule(n) for n in self._target_names(backbone)]
         return sum(self.options.r * (layer.in_features + layer.out_features) for layer in layers)
 
-    def _layers(self, backbone: nn.Module) -> list[LoRALinear]:
-        return [m for m in backbone.modules() if isinstance(m, LoRALinear)]
+    def _layers(self, backbone: nn.Module) -> list[LowRankLinear]:
+        return [m for m in backbone.modules() if isinstance(m, self.layer_type)]
 
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         return [p for layer in self._layers(backbone) for p in (layer.lora_A, layer.lora_B)]
 
     def row_updates(self, backbone: nn.Module) -> dict:
-        return {name: m.row_update for name, m in backbone.named_modules() if isinstance(m, LoRALinear)}
+        return {name: m.row_update for name, m in backbone.named_modules() if isinstance(m, self.layer_type)}
