@@ -199,6 +199,12 @@ class AdaLoRA(Method):
             state[f"{name}.lora_Q"] = layer.lora_Q.detach()[keep].clone()
         return state
 
+    def low_rank_factors(self, state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(s·P diag(λ), Q) per layer from the saved triplets, s = α / initial r."""
+        scaling = self.options.alpha / self.options.r
+        paths = sorted(k.removesuffix(".lora_lambda") for k in state if k.endswith(".lora_lambda"))
+        return {p: (state[f"{p}.lora_P"] * state[f"{p}.lora_lambda"] * scaling, state[f"{p}.lora_Q"]) for p in paths}
+
     def inspect(self, state: dict[str, torch.Tensor]) -> InspectView:
         """The final rank of every adapted matrix: a table, and a heatmap of layer × matrix."""
         return rank_view(state, self.options.r, self.options.target_rank)

@@ -143,6 +143,15 @@ class Method:
         """
         return None
 
+    def low_rank_factors(self, state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """The saved update as plain low-rank factors, for adapter arithmetic (`slimtune combine`).
+
+        `state` is the method's exported state (`export_state_dict`, keys without `backbone.`); the answer is
+        {path of an adapted layer: (B [out, r], A [r, in])} with ΔW = B A, the method's scale folded into B.
+        None (the default): the update is not a sum of low-rank products alone.
+        """
+        return None
+
     def inspect(self, state: dict[str, torch.Tensor]) -> InspectView | None:
         """What `slimtune inspect` shows for a saved adapter beyond its generic summary; None: nothing more.
 

@@ -63,6 +63,10 @@ class DoRA(LoRA):
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         return [p for layer in self._layers(backbone) for p in (layer.lora_A, layer.lora_B, layer.magnitude)]
 
+    def low_rank_factors(self, state: dict[str, torch.Tensor]) -> None:
+        """None: the magnitude rescales the whole weight, so the update is not a low-rank sum."""
+        return None
+
     def row_updates(self, backbone: nn.Module) -> dict:
         """Per layer, the update with its scale fixed now: call again after the adapter's weights change."""
         with torch.no_grad():

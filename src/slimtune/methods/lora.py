@@ -8,6 +8,7 @@ initialisation, and a shared-base per-row update like any LoRA's.
 """
 
 import math
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,11 @@ from slimtune.models.folding import FoldableWrapper
 from slimtune.models.surgery import find_linear_targets, replace_module, transformer_blocks
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
+
+
+def lora_scaling(rank: int, alpha: float, rslora: bool) -> float:
+    """s = α/r, or α/√r for rsLoRA (Kalajdzievski 2023), whose updates keep their size as the rank grows."""
+    return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
 def principal_factors(weight: torch.Tensor, rank: int, scaling: float, init: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +57,7 @@ class LowRankLinear(FoldableWrapper):
         like = {"device": base_layer.weight.device}
         self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features, **like))  # [r, in]
         self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, **like))  # [out, r]
-        self.scaling = alpha / math.sqrt(rank) if rslora else alpha / rank
+        self.scaling = lora_scaling(rank, alpha, rslora)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.principal = init in ("pissa", "olora")
         with torch.no_grad():
@@ -168,3 +174,21 @@ class LoRA(Method):
 
     def row_updates(self, backbone: nn.Module) -> dict:
         return {name: m.row_update for name, m in backbone.named_modules() if isinstance(m, self.layer_type)}
+
+    def low_rank_factors(self, state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """(s·B, A) per layer; None for PiSSA/OLoRA, whose update also holds −s·B₀A₀, rebuilt from the base."""
+        o = self.options
+        if o.init in ("pissa", "olora"):
+            return None
+        scaling = lora_scaling(o.r, o.alpha, o.use_rslora)
+        paths = sorted(k.removesuffix(".lora_A") for k in state if k.endswith(".lora_A"))
+        return {p: (state[f"{p}.lora_B"] * scaling, state[f"{p}.lora_A"]) for p in paths}
+
+    @classmethod
+    def from_low_rank_factors(cls, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> tuple["LoRA", dict]:
+        """A plain LoRA (scale 1) holding {path: (B, A)} of one rank: the method and its exported state."""
+        rank = next(iter(factors.values()))[1].shape[0]
+        options = LoRAOptions(r=rank, alpha=float(rank), targets=tuple(re.escape(p) for p in factors))
+        state = {f"{p}.{name}": t.contiguous() for p, (b, a) in factors.items() for name, t in (("lora_A", a),
+                                                                                                 ("lora_B", b))}
+        return cls(options), state
