@@ -17,10 +17,10 @@ from torch import nn
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adalora_view import rank_view
 from slimtune.methods.base import InspectView, Method
-from slimtune.methods.lora import default_targets
+from slimtune.methods.lora import target_layers
 from slimtune.methods.rank_budget import BudgetSchedule, keep_most_important, update_sensitivity
 from slimtune.models.folding import FoldableWrapper
-from slimtune.models.surgery import find_linear_targets, replace_module
+from slimtune.models.surgery import replace_module
 
 FACTORS = ("lora_P", "lora_lambda", "lora_Q")
 SENSITIVITY = tuple(f"{factor}_{stat}" for factor in FACTORS for stat in ("sens_avg", "sens_unc"))
@@ -137,17 +137,14 @@ class AdaLoRA(Method):
     default_lr = 2e-3  # LoRA's measured rate; not swept for AdaLoRA
     mergeable = True
 
-    def _target_names(self, backbone: nn.Module) -> list[str]:
-        return find_linear_targets(backbone, self.options.targets or default_targets(backbone))
-
     def inject(self, backbone: nn.Module) -> None:
         o = self.options
-        for name in self._target_names(backbone):
+        for name in target_layers(backbone, self.options.targets):
             layer = SVDLoRALinear(backbone.get_submodule(name), o.r, o.alpha / o.r, o.dropout)
             replace_module(backbone, name, layer)
 
     def count_parameters(self, backbone: nn.Module) -> int:
-        layers = [backbone.get_submodule(n) for n in self._target_names(backbone)]
+        layers = [backbone.get_submodule(n) for n in target_layers(backbone, self.options.targets)]
         return sum(self.options.r * (layer.in_features + layer.out_features + 1) for layer in layers)
 
     def _layers(self, backbone: nn.Module) -> list[tuple[str, SVDLoRALinear]]:

@@ -10,7 +10,7 @@ updates rows over a shared base: out = scale ⊙ (base_out − b + x ΔWᵀ) + b
 import torch
 from torch import nn
 
-from slimtune.methods.lora import LoRA, LowRankLinear
+from slimtune.methods.lora import LoRA, LowRankLinear, target_layers
 
 
 class DoRALinear(LowRankLinear):
@@ -57,7 +57,7 @@ class DoRA(LoRA):
     layer_type = DoRALinear
 
     def count_parameters(self, backbone: nn.Module) -> int:
-        layers = [backbone.get_submodule(n) for n in self._target_names(backbone)]
+        layers = [backbone.get_submodule(n) for n in target_layers(backbone, self.options.targets)]
         return sum(self.options.r * (layer.in_features + layer.out_features) + layer.out_features for layer in layers)
 
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:

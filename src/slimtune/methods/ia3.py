@@ -28,7 +28,7 @@ class ScaledLinear(FoldableWrapper):
         self.base_layer = base_layer
         self.on_input = on_input
         width = base_layer.in_features if on_input else base_layer.out_features
-        self.ia3_l = nn.Parameter(torch.ones(width, device=base_layer.weight.device))  # [in] or [out]
+        self.ia3_l = nn.Parameter(torch.ones(width))  # [in] or [out]
 
     def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.row_update(x, None if self.on_input else self.base_layer(x), self.base_layer)

@@ -13,34 +13,28 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
-from slimtune.methods.lora import default_targets
-from slimtune.models.folding import FoldableWrapper
-from slimtune.models.surgery import find_linear_targets, replace_module
+from slimtune.methods.lora import target_layers
+from slimtune.models.folding import DenseDeltaWrapper
+from slimtune.models.surgery import replace_module
 
 FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
 
 
-class HadamardLinear(FoldableWrapper):
+class HadamardLinear(DenseDeltaWrapper):
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float):
         super().__init__()
         self.base_layer = base_layer
-        out, inp, device = base_layer.out_features, base_layer.in_features, base_layer.weight.device
-        self.hada_w1_a = nn.Parameter(torch.empty(out, rank, device=device))  # [out, r]
-        self.hada_w1_b = nn.Parameter(torch.empty(rank, inp, device=device))  # [r, in]
-        self.hada_w2_a = nn.Parameter(torch.empty(out, rank, device=device))  # [out, r]
-        self.hada_w2_b = nn.Parameter(torch.zeros(rank, inp, device=device))  # [r, in]
+        out, inp = base_layer.out_features, base_layer.in_features
+        self.hada_w1_a = nn.Parameter(torch.empty(out, rank))  # [out, r]
+        self.hada_w1_b = nn.Parameter(torch.empty(rank, inp))  # [r, in]
+        self.hada_w2_a = nn.Parameter(torch.empty(out, rank))  # [out, r]
+        self.hada_w2_b = nn.Parameter(torch.zeros(rank, inp))  # [r, in]
         for factor in (self.hada_w1_a, self.hada_w1_b, self.hada_w2_a):
             nn.init.kaiming_uniform_(factor, a=math.sqrt(5))
         self.scaling = alpha / rank
 
     def delta_weight(self) -> torch.Tensor:
         return (self.hada_w1_a @ self.hada_w1_b) * (self.hada_w2_a @ self.hada_w2_b) * self.scaling  # [out, in]
-
-    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + x @ self.delta_weight().T
-
-    def folded_parameters(self) -> dict[str, torch.Tensor]:
-        return {"weight": self.base_layer.weight + self.delta_weight()}
 
 
 @dataclass
@@ -61,16 +55,13 @@ class LoHa(Method):
     mergeable = True
     default_lr = 2e-3  # LoRA's measured rate; not swept for LoHa
 
-    def _target_names(self, backbone: nn.Module) -> list[str]:
-        return find_linear_targets(backbone, self.options.targets or default_targets(backbone))
-
     def inject(self, backbone: nn.Module) -> None:
-        for name in self._target_names(backbone):
+        for name in target_layers(backbone, self.options.targets):
             layer = backbone.get_submodule(name)
             replace_module(backbone, name, HadamardLinear(layer, self.options.r, self.options.alpha))
 
     def count_parameters(self, backbone: nn.Module) -> int:
-        layers = [backbone.get_submodule(n) for n in self._target_names(backbone)]
+        layers = [backbone.get_submodule(n) for n in target_layers(backbone, self.options.targets)]
         return sum(2 * self.options.r * (layer.in_features + layer.out_features) for layer in layers)
 
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:

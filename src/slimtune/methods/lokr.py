@@ -15,9 +15,9 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
-from slimtune.methods.lora import default_targets
-from slimtune.models.folding import FoldableWrapper
-from slimtune.models.surgery import find_linear_targets, replace_module
+from slimtune.methods.lora import target_layers
+from slimtune.models.folding import DenseDeltaWrapper
+from slimtune.models.surgery import replace_module
 
 
 def factorization(dimension: int, factor: int = -1) -> tuple[int, int]:
@@ -44,18 +44,17 @@ def kronecker_shape(layer: nn.Linear, rank: int, factor: int) -> tuple[tuple[int
     return (a, c), (b, d), rank < max(b, d) / 2
 
 
-class KroneckerLinear(FoldableWrapper):
+class KroneckerLinear(DenseDeltaWrapper):
     def __init__(self, base_layer: nn.Linear, rank: int, alpha: float, factor: int):
         super().__init__()
         self.base_layer = base_layer
-        device = base_layer.weight.device
         (a, c), (b, d), low_rank = kronecker_shape(base_layer, rank, factor)
-        self.lokr_w1 = nn.Parameter(torch.zeros(a, c, device=device))  # [a, c]
+        self.lokr_w1 = nn.Parameter(torch.zeros(a, c))  # [a, c]
         if low_rank:
-            self.lokr_w2_a = nn.Parameter(torch.empty(b, rank, device=device))  # [b, r]
-            self.lokr_w2_b = nn.Parameter(torch.empty(rank, d, device=device))  # [r, d]
+            self.lokr_w2_a = nn.Parameter(torch.empty(b, rank))  # [b, r]
+            self.lokr_w2_b = nn.Parameter(torch.empty(rank, d))  # [r, d]
         else:
-            self.lokr_w2 = nn.Parameter(torch.empty(b, d, device=device))  # [b, d]
+            self.lokr_w2 = nn.Parameter(torch.empty(b, d))  # [b, d]
         for factor_matrix in self.factors()[1:]:
             nn.init.kaiming_uniform_(factor_matrix, a=math.sqrt(5))
         self.scaling = alpha / rank
@@ -66,12 +65,6 @@ class KroneckerLinear(FoldableWrapper):
     def delta_weight(self) -> torch.Tensor:
         w2 = self.lokr_w2 if hasattr(self, "lokr_w2") else self.lokr_w2_a @ self.lokr_w2_b
         return torch.kron(self.lokr_w1, w2) * self.scaling  # [out, in]
-
-    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) + x @ self.delta_weight().T
-
-    def folded_parameters(self) -> dict[str, torch.Tensor]:
-        return {"weight": self.base_layer.weight + self.delta_weight()}
 
 
 @dataclass
@@ -96,18 +89,15 @@ class LoKr(Method):
     mergeable = True
     default_lr = 2e-3  # LoRA's measured rate; not swept for LoKr
 
-    def _target_names(self, backbone: nn.Module) -> list[str]:
-        return find_linear_targets(backbone, self.options.targets or default_targets(backbone))
-
     def inject(self, backbone: nn.Module) -> None:
         o = self.options
-        for name in self._target_names(backbone):
+        for name in target_layers(backbone, self.options.targets):
             replace_module(backbone, name, KroneckerLinear(backbone.get_submodule(name), o.r, o.alpha,
                                                            o.decompose_factor))
 
     def count_parameters(self, backbone: nn.Module) -> int:
         total = 0
-        for name in self._target_names(backbone):
+        for name in target_layers(backbone, self.options.targets):
             (a, c), (b, d), low_rank = kronecker_shape(backbone.get_submodule(name), self.options.r,
                                                        self.options.decompose_factor)
             total += a * c + (self.options.r * (b + d) if low_rank else b * d)

@@ -54,9 +54,9 @@ class LowRankLinear(FoldableWrapper):
                  init: str = "kaiming"):
         super().__init__()
         self.base_layer = base_layer
-        like = {"device": base_layer.weight.device}
-        self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features, **like))  # [r, in]
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank, **like))  # [out, r]
+        # on the default device, not the base's: a server builds factors over a weightless (meta) base
+        self.lora_A = nn.Parameter(torch.empty(rank, base_layer.in_features))  # [r, in]
+        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, rank))  # [out, r]
         self.scaling = lora_scaling(rank, alpha, rslora)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.principal = init in ("pissa", "olora")
@@ -64,8 +64,8 @@ class LowRankLinear(FoldableWrapper):
             if self.principal:
                 a, b = principal_factors(base_layer.weight, rank, self.scaling, init)
                 self.lora_A.copy_(a), self.lora_B.copy_(b)
-                self.register_buffer("init_A", a.to(**like), persistent=False)  # A₀ [r, in]
-                self.register_buffer("init_B", b.to(**like), persistent=False)  # B₀ [out, r]
+                self.register_buffer("init_A", a, persistent=False)  # A₀ [r, in]
+                self.register_buffer("init_B", b, persistent=False)  # B₀ [out, r]
             elif init == "gaussian":
                 nn.init.normal_(self.lora_A, std=1 / rank)
             else:
@@ -122,6 +122,11 @@ def default_targets(backbone: nn.Module) -> tuple[str, ...]:
     raise SlimtuneError(f"cannot guess LoRA targets for this model; pass --set targets=... from: {sorted(names)}")
 
 
+def target_layers(backbone: nn.Module, patterns: tuple[str, ...]) -> list[str]:
+    """Names of the linear layers `patterns` match, or of `default_targets` when none are given."""
+    return find_linear_targets(backbone, patterns or default_targets(backbone))
+
+
 @dataclass
 class LoRAOptions:
     r: int = field(default=8, metadata={"help": "rank of the update"})
@@ -153,17 +158,14 @@ class LoRA(Method):
     mergeable = True
     layer_type: type[LowRankLinear] = LoRALinear
 
-    def _target_names(self, backbone: nn.Module) -> list[str]:
-        return find_linear_targets(backbone, self.options.targets or default_targets(backbone))
-
     def inject(self, backbone: nn.Module) -> None:
         o = self.options
-        for name in self._target_names(backbone):
+        for name in target_layers(backbone, self.options.targets):
             layer = backbone.get_submodule(name)
             replace_module(backbone, name, self.layer_type(layer, o.r, o.alpha, o.dropout, o.use_rslora, o.init))
 
     def count_parameters(self, backbone: nn.Module) -> int:
-        layers = [backbone.get_submodule(n) for n in self._target_names(backbone)]
+        layers = [backbone.get_submodule(n) for n in target_layers(backbone, self.options.targets)]
         return sum(self.options.r * (layer.in_features + layer.out_features) for layer in layers)
 
     def _layers(self, backbone: nn.Module) -> list[LowRankLinear]:

@@ -14,9 +14,9 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
-from slimtune.methods.lora import default_targets
+from slimtune.methods.lora import target_layers
 from slimtune.models.folding import FoldableWrapper
-from slimtune.models.surgery import find_linear_targets, replace_module
+from slimtune.models.surgery import replace_module
 
 
 def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -37,12 +37,11 @@ class VeRALinear(FoldableWrapper):
                  dropout: float):
         super().__init__()
         self.base_layer = base_layer
-        device = base_layer.weight.device
         # non-persistent: rebuilt from the seed, never in a state dict; the same tensors in every layer
         self.register_buffer("vera_A", shared_a, persistent=False)  # [r, max in]
         self.register_buffer("vera_B", shared_b, persistent=False)  # [max out, r]
-        self.vera_lambda_d = nn.Parameter(torch.full((shared_a.shape[0],), d_initial, device=device))  # [r]
-        self.vera_lambda_b = nn.Parameter(torch.zeros(base_layer.out_features, device=device))  # [out]
+        self.vera_lambda_d = nn.Parameter(torch.full((shared_a.shape[0],), d_initial))  # [r]
+        self.vera_lambda_b = nn.Parameter(torch.zeros(base_layer.out_features))  # [out]
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def _factors(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,20 +91,16 @@ class VeRA(Method):
     # Reasoned, not yet swept: the VeRA paper trains its vectors at rates around 1e-2 (4e-3 to 1e-2 on GLUE).
     default_lr = 1e-2
 
-    def _target_names(self, backbone: nn.Module) -> list[str]:
-        return find_linear_targets(backbone, self.options.targets or default_targets(backbone))
-
     def inject(self, backbone: nn.Module) -> None:
-        names = self._target_names(backbone)
+        names = target_layers(backbone, self.options.targets)
         layers = [backbone.get_submodule(n) for n in names]
         o = self.options
         a, b = shared_projections(o.seed, o.r, max(l.in_features for l in layers), max(l.out_features for l in layers))
-        a, b = a.to(layers[0].weight.device), b.to(layers[0].weight.device)
         for name, layer in zip(names, layers):
             replace_module(backbone, name, VeRALinear(layer, a, b, o.d_initial, o.dropout))
 
     def count_parameters(self, backbone: nn.Module) -> int:
-        return sum(self.options.r + backbone.get_submodule(n).out_features for n in self._target_names(backbone))
+        return sum(self.options.r + backbone.get_submodule(n).out_features for n in target_layers(backbone, self.options.targets))
 
     def _layers(self, backbone: nn.Module) -> dict[str, VeRALinear]:
         return {n: m for n, m in backbone.named_modules() if isinstance(m, VeRALinear)}

@@ -58,5 +58,18 @@ class FoldableWrapper(nn.Module):
         self._replaced, self.merged = None, False
 
 
+class DenseDeltaWrapper(FoldableWrapper):
+    """An additive update formed as a dense ΔW [out, in] (`delta_weight`) every forward: W x + b + ΔW x."""
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + x @ self.delta_weight().T
+
+    def folded_parameters(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.base_layer.weight + self.delta_weight()}
+
+
 def foldable_wrappers(backbone: nn.Module) -> list[FoldableWrapper]:
     return [m for m in backbone.modules() if isinstance(m, FoldableWrapper)]
