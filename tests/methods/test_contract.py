@@ -129,3 +129,25 @@ def test_row_updates_reproduce_the_wrapped_layer(tiny_model, task, method_name):
         with torch.no_grad():
             expected, got = layer(x), update(x, layer.base_layer(x), layer.base_layer)
         assert (got - expected).abs().max() < 1e-5, path
+
+
+@pytest.mark.parametrize("task,method_name", CASES)
+def test_row_updates_built_over_a_weightless_base_match(tiny_model, task, method_name):
+    """As a server builds them: the method injected into a meta-device copy of the base and loaded from the
+    adapter, its per-row updates over the real base layers give the trained model's layer outputs."""
+    model, method, _ = _perturbed(tiny_model, task, method_name)
+    if method.row_updates(model.backbone) is None or method.reads_base_weights():
+        pytest.skip(f"{method_name} is served on its own copy or built over the real base")
+    weightless = get_task(task).build_model(get_task(task).load_backbone(tiny_model), TASK_LABELS[task]).backbone
+    weightless.to("meta")
+    built = create_method(method_name)
+    built.inject(weightless)
+    built.load_state_dict(weightless, {k.removeprefix("backbone."): v for k, v in adapter_state(model, method).items()
+                                       if k.startswith("backbone.")})
+    torch.manual_seed(0)
+    for path, update in built.row_updates(weightless).items():
+        layer = model.backbone.get_submodule(path)
+        x = torch.randn(2, 3, layer.base_layer.in_features)
+        with torch.no_grad():
+            expected, got = layer(x), update(x, layer.base_layer(x), layer.base_layer)
+        assert (got - expected).abs().max() < 1e-5, path

@@ -135,6 +135,14 @@ class Method:
         for wrapper in foldable_wrappers(backbone):
             wrapper.unmerge()
 
+    def reads_base_weights(self) -> bool:
+        """Whether building this adapter reads the base's weight values, not only its shapes.
+
+        A server builds shared-base adapters over a weightless (meta-device) copy of the base; an adapter
+        whose parts come from the weights (PiSSA's principal factors, DoRA's norms) must be built over the real one.
+        """
+        return False
+
     def row_updates(self, backbone: nn.Module) -> dict[str, RowUpdate] | None:
         """Per-row updates for shared-base serving: {path of a wrapped layer in `backbone`: its update}.
 

@@ -63,6 +63,9 @@ class DoRA(LoRA):
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         return [p for layer in self._layers(backbone) for p in (layer.lora_A, layer.lora_B, layer.magnitude)]
 
+    def reads_base_weights(self) -> bool:
+        return True  # the magnitude starts at ‖W‖ and the per-row scale divides by ‖W + ΔW‖
+
     def low_rank_factors(self, state: dict[str, torch.Tensor]) -> None:
         """None: the magnitude rescales the whole weight, so the update is not a low-rank sum."""
         return None

@@ -174,6 +174,9 @@ class LoRA(Method):
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         return [p for layer in self._layers(backbone) for p in (layer.lora_A, layer.lora_B)]
 
+    def reads_base_weights(self) -> bool:
+        return self.options.init in ("pissa", "olora")
+
     def row_updates(self, backbone: nn.Module) -> dict:
         return {name: m.row_update for name, m in backbone.named_modules() if isinstance(m, self.layer_type)}
 

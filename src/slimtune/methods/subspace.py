@@ -123,6 +123,9 @@ class Subspace(Method):
         build = FastfoodProjection if kind == "fastfood" else SparseProjection
         return [build(layer.weight.numel(), dim, total, generator) for layer in layers]
 
+    def reads_base_weights(self) -> bool:
+        return self.options.projection == "svd"  # the basis comes from W₀'s singular vectors
+
     def _layers(self, backbone: nn.Module) -> list[SubspaceLinear]:
         return [m for m in backbone.modules() if isinstance(m, SubspaceLinear)]
 
