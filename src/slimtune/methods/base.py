@@ -68,7 +68,7 @@ class Method:
         self.options = options if options is not None else self.Options()
 
     def check_task(self, task_name: str) -> None:
-        """Refuse a task the method does not serve, saying why (its summary)."""
+        """Refuse a task the method does not serve, saying why (`tasks_reason`, else its summary)."""
         if self.tasks is not None and task_name not in self.tasks:
             raise SlimtuneError(f"method {self.name} serves only task {', '.join(self.tasks)}, not {task_name}: "
                                 f"{self.tasks_reason or self.summary}")
