@@ -3,7 +3,7 @@
 import pytest
 
 from slimtune.cli import main
-from slimtune.cli.inspect import rank_rows, short_labels
+from slimtune.methods.adalora_view import rank_rows, short_labels
 from tests.conftest import sentiment_rows, write_tsv
 
 
@@ -55,7 +55,7 @@ def test_other_methods_get_a_summary_and_no_heatmap(tiny_model, tmp_path, capsys
     # 2 layers x (query, value) x (A: 2x32 + B: 32x2) + head 32*2+2
     assert "parameters  578 (512 method, 66 task head)" in out and "tensors     10 " in out
     assert main(["inspect", run, "--png", str(tmp_path / "x.png")]) == 2
-    assert "only adalora adapters" in capsys.readouterr().err
+    assert "method lora draws no figure" in capsys.readouterr().err
     assert main(["inspect", str(tmp_path)]) == 2
     assert "not an adapter directory" in capsys.readouterr().err
 

@@ -42,10 +42,22 @@ def test_markdown_table(rows):
     assert "| prompt | — | — | 0 | failed: slimtune train: error: boom |" in "\n".join(lines)
 
 
-def test_every_plot_draws_a_png(rows):
+def test_every_plot_draws_each_method_in_its_colour(rows):
+    """Decode each PNG: the figure's size in pixels, and pixels of every measured method's own colour in it."""
+    import io
+
+    import numpy as np
+    from matplotlib.colors import to_rgb
+    from matplotlib.image import imread
+
     measured = [r for r in rows if r["runs"]]
-    for plot in PLOTS.values():
-        assert plot(measured).startswith(b"\x89PNG")
+    for name, plot in PLOTS.items():
+        image = imread(io.BytesIO(plot(measured)), format="png")[..., :3]  # [H, W, RGB] floats in 0..1
+        assert image.shape[0] > 200 and image.shape[1] > 300, name
+        for index, row in enumerate(measured):
+            colour = np.array(to_rgb(method_style(index)["color"]))
+            drawn = (np.abs(image - colour).max(axis=-1) < 0.02).sum()
+            assert drawn >= 10, f"{name}: no pixels of {row['method']}'s colour"
 
 
 def test_mean_curve_keeps_steps_only_some_runs_reached():

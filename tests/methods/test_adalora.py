@@ -6,7 +6,8 @@ import torch
 from safetensors.torch import load_file
 
 from slimtune.errors import SlimtuneError
-from slimtune.methods.adalora import SVDLoRALinear, final_ranks
+from slimtune.methods.adalora import SVDLoRALinear
+from slimtune.methods.adalora_view import final_ranks
 from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.methods.rank_budget import BudgetSchedule
 from slimtune.runs.train import TrainRequest, train

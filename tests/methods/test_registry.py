@@ -23,3 +23,16 @@ def test_options_are_typed():
     assert (method.options.r, method.options.alpha, method.options.targets) == (16, 8.0, ("query", "key"))
     with pytest.raises(SlimtuneError, match="r='x'"):
         create_method("lora", {"r": "x"})
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_options_come_back_from_their_saved_json(name):
+    """adapter_config.json keeps `options_dict()` as JSON; `method_from_saved` must rebuild the same options."""
+    import json
+
+    from slimtune.methods.registry import method_from_saved
+
+    method = create_method(name)
+    saved = json.loads(json.dumps(method.options_dict()))
+    assert method_from_saved(name, saved).options == method.options
+

@@ -123,7 +123,7 @@ def test_over_long_examples_are_dropped_and_reported(tiny_lm, tmp_path, capsys):
 
 
 def test_head_only_is_refused_with_the_reason():
-    with pytest.raises(SlimtuneError, match="head does not apply to task causal-lm: .*tied"):
+    with pytest.raises(SlimtuneError, match="head serves only task classify, ner, not causal-lm: .*tied"):
         get_task("causal-lm").check_method(create_method("head", {}))
 
 

@@ -69,12 +69,27 @@ def test_training_learns_the_toy_task_and_keeps_best_weights(tiny_model, toy_dat
     assert summary["best_dev_accuracy"] == max(evals)
 
 
-def test_early_stopping_stops(tiny_model, toy_data, tmp_path):
+def test_early_stopping_stops_after_patience_and_keeps_the_best_weights(tiny_model, toy_data, tmp_path, monkeypatch):
+    """Scripted dev scores: best at step 2, no gain at steps 3 and 4, so patience 2 stops after step 4 and the
+    adapter written is the one evaluated at step 2, which differs from step 4's (the steps in between trained)."""
+    from slimtune.methods.adaptation import adapter_state
+    from slimtune.training.trainer import Trainer
+
+    scores, seen = [0.5, 0.7, 0.6, 0.65, 0.9, 0.9, 0.9], []
+
+    def scripted_evaluate(self, dev_features):
+        seen.append(adapter_state(self.model, self.method))
+        return {"accuracy": scores[len(seen) - 1]}
+
+    monkeypatch.setattr(Trainer, "evaluate", scripted_evaluate)
     request = _request(tiny_model, toy_data, tmp_path / "run", eval_every=1)
-    request.config.lr = 1e-9
     request.config.patience = 2
     summary = train(request)
-    assert summary["stopped_early"] and summary["steps"] == 3
+    assert summary["stopped_early"] and summary["steps"] == 4 and summary["best_step"] == 2
+    assert [h["step"] for h in summary["history"]] == [1, 2, 3, 4]
+    saved = load_file(tmp_path / "run" / "adapter.safetensors")
+    assert all(torch.equal(saved[k], seen[1][k]) for k in saved)
+    assert any(not torch.equal(seen[1][k], seen[3][k]) for k in saved)
 
 
 def test_train_gives_data_dependent_methods_their_batches(tiny_model, toy_data, tmp_path):

@@ -60,7 +60,8 @@ def peak_memory(rows: list[dict]) -> bytes:
     ax = figure.add_subplot()
     names = [r["method"] for r in rows]
     ax.bar(names, [r["peak_rss_bytes"]["mean"] / MiB for r in rows],
-           yerr=[_std(r["peak_rss_bytes"]) / MiB for r in rows], capsize=3, color="tab:orange")
+           yerr=[_std(r["peak_rss_bytes"]) / MiB for r in rows], capsize=3,
+           color=[method_style(index)["color"] for index in range(len(rows))])
     ax.set_ylabel("peak RSS of the training process, MiB")
     ax.tick_params(axis="x", labelrotation=30)
     ax.grid(True, axis="y", alpha=0.3)

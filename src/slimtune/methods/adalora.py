@@ -15,12 +15,13 @@ import torch
 from torch import nn
 
 from slimtune.errors import SlimtuneError
-from slimtune.methods.base import Method
+from slimtune.methods.adalora_view import rank_view
+from slimtune.methods.base import InspectView, Method
+from slimtune.methods.lora import target_layers
 from slimtune.methods.peft_mappings import AdaLoRAPeftMapping
-from slimtune.methods.lora import default_targets
 from slimtune.methods.rank_budget import BudgetSchedule, keep_most_important, update_sensitivity
-from slimtune.models.folding import FoldableWrapper, set_merged
-from slimtune.models.surgery import find_linear_targets, replace_module
+from slimtune.models.folding import FoldableWrapper
+from slimtune.models.surgery import replace_module
 
 FACTORS = ("lora_P", "lora_lambda", "lora_Q")
 SENSITIVITY = tuple(f"{factor}_{stat}" for factor in FACTORS for stat in ("sens_avg", "sens_unc"))
@@ -64,14 +65,11 @@ class SVDLoRALinear(FoldableWrapper):
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_P * self.lora_lambda) @ self.lora_Q * self.scaling  # [out, in]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
-        if self.merged:
-            return out
-        return out + ((self.dropout(x) @ self.lora_Q.T) * self.lora_lambda) @ self.lora_P.T * self.scaling
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + ((self.dropout(x) @ self.lora_Q.T) * self.lora_lambda) @ self.lora_P.T * self.scaling
 
-    def _fold(self, sign: float) -> None:
-        self.base_layer.weight.add_(self.delta_weight(), alpha=sign)
+    def folded_parameters(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.base_layer.weight + self.delta_weight()}
 
     def orthogonality_gap(self) -> torch.Tensor:
         """‖PᵀP − I‖_F + ‖QQᵀ − I‖_F: zero when the triplets are orthonormal."""
@@ -141,17 +139,14 @@ class AdaLoRA(Method):
     default_lr = 2e-3  # LoRA's measured rate; not swept for AdaLoRA
     mergeable = True
 
-    def _target_names(self, backbone: nn.Module) -> list[str]:
-        return find_linear_targets(backbone, self.options.targets or default_targets(backbone))
-
     def inject(self, backbone: nn.Module) -> None:
         o = self.options
-        for name in self._target_names(backbone):
+        for name in target_layers(backbone, self.options.targets):
             layer = SVDLoRALinear(backbone.get_submodule(name), o.r, o.alpha / o.r, o.dropout)
             replace_module(backbone, name, layer)
 
     def count_parameters(self, backbone: nn.Module) -> int:
-        layers = [backbone.get_submodule(n) for n in self._target_names(backbone)]
+        layers = [backbone.get_submodule(n) for n in target_layers(backbone, self.options.targets)]
         return sum(self.options.r * (layer.in_features + layer.out_features + 1) for layer in layers)
 
     def _layers(self, backbone: nn.Module) -> list[tuple[str, SVDLoRALinear]]:
@@ -203,6 +198,16 @@ class AdaLoRA(Method):
             state[f"{name}.lora_Q"] = layer.lora_Q.detach()[keep].clone()
         return state
 
+    def low_rank_factors(self, state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """(s·P diag(λ), Q) per layer from the saved triplets, s = α / initial r."""
+        scaling = self.options.alpha / self.options.r
+        paths = sorted(k.removesuffix(".lora_lambda") for k in state if k.endswith(".lora_lambda"))
+        return {p: (state[f"{p}.lora_P"] * state[f"{p}.lora_lambda"] * scaling, state[f"{p}.lora_Q"]) for p in paths}
+
+    def inspect(self, state: dict[str, torch.Tensor]) -> InspectView:
+        """The final rank of every adapted matrix: a table, and a heatmap of layer × matrix."""
+        return rank_view(state, self.options.r, self.options.target_rank)
+
     def load_state_dict(self, backbone: nn.Module, state: dict[str, torch.Tensor]) -> None:
         """Either form: the training state (`state_dict`) or a saved adapter, rebuilt at each matrix's rank."""
         layers = dict(self._layers(backbone))
@@ -219,15 +224,3 @@ class AdaLoRA(Method):
                 for part in parts:
                     getattr(layer, part).copy_(state[f"{name}.{part}"])
 
-    def merge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, SVDLoRALinear, True)
-
-    def unmerge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, SVDLoRALinear, False)
-
-
-def final_ranks(adapter: dict[str, torch.Tensor]) -> dict[str, int]:
-    """Adapted module name → rank, read from a saved adapter's tensors (or a training state's masks)."""
-    if any(k.endswith(".rank_mask") for k in adapter):
-        return {k.removesuffix(".rank_mask"): int(v.sum()) for k, v in adapter.items() if k.endswith(".rank_mask")}
-    return {k.removesuffix(".lora_lambda"): len(v) for k, v in adapter.items() if k.endswith(".lora_lambda")}

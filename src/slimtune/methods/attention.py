@@ -18,7 +18,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
-from slimtune.models.folding import FoldableWrapper, set_merged
+from slimtune.models.folding import FoldableWrapper
 from slimtune.models.surgery import transformer_blocks
 from slimtune.models.surgery import replace_module
 
@@ -91,18 +91,17 @@ class HeadSliceLinear(FoldableWrapper):
         with_bias = axis == 0 and base_layer.bias is not None
         self.delta_bias = nn.Parameter(torch.zeros(n)) if with_bias else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base_layer(x)
-        if self.merged:
-            return out
         if self.axis == 0:
             return out.index_add(-1, self.channels, F.linear(x, self.delta_weight, self.delta_bias))
         return out + F.linear(x.index_select(-1, self.channels), self.delta_weight)
 
-    def _fold(self, sign: float) -> None:
-        self.base_layer.weight.index_add_(self.axis, self.channels, self.delta_weight, alpha=sign)
+    def folded_parameters(self) -> dict[str, torch.Tensor]:
+        folded = {"weight": self.base_layer.weight.index_add(self.axis, self.channels, self.delta_weight)}
         if self.delta_bias is not None:
-            self.base_layer.bias.index_add_(0, self.channels, self.delta_bias, alpha=sign)
+            folded["bias"] = self.base_layer.bias.index_add(0, self.channels, self.delta_bias)
+        return folded
 
 
 @dataclass
@@ -184,9 +183,3 @@ class AttentionOnly(Method):
 
     def _wrappers(self, backbone: nn.Module) -> list[HeadSliceLinear]:
         return [m for m in backbone.modules() if isinstance(m, HeadSliceLinear)]
-
-    def merge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, HeadSliceLinear, True)
-
-    def unmerge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, HeadSliceLinear, False)

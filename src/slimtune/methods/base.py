@@ -7,13 +7,16 @@ parameters it trains and what goes into its adapter file. Training-time needs
 trainer. Merging is an explicit call, never a side effect of `.eval()`.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
 
 from slimtune.errors import SlimtuneError
+from slimtune.models.folding import foldable_wrappers
 
 
 class RowUpdate(Protocol):
@@ -29,6 +32,19 @@ class RowUpdate(Protocol):
 
 
 @dataclass
+class InspectView:
+    """A method's own part of `slimtune inspect`: text printed under the summary, and optionally a figure.
+
+    `write_figure(path)` draws it as a PNG; `figure` names it in the CLI's message (e.g. "heatmap").
+    """
+
+    text: str
+    write_figure: Callable[[Path], None] | None = None
+    figure: str = "figure"
+    figure_file: str = "figure.png"
+
+
+@dataclass
 class NoOptions:
     """A method without options."""
 
@@ -38,8 +54,12 @@ class Method:
     summary: ClassVar[str]
     Options: ClassVar[type] = NoOptions
     default_lr: ClassVar[float]
+    # Whether `merge` can fold the method into the base: its update lives in FoldableWrappers
+    # (models/folding.py) or in base parameters trained in place.
     mergeable: ClassVar[bool] = False
-    tasks: ClassVar[tuple[str, ...] | None] = None  # the tasks the method serves; None: every task
+    # The tasks the method serves; None: every task. The one place compatibility is declared: tasks name no method.
+    tasks: ClassVar[tuple[str, ...] | None] = None
+    tasks_reason: ClassVar[str | None] = None  # why only those tasks (default: the summary)
     # Whether the method computes with the wrapped layers' fp32 weight matrices (rather than calling the layers),
     # which an int8 frozen base (`--quantize int8`) does not keep.
     needs_float_base_weights: ClassVar[bool] = False
@@ -50,10 +70,10 @@ class Method:
         self.options = options if options is not None else self.Options()
 
     def check_task(self, task_name: str) -> None:
-        """Refuse a task the method does not serve, saying why (its summary)."""
+        """Refuse a task the method does not serve, saying why (`tasks_reason`, else its summary)."""
         if self.tasks is not None and task_name not in self.tasks:
             raise SlimtuneError(f"method {self.name} serves only task {', '.join(self.tasks)}, not {task_name}: "
-                                f"{self.summary}")
+                                f"{self.tasks_reason or self.summary}")
 
     def inject(self, backbone: nn.Module) -> nn.Module | None:
         """Prepare a frozen backbone in place: wrap layers or unfreeze the method's parameters.
@@ -98,18 +118,54 @@ class Method:
             for name, value in state.items():
                 own[name].copy_(value)
 
-    def merge(self, backbone: nn.Module) -> None:
-        """Fold the method's weights into the base weights (mergeable methods only)."""
-        raise NotImplementedError(f"{self.name} cannot be merged")
+    def merge(self, backbone: nn.Module, restorable: bool = True) -> None:
+        """Fold the method into the base weights: every FoldableWrapper writes its `folded_parameters`.
+
+        A method that trains base parameters in place (full, bitfit, layers) has nothing to fold. With
+        `restorable` (the default) `unmerge` brings the base back bit for bit; a caller that unwraps
+        afterwards and never unmerges passes False and keeps no copy of the replaced weights.
+        """
+        if not self.mergeable:
+            raise NotImplementedError(f"{self.name} cannot be merged")
+        for wrapper in foldable_wrappers(backbone):
+            wrapper.merge(restorable)
 
     def unmerge(self, backbone: nn.Module) -> None:
-        raise NotImplementedError(f"{self.name} cannot be merged")
+        """Undo `merge` exactly: the base parameters it replaced are put back."""
+        if not self.mergeable:
+            raise NotImplementedError(f"{self.name} cannot be merged")
+        for wrapper in foldable_wrappers(backbone):
+            wrapper.unmerge()
+
+    def reads_base_weights(self) -> bool:
+        """Whether building this adapter reads the base's weight values, not only its shapes.
+
+        A server builds shared-base adapters over a weightless (meta-device) copy of the base; an adapter
+        whose parts come from the weights (PiSSA's principal factors, DoRA's norms) must be built over the real one.
+        """
+        return False
 
     def row_updates(self, backbone: nn.Module) -> dict[str, RowUpdate] | None:
         """Per-row updates for shared-base serving: {path of a wrapped layer in `backbone`: its update}.
 
         None (the default): the method changes the base in a way rows cannot share (new tokens, changed
         weights), and the server gives such an adapter its own model copy.
+        """
+        return None
+
+    def low_rank_factors(self, state: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """The saved update as plain low-rank factors, for adapter arithmetic (`slimtune combine`).
+
+        `state` is the method's exported state (`export_state_dict`, keys without `backbone.`); the answer is
+        {path of an adapted layer: (B [out, r], A [r, in])} with ΔW = B A, the method's scale folded into B.
+        None (the default): the update is not a sum of low-rank products alone.
+        """
+        return None
+
+    def inspect(self, state: dict[str, torch.Tensor]) -> InspectView | None:
+        """What `slimtune inspect` shows for a saved adapter beyond its generic summary; None: nothing more.
+
+        `state` is the adapter file's tensors as saved (the method's under `backbone.`, the head's beside them).
         """
         return None
 

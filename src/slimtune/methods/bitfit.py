@@ -40,9 +40,3 @@ class BitFit(Method):
 
     def count_parameters(self, backbone: nn.Module) -> int:
         return sum(bias.numel() for bias in encoder_biases(backbone))
-
-    def merge(self, backbone: nn.Module) -> None:
-        pass
-
-    def unmerge(self, backbone: nn.Module) -> None:
-        pass

@@ -19,9 +19,3 @@ class FullFineTuning(Method):
 
     def trainable_parameters(self, backbone: nn.Module) -> list[nn.Parameter]:
         return list(backbone.parameters())
-
-    def merge(self, backbone: nn.Module) -> None:
-        pass
-
-    def unmerge(self, backbone: nn.Module) -> None:
-        pass

@@ -205,9 +205,3 @@ class LayerRange(Method):
 
     def count_parameters(self, backbone: nn.Module) -> int:
         return sum(p.numel() for p in self.trainable_parameters(backbone))
-
-    def merge(self, backbone: nn.Module) -> None:
-        pass
-
-    def unmerge(self, backbone: nn.Module) -> None:
-        pass

@@ -92,6 +92,12 @@ def create_method(name: str, pairs: dict[str, str] | None = None) -> Method:
     return cls(options)
 
 
+def method_from_saved(name: str, options: dict) -> Method:
+    """The method an adapter_config.json describes: its options as saved (JSON values, lists for tuples)."""
+    as_text = {k: ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v) for k, v in options.items()}
+    return create_method(name, as_text)
+
+
 def option_help(cls: type[Method]) -> list[tuple[str, str, str]]:
     """(name, default, help) for each option, for `slimtune methods`."""
     rows = []

@@ -23,7 +23,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
-from slimtune.models.folding import FoldableWrapper, set_merged
+from slimtune.models.folding import FoldableWrapper
 from slimtune.models.surgery import replace_module
 
 SELECTIONS = ("magnitude", "fisher", "random")
@@ -52,18 +52,16 @@ class SparseDeltaLinear(FoldableWrapper):
         weight = self.base_layer.weight
         return weight.flatten().index_add(0, self.indices, self.values).view_as(weight)  # [out, in]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            return self.base_layer(x)
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.effective_weight(), self.base_layer.bias)
+
+    def folded_parameters(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.effective_weight()}
 
     @torch.no_grad()
     def select(self, indices: torch.Tensor) -> None:
         """Move the k trainable positions before training (the values must still be zero)."""
         self.indices.copy_(indices)
-
-    def _fold(self, sign: float) -> None:
-        self.base_layer.weight.view(-1).index_add_(0, self.indices, self.values, alpha=sign)
 
 
 def sparse_targets(backbone: nn.Module) -> list[tuple[str, nn.Linear]]:
@@ -195,9 +193,3 @@ class Subnetwork(Method):
             for name, layer in layers.items():
                 layer.select(state[f"{name}.indices"].long())
                 layer.values.copy_(state[f"{name}.values"])
-
-    def merge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, SparseDeltaLinear, True)
-
-    def unmerge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, SparseDeltaLinear, False)

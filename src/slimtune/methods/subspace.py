@@ -20,7 +20,7 @@ from torch import nn
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.methods.projections import FastfoodProjection, SingularProjection, SparseProjection
-from slimtune.models.folding import FoldableWrapper, set_merged
+from slimtune.models.folding import FoldableWrapper
 from slimtune.models.surgery import find_linear_targets, replace_module, transformer_blocks
 
 PROJECTIONS = ("fastfood", "sparse", "svd")
@@ -40,13 +40,11 @@ class SubspaceLinear(FoldableWrapper):
         weight = self.base_layer.weight
         return self.projection(self.alpha * self.scale).view_as(weight).to(weight.dtype)  # [out, in]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.merged:
-            return self.base_layer(x)
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.base_layer.weight + self.delta_weight(), self.base_layer.bias)
 
-    def _fold(self, sign: float) -> None:
-        self.base_layer.weight.add_(self.delta_weight(), alpha=sign)
+    def folded_parameters(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.base_layer.weight + self.delta_weight()}
 
 
 def subspace_targets(backbone: nn.Module, patterns: tuple[str, ...]) -> list[str]:
@@ -125,6 +123,9 @@ class Subspace(Method):
         build = FastfoodProjection if kind == "fastfood" else SparseProjection
         return [build(layer.weight.numel(), dim, total, generator) for layer in layers]
 
+    def reads_base_weights(self) -> bool:
+        return self.options.projection == "svd"  # the basis comes from W₀'s singular vectors
+
     def _layers(self, backbone: nn.Module) -> list[SubspaceLinear]:
         return [m for m in backbone.modules() if isinstance(m, SubspaceLinear)]
 
@@ -147,9 +148,3 @@ class Subspace(Method):
             raise KeyError(f"adapter alpha has {tuple(state['alpha'].shape)} values, the options say dim={alpha.numel()}")
         with torch.no_grad():
             alpha.copy_(state["alpha"])
-
-    def merge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, SubspaceLinear, True)
-
-    def unmerge(self, backbone: nn.Module) -> None:
-        set_merged(backbone, SubspaceLinear, False)

@@ -1,7 +1,13 @@
-"""Wrappers whose learned update can be folded into the wrapped layer's weights and taken out again.
+"""The merge contract: a wrapper whose learned update can be written into its base layer's parameters.
 
-Merging is always an explicit call (never a side effect of `.eval()`); each
-wrapper says in `_fold(sign)` how its update adds to `base_layer`.
+A wrapper keeps the frozen layer as `base_layer` and says two things: how it computes
+while unmerged (`adapted_forward`) and what the base layer's parameters become with
+the update folded in (`folded_parameters`). Any kind of update fits: additive (LoRA's
+W + ΔW), rescaled (IA3's diag(l)·W), or renormalised (DoRA's m·(W + ΔW)/‖W + ΔW‖).
+Merging copies the folded values in and, unless told the base will never come back,
+keeps the replaced tensors, so unmerging restores the base bit for bit (subtracting
+ΔW again would not: (W + ΔW) − ΔW ≠ W in floating point, and a scaling may not invert).
+Merging is always an explicit call, never a side effect of `.eval()`.
 """
 
 import torch
@@ -9,27 +15,61 @@ from torch import nn
 
 
 class FoldableWrapper(nn.Module):
+    """A module holding `base_layer` plus an update that merging folds into `base_layer`'s own parameters."""
+
     merged: bool = False
 
-    def _fold(self, sign: float) -> None:
-        """Add (sign=1) or subtract (sign=-1) the update to the base layer's weights in place."""
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's output with the update applied on the fly (the unmerged path)."""
         raise NotImplementedError
 
+    def folded_parameters(self) -> dict[str, torch.Tensor]:
+        """The base layer's parameters that the update changes, with the update folded in.
+
+        {'weight': [out, in]} and, when the update touches it, {'bias': [out]}; the merged base layer alone
+        must then compute what `adapted_forward` computes.
+        """
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) if self.merged else self.adapted_forward(x)
+
     @torch.no_grad()
-    def merge(self) -> None:
-        if not self.merged:
-            self._fold(1.0)
-            self.merged = True
+    def merge(self, restorable: bool = True) -> None:
+        """Write the update into the base layer; `restorable=False` keeps no copy (for merge-then-unwrap)."""
+        if self.merged:
+            return
+        folded = self.folded_parameters()
+        self._replaced = ({name: getattr(self.base_layer, name).detach().clone() for name in folded}
+                          if restorable else None)
+        for name, value in folded.items():
+            getattr(self.base_layer, name).copy_(value)
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        if self.merged:
-            self._fold(-1.0)
-            self.merged = False
+        """Put back exactly the base parameters that `merge` replaced."""
+        if not self.merged:
+            return
+        if self._replaced is None:
+            raise RuntimeError("this layer was merged with restorable=False; its base weights are gone")
+        for name, value in self._replaced.items():
+            getattr(self.base_layer, name).copy_(value)
+        self._replaced, self.merged = None, False
 
 
-def set_merged(backbone: nn.Module, wrapper_type: type[FoldableWrapper], merged: bool) -> None:
-    """Merge or unmerge every wrapper of one type inside `backbone`."""
-    for module in backbone.modules():
-        if isinstance(module, wrapper_type):
-            module.merge() if merged else module.unmerge()
+class DenseDeltaWrapper(FoldableWrapper):
+    """An additive update formed as a dense ΔW [out, in] (`delta_weight`) every forward: W x + b + ΔW x."""
+
+    def delta_weight(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def adapted_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base_layer(x) + x @ self.delta_weight().T
+
+    def folded_parameters(self) -> dict[str, torch.Tensor]:
+        return {"weight": self.base_layer.weight + self.delta_weight()}
+
+
+def foldable_wrappers(backbone: nn.Module) -> list[FoldableWrapper]:
+    return [m for m in backbone.modules() if isinstance(m, FoldableWrapper)]

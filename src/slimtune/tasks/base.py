@@ -54,7 +54,6 @@ class Task(ABC):
     primary_metric: str  # higher is better; drives early stopping and best-weight selection
     kind: str  # CLASSIFICATION, TAGGING or GENERATION
     mixable: bool = False  # can share one encoder base with other tasks in a multi-task run
-    unsupported_methods: dict[str, str] = {}  # method name → why it cannot apply to this task
 
     @property
     def generates_text(self) -> bool:
@@ -62,10 +61,7 @@ class Task(ABC):
         return self.kind == GENERATION
 
     def check_method(self, method) -> None:
-        """Refuse a method this task cannot take, or one that does not serve this task (`Method.tasks`)."""
-        if method.name in self.unsupported_methods:
-            raise SlimtuneError(f"method {method.name} does not apply to task {self.name}: "
-                                f"{self.unsupported_methods[method.name]}")
+        """Refuse a method that does not serve this task: methods declare their tasks (`Method.tasks`)."""
         method.check_task(self.name)
 
     def load_backbone(self, spec, pooling=None, max_length=None):

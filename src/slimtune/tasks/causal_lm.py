@@ -46,11 +46,6 @@ class CausalLMTask(Task):
     name = "causal-lm"
     primary_metric = "token_accuracy"
     kind = GENERATION
-    # Methods that cannot apply to every causal LM, with the reason; others may still refuse a given model.
-    unsupported_methods = {
-        "head": "causal-lm keeps the LM head frozen (in SmolLM2 and many small LMs it is the input embedding "
-                "matrix, tied), so head-only tuning would train nothing; use lora or another method",
-    }
 
     def read(self, path, **options):
         refuse_options(self.name, options)
