@@ -166,7 +166,7 @@ def test_tfidf_before_fitting_is_an_error(tiny_model):
 
 
 def test_ner_is_refused_with_the_reason(tiny_model, toy_ner_data, tmp_path):
-    request = TrainRequest(task="ner", method="features", train_path=toy_ner_data["train"], out_dir=str(tmp_path),
+    request = TrainRequest(task="ner", method="features", train_path=toy_ner_data["train"], out_dir=str(tmp_path / "out"),
                            model=tiny_model)
     with pytest.raises(SlimtuneError, match="features serves only task classify, not ner: .*one vector per text"):
         train(request)

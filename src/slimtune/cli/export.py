@@ -15,6 +15,7 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="a new (or empty) directory")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--task-name", metavar="NAME", help="the task to export of a multi-task adapter")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune output in --out")
     p.set_defaults(handler=run)
 
 
@@ -25,6 +26,6 @@ def run(args) -> int:
         return merge.run(args)
     from slimtune.runs.formats.peft_export import export_peft
 
-    out = export_peft(args.adapter, args.out, args.model, args.task_name)
+    out = export_peft(args.adapter, args.out, args.model, args.task_name, args.overwrite)
     print(f"peft adapter written to {out}")
     return 0

@@ -193,8 +193,8 @@ class KeepBest:
         best = best_trial(study)
         if best is not None and best.number == trial.number and run_dir.is_dir():
             install_best(self.out, run_dir, trial.number)
-        elif run_dir.is_dir():
-            shutil.rmtree(run_dir)
+        else:
+            remove_trial(run_dir)
 
 
 def install_best(out: Path, run_dir: Path, number: int) -> None:
@@ -240,12 +240,22 @@ def clean_stale_trials(study, request: TuneRequest) -> None:
 
     running = {t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING}
     trials = Path(request.out_dir) / "trials"
-    for path in trials.glob("trial-*") if trials.is_dir() else ():
+    for path in [p.parent / p.name.split(".")[1] for p in trials.glob(".trial-*")] + sorted(trials.glob("trial-*")) \
+            if trials.is_dir() else ():
         number = path.name.removeprefix("trial-")
         if number.isdigit() and int(number) not in running:
-            shutil.rmtree(path)
+            remove_trial(path)
     for leftover in ("best.new", "best.old"):
         shutil.rmtree(Path(request.out_dir) / leftover, ignore_errors=True)
+
+
+def remove_trial(run_dir: Path) -> None:
+    """A trial's run directory, and the work directory an interrupted or pruned run leaves beside it."""
+    from slimtune.ownership import remove_owned, work_dir_for
+
+    for path in (run_dir, work_dir_for(run_dir)):
+        if path.is_dir():
+            remove_owned(path)
 
 
 def best_trial(study):

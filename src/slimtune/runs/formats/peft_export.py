@@ -8,9 +8,6 @@ slimtune reads back for label names, pooling and tag scheme when the directory i
 """
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,6 +19,7 @@ from slimtune.runs.formats.model_card import model_card
 from slimtune.runs.formats.peft_layout import peft_layout
 from slimtune.methods.peft_mapping_base import PROMPT_PREFIX, TUNER_PREFIX
 from slimtune.models.loading import DEFAULT_MODEL, resolve_model_path
+from slimtune.ownership import check_out, new_output
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = "adapter_model.safetensors"
@@ -98,17 +96,10 @@ def peft_directory(loaded, run_dir: Path, model_spec: str | None = None) -> dict
     return files
 
 
-def write_directory(files: dict[str, object], out: Path) -> None:
-    """Write all files into a fresh directory next to `out`, then move it into place (nothing half-written)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SlimtuneError(f"{out} exists and is not empty; choose a new directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 is for its own privacy, not the result's
-    try:
+def write_directory(files: dict[str, object], out: Path, overwrite: bool = False) -> None:
+    """Write all files into a marked directory next to `out`, then swap it into place (nothing half-written;
+    `out` must be new, empty, or with `overwrite` a previous slimtune output)."""
+    with new_output(Path(out), "export", overwrite) as tmp:
         for name, content in files.items():
             if isinstance(content, str):
                 (tmp / name).write_text(content, encoding="utf-8")
@@ -116,17 +107,13 @@ def write_directory(files: dict[str, object], out: Path) -> None:
                 write_safetensors(tmp / name, content, metadata={"format": "pt"})
             else:
                 write_json(tmp / name, content)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
 
 
-def export_peft(run_dir: Path, out: Path, model_spec: str | None = None, task_name: str | None = None) -> Path:
+def export_peft(run_dir: Path, out: Path, model_spec: str | None = None, task_name: str | None = None,
+                overwrite: bool = False) -> Path:
     from slimtune.runs.adapter_files import load_adapter
 
+    check_out(Path(out), overwrite)
     loaded = load_adapter(run_dir, model_spec, task_name=task_name)
-    write_directory(peft_directory(loaded, Path(run_dir), model_spec), Path(out))
+    write_directory(peft_directory(loaded, Path(run_dir), model_spec), Path(out), overwrite)
     return Path(out)

@@ -14,7 +14,6 @@ classify or ner adapter with none of these is refused.
 """
 
 import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -27,6 +26,8 @@ from safetensors.torch import load_file
 
 import slimtune
 from slimtune.errors import SlimtuneError
+from slimtune.data.files import read_json_file
+from slimtune.runs.run_directory import MAX_CONFIG_BYTES
 from slimtune.runs.formats.peft_export import CLASSIFIER_HEAD, CLASSIFIER_HEAD_JSON, PEFT_CONFIG, PEFT_WEIGHTS, SLIMTUNE_SIDECAR
 from slimtune.runs.formats.peft_layout import POOLER_TASK_TYPE, TASK_TYPES
 from slimtune.methods.peft_mapping_base import PROMPT_PREFIX, TUNER_PREFIX, validated
@@ -68,8 +69,8 @@ class HeadFile(BaseModel):
 def is_peft_dir(path: Path) -> bool:
     """Whether `path` holds a peft adapter (not a slimtune run, whose config names a `method`)."""
     try:
-        config = json.loads((Path(path) / PEFT_CONFIG).read_text())
-    except (OSError, ValueError):
+        config = read_json_file(Path(path) / PEFT_CONFIG, MAX_CONFIG_BYTES)
+    except SlimtuneError:
         return False  # not readable here: the run-directory reader reports it
     return isinstance(config, dict) and "peft_type" in config and "method" not in config
 
@@ -114,9 +115,9 @@ def _local_base_state(peft_dir: Path, model_spec: str | None) -> str:
     from slimtune.models.loading import resolve_model_path
 
     try:
-        spec = model_spec or json.loads((peft_dir / PEFT_CONFIG).read_text()).get("base_model_name_or_path")
+        spec = model_spec or _read_json(peft_dir / PEFT_CONFIG).get("base_model_name_or_path")
         base = Path(resolve_model_path(spec)) if isinstance(spec, str) else None
-    except (OSError, ValueError, SlimtuneError):
+    except (OSError, SlimtuneError):
         return ""  # the conversion reports it
     if base is None or not base.is_dir():
         return ""
@@ -124,12 +125,7 @@ def _local_base_state(peft_dir: Path, model_spec: str | None) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as e:
-        raise SlimtuneError(f"{path}: cannot read ({e})") from None
-    except json.JSONDecodeError as e:
-        raise SlimtuneError(f"{path}: not valid JSON ({e.msg})") from None
+    data = read_json_file(path, MAX_CONFIG_BYTES)  # size, UTF-8, depth and syntax checked, errors name the file
     if not isinstance(data, dict):
         raise SlimtuneError(f"{path}: expected a JSON object")
     return data
