@@ -84,3 +84,15 @@ def test_head_only_is_refused(runs, tmp_path, capsys):
     code = main(["train", "--task", "causal-lm", "--model", runs["model"], "--method", "head", "--train", runs["dev"],
                  "--out", str(tmp_path / "head")])
     assert code == 2 and "head does not apply to task causal-lm" in capsys.readouterr().err
+
+
+def test_layers_with_the_block_cache_trains_then_scores_by_generation(runs, capsys):
+    """The cache of frozen lower blocks must stand aside while generating (it crashed after training once the
+    transformers cache argument was renamed)."""
+    out = runs["root"] / "layers-cache"
+    assert main(["train", "--task", "causal-lm", "--model", runs["model"], "--method", "layers", "--set", "layers=1",
+                 "--set", "cache=true", "--train", str(runs["root"] / "train.jsonl"), "--dev", runs["dev"],
+                 "--epochs", "2", "--batch-size", "8", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--adapter", str(out), "--data", runs["dev"], "--json"]) == 0
+    assert "exact_match" in json.loads(capsys.readouterr().out)

@@ -35,6 +35,7 @@ from transformers.models.bert.modeling_bert import eager_attention_forward
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.models.kv_cache import OLD_CACHE_ARGUMENT, kv_cache
 from slimtune.models.surgery import replace_module
 
 
@@ -111,8 +112,8 @@ class PrefixAttention(nn.Module):
         self.reparam = None
         self.prefix_key, self.prefix_value = nn.Parameter(key), nn.Parameter(value)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, past_key_values=None, **kwargs):
-        if past_key_values is not None:
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, cache=None, **kwargs):
+        if cache is not None or kv_cache(kwargs) is not None:
             raise SlimtuneError("prefix tuning does not support a key/value cache in BERT-style attention")
         base = self.base_layer
         batch, length = hidden_states.shape[:2]
@@ -148,9 +149,10 @@ class DecoderPrefixAttention(PrefixAttention):
     function, in the base module's order.
     """
 
-    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
-                past_key_values=None, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, cache=None,
+                **kwargs):
         base = self.base_layer
+        cache = cache if cache is not None else kwargs.pop(OLD_CACHE_ARGUMENT, None)  # a caller of the old API
         batch, length = hidden_states.shape[:2]
         code = importlib.import_module(type(base).__module__)
 
@@ -161,8 +163,8 @@ class DecoderPrefixAttention(PrefixAttention):
         value = heads(base.v_proj(hidden_states))
         cos, sin = position_embeddings
         query, key = code.apply_rotary_pos_emb(query, key, cos, sin)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, base.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, base.layer_idx)
         if attention_mask is None:  # the attention function would have applied a causal mask by itself
             attention_mask = causal_mask(length, key.shape[2], hidden_states.device)
             if base.config._attn_implementation == "eager":  # eager adds its mask to the scores
