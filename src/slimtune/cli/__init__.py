@@ -10,6 +10,7 @@ import pkgutil
 import sys
 
 from slimtune import __version__
+from slimtune.cli.common import apply_threads
 from slimtune.errors import SlimtuneError
 
 # The order `slimtune --help` lists them in; any other module here with a `register` function follows.
@@ -61,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `train --nproc` relaunches it
     try:
+        if "threads" in vars(args):  # commands that compute
+            apply_threads(args)
         return args.handler(args) or 0
     except SlimtuneError as e:
         print(f"slimtune {args.command}: error: {e}", file=sys.stderr)

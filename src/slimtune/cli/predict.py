@@ -5,6 +5,8 @@ import sys
 
 
 def register(sub) -> None:
+    from slimtune.cli.common import add_threads_flag
+
     from slimtune.data.tag_schemes import SCHEMES
 
     p = sub.add_parser("predict", help="predict labels for new texts",
@@ -24,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--quantize", choices=("int8",),
                    help="dynamic int8 linear layers on CPU (the adapter is merged first where it can be)")
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

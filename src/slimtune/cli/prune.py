@@ -27,6 +27,8 @@ examples:
 
 
 def register(sub) -> None:
+    from slimtune.cli.common import add_threads_flag
+
     import argparse
 
     from slimtune.cli.common import add_reader_flags
@@ -48,6 +50,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_reader_flags(p)
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

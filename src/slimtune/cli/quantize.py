@@ -11,6 +11,8 @@ forward latency and, with --data, the quality of fp32 and int8 side by side.
 
 
 def register(sub) -> None:
+    from slimtune.cli.common import add_threads_flag
+
     import argparse
 
     from slimtune.cli.common import add_reader_flags
@@ -24,6 +26,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="evaluation and latency batch size")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     add_reader_flags(p)
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

@@ -35,6 +35,8 @@ examples:
 
 
 def register(sub) -> None:
+    from slimtune.cli.common import add_threads_flag
+
     p = sub.add_parser("serve", help="serve adapters over HTTP", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="an adapter to load, repeatable")
@@ -59,6 +61,7 @@ def register(sub) -> None:
     p.add_argument("--quantize", choices=("int8",),
                    help="CPU dynamic int8 linear layers: the shared base (LoRA deltas stay fp32, mixed batches "
                         "still work) and every own copy (merged first where the method allows)")
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

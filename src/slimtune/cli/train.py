@@ -4,7 +4,7 @@ import argparse
 import os
 import sys
 
-from slimtune.cli.common import add_reader_flags, parse_set, reader_options
+from slimtune.cli.common import add_reader_flags, add_threads_flag, parse_set, reader_options
 from slimtune.errors import SlimtuneError
 from slimtune.training.trainer import TrainConfig
 
@@ -67,6 +67,7 @@ def register(sub) -> None:
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
     add_reader_flags(p)
     add_multitask_flags(p)
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 
