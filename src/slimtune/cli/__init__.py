@@ -53,12 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_transformers() -> None:
+    """Weight-loading chatter is not the user's business. Said through the environment, which transformers reads
+    when it is first imported, so that commands which never load a model do not import it (seconds) to say it."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (main called in-process): it no longer reads them
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # weight-loading chatter is not the user's business
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # as given: `train --nproc` relaunches it
     try:

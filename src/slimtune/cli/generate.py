@@ -13,9 +13,9 @@ examples:
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import add_threads_flag
-
     import argparse
+
+    from slimtune.cli.common import add_threads_flag
 
     p = sub.add_parser("generate", help="generate text with a causal-LM adapter", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

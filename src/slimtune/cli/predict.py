@@ -6,7 +6,6 @@ import sys
 
 def register(sub) -> None:
     from slimtune.cli.common import add_threads_flag
-
     from slimtune.data.tag_schemes import SCHEMES
 
     p = sub.add_parser("predict", help="predict labels for new texts",

@@ -26,14 +26,16 @@ examples:
 """
 
 
-def register(sub) -> None:
-    from slimtune.cli.common import add_threads_flag
+# compression.prune_run's METHODS and compression.magnitude's SCOPES, spelled out: importing them loads torch,
+# which `slimtune --help` should not wait for (tests/cli/test_startup.py keeps them equal).
+METHODS = ("magnitude", "structured")
+SCOPES = ("global", "layer")
 
+
+def register(sub) -> None:
     import argparse
 
-    from slimtune.cli.common import add_reader_flags
-    from slimtune.compression.magnitude import SCOPES
-    from slimtune.compression.prune_run import METHODS
+    from slimtune.cli.common import add_reader_flags, add_threads_flag
 
     p = sub.add_parser("prune", help="prune weights, heads or FFN neurons of an encoder", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

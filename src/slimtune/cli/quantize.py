@@ -11,11 +11,9 @@ forward latency and, with --data, the quality of fp32 and int8 side by side.
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import add_threads_flag
-
     import argparse
 
-    from slimtune.cli.common import add_reader_flags
+    from slimtune.cli.common import add_reader_flags, add_threads_flag
 
     p = sub.add_parser("quantize", help="int8 inference copy of a run, measured against fp32", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -6,7 +6,6 @@ import sys
 
 from slimtune.cli.common import add_reader_flags, add_threads_flag, parse_set, reader_options
 from slimtune.errors import SlimtuneError
-from slimtune.training.trainer import TrainConfig
 
 HELP = """Fine-tune a pretrained model on labelled data with one method.
 
@@ -142,6 +141,7 @@ def run(args) -> int:
     from slimtune.tasks import get_task
     from slimtune.training import distributed
     from slimtune.training.run import TrainRequest, describe, train
+    from slimtune.training.trainer import TrainConfig
 
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -172,7 +172,7 @@ def run(args) -> int:
     return 0
 
 
-def run_multitask(args, config: TrainConfig) -> int:
+def run_multitask(args, config) -> int:
     from slimtune.multitask.run import MultiTrainRequest, describe, train_multitask
     from slimtune.multitask.specs import parse_task_specs, parse_weights
 

@@ -30,8 +30,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.bert.modeling_bert import eager_attention_forward
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
@@ -122,6 +120,9 @@ class PrefixAttention(nn.Module):
         def heads(x: torch.Tensor) -> torch.Tensor:  # [B, T, n * d] → [B, n, T, d]
             return x.reshape(batch, length, -1, head).transpose(1, 2)
 
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # here: listing methods needs no transformers
+        from transformers.models.bert.modeling_bert import eager_attention_forward
+
         query = heads(base.query(hidden_states))
         prefix_key, prefix_value = self.batch_prefixes(batch, head, hidden_states.dtype)
         key = torch.cat([prefix_key, heads(base.key(hidden_states))], dim=2)
@@ -172,6 +173,8 @@ class DecoderPrefixAttention(PrefixAttention):
                                              ).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
         prefix_key, prefix_value = self.batch_prefixes(batch, base.head_dim, hidden_states.dtype)
         key, value = torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2)
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(base.config._attn_implementation,
                                                           code.eager_attention_forward)
         output, weights = attention(
