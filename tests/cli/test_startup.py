@@ -34,3 +34,9 @@ def test_prune_choices_are_the_compression_modules_own():
     from slimtune.compression.prune_run import METHODS
 
     assert prune.METHODS == METHODS and prune.SCOPES == SCOPES
+
+
+def test_the_task_registry_loads_no_scikit_learn():
+    """Scoring classify needs none, and ner imports seqeval (which brings it) only when it scores."""
+    setup = "from slimtune.tasks import get_task\nfor name in ('classify', 'ner', 'causal-lm'):\n    get_task(name)"
+    assert _imported(setup, ("sklearn", "seqeval")) == []
