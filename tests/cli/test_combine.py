@@ -69,3 +69,10 @@ def test_bad_input_exits_2_in_one_line(runs, tmp_path, capsys, args, message):
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x" / "adapter.safetensors").exists()
+
+
+def test_the_command_lists_every_procedure_the_arithmetic_has():
+    from slimtune.cli.combine import HOWS
+    from slimtune.methods import arithmetic
+
+    assert HOWS == arithmetic.HOWS

@@ -143,7 +143,7 @@ def test_llama_prefix_equals_a_prefilled_key_value_cache(implementation):
         cache.update(*wrapper.batch_prefixes(2, 4, torch.float32), layer)
     with torch.no_grad():
         expected = plain(input_ids=ids, attention_mask=torch.cat([torch.ones(2, 3, dtype=torch.long), mask], 1),
-                         position_ids=torch.arange(7)[None], past_key_values=cache).last_hidden_state
+                         position_ids=torch.arange(7)[None], cache=cache).last_hidden_state
         got = wrapped(input_ids=ids, attention_mask=mask).last_hidden_state
     real = mask.bool()
     assert (got[real] - expected[real]).abs().max() < 1e-5

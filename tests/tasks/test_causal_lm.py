@@ -1,5 +1,6 @@
 """The causal-lm task on a tiny random Llama: the model split, LoRA on llama blocks, losses, generation, refusals."""
 
+import copy
 import json
 
 import pytest
@@ -85,12 +86,35 @@ def test_generation_with_the_key_value_cache_equals_recomputing(tiny_lm, method,
     ids, mask = left_padded(prompts, backbone.tokenizer.pad_token_id)
     with torch.no_grad():
         cached = model.generate(ids, mask, generation_config=config)
-        recomputed = model.generate(ids, mask, generation_config=config, use_cache=False)
+        uncached = copy.deepcopy(config)
+        uncached.use_cache = False
+        recomputed = model.generate(ids, mask, generation_config=uncached)
         single = torch.tensor([prompts[1]])  # generate passes position ids; training passes none
         as_generate = model.lm(single, position_ids=torch.arange(single.shape[1])[None], use_cache=True).logits
         as_training = model(single, torch.ones_like(single))
     assert torch.equal(cached, recomputed)
     assert torch.allclose(as_generate, as_training, atol=1e-5)
+
+
+@pytest.mark.parametrize("method,options", [("lora", {}), ("prefix", {"length": "3"}), ("prompt", {"length": "3"}),
+                                            ("layers", {"layers": "1", "cache": "true"}), ("adapter", {})])
+def test_a_decoding_step_on_the_key_value_cache_equals_the_full_forward(tiny_lm, method, options):
+    """The logits of the last token, fed alone after the others went into the cache (as `generate` does), equal
+    a full forward's: a method that skips the cache update (prefix) or reads the wrong argument fails here."""
+    from transformers import DynamicCache
+
+    model, _, backbone = _perturbed(tiny_lm, method, options)
+    ids = torch.tensor([chat_prompt_ids(backbone.tokenizer, instruction_rows(1, 2)[0]["prompt"])])  # [1, T]
+    positions, mask = torch.arange(ids.shape[1])[None], torch.ones_like(ids)
+    cache = DynamicCache(config=model.lm.config)
+    with torch.no_grad():
+        full = model.lm(ids, attention_mask=mask, position_ids=positions, use_cache=False).logits[:, -1]
+        model.lm(ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], cache=cache,
+                 use_cache=True)
+        step = model.lm(ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], cache=cache,
+                        use_cache=True).logits[:, -1]
+    assert cache.get_seq_length() >= ids.shape[1]  # the step's key and value went in too
+    assert torch.allclose(step, full, atol=1e-5)
 
 
 def test_save_and_load_reproduce_generation(tiny_lm):

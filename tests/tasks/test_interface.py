@@ -4,7 +4,7 @@ import inspect
 
 import pytest
 
-from slimtune.cli.formatting import PREDICTIONS, REPORTS
+from slimtune.cli.formatting import format_prediction, format_report
 from slimtune.runs.export import EXPORTS
 from slimtune.tasks import TASK_TYPES, get_task
 from slimtune.tasks.base import CLASSIFICATION, GENERATION, TAGGING, LabellingTask, Objective, Task
@@ -30,7 +30,16 @@ def test_a_task_missing_part_of_the_interface_cannot_be_made():
 
 
 def test_every_kind_is_printed_and_exported():
-    assert set(REPORTS) == set(PREDICTIONS) == set(EXPORTS) == KINDS
+    assert set(EXPORTS) == KINDS
+    examples = {"classify": ({"accuracy": 1.0, "macro_f1": 1.0, "loss": 0.1, "examples": 1, "per_class": {}},
+                             {"label": "pos", "probability": 0.9, "scores": {"pos": 0.9}}),
+                "ner": ({"f1": 1.0, "precision": 1.0, "recall": 1.0, "token_accuracy": 1.0, "loss": 0.1,
+                         "sentences": 1, "words": 2, "per_type": {}}, {"entities": []}),
+                "causal-lm": ({"loss": 1.0, "perplexity": 2.7, "token_accuracy": 0.5, "exact_match": 0.5,
+                               "examples": 1, "response_tokens": 3}, {"response": "yes"})}
+    for name, (metrics, prediction) in examples.items():
+        task = get_task(name)
+        assert format_report(task, metrics) and format_prediction(task, "a text", prediction)
 
 
 def test_the_multi_task_mixture_is_an_objective_like_a_single_task():

@@ -10,7 +10,7 @@ import pkgutil
 import sys
 
 from slimtune import __version__
-from slimtune.cli.common import check_numbers, check_out_dir
+from slimtune.cli.common import apply_threads, check_numbers, check_out_dir
 from slimtune.cli.run_config import apply_config, config_path
 from slimtune.errors import SlimtuneError
 
@@ -68,12 +68,21 @@ class ShowDefaults(argparse.HelpFormatter):
         return text
 
 
+def quiet_transformers() -> None:
+    """Weight-loading chatter is not the user's business. Said through the environment, which transformers reads
+    when it is first imported, so that commands which never load a model do not import it (seconds) to say it."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # imported already (main called in-process): it no longer reads them
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # weight-loading chatter is not the user's business
-    hf_logging.disable_progress_bar()
+    quiet_transformers()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _run(build_parser(), argv)
@@ -101,6 +110,8 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         check_numbers(args)
         if getattr(args, "out", None):
             check_out_dir(args.out)
+        if "threads" in vars(args):  # commands that compute
+            apply_threads(args)
         code = args.handler(args) or 0
         sys.stdout.flush()  # here, so a closed pipe is met inside main rather than at interpreter exit
         return code

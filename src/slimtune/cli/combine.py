@@ -22,8 +22,10 @@ examples:
 AGREE = ("task", "base_fingerprint", "labels", "pooling", "max_length", "base_quantize")
 
 
+HOWS = ("linear", "cat", "svd", "ties", "dare")  # methods/arithmetic.py's, written out: --help imports no torch
+
+
 def register(sub) -> None:
-    from slimtune.methods.arithmetic import HOWS
 
     p = sub.add_parser("combine", help="combine low-rank adapters into one (linear, cat, svd, ties, dare)",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)

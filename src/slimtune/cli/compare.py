@@ -23,7 +23,7 @@ examples:
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import add_reader_flags
+    from slimtune.cli.common import add_reader_flags, add_threads_flag
 
     p = sub.add_parser("compare", help="compare methods over seeds: quality, parameters, time, memory",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -45,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train each run on a seeded sample of N rows")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--max-length", type=int, help="token limit per text")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads per run (default: torch's choice)")
+    add_threads_flag(p, "CPU threads for torch in each run")
     p.add_argument("--title", help="heading of report.html")
     p.add_argument("--report-only", action="store_true", help="run nothing; rewrite the reports from finished runs")
     add_reader_flags(p)
@@ -79,10 +79,6 @@ def run(args) -> int:
         max_train_examples=args.max_train_examples, model=args.model, max_length=args.max_length,
         threads=args.threads, read_options={k: v for k, v in reader_options(args).items() if v is not None},
     )
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)  # for the --test evaluations done here
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = run_comparison(settings, out, log=lambda line: print(line, file=sys.stderr, flush=True),

@@ -4,7 +4,7 @@ import json
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import add_model_int8_flags, add_reader_flags
+    from slimtune.cli.common import add_model_int8_flags, add_reader_flags, add_threads_flag
 
     p = sub.add_parser("eval", help="evaluate an adapter on labelled data",
                        description="Evaluate a saved adapter: accuracy, macro-F1 and a per-class report "
@@ -21,6 +21,7 @@ def register(sub) -> None:
     add_model_int8_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object of metrics")
     add_reader_flags(p)
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

@@ -1,7 +1,5 @@
 """What `eval` and `predict` print on a terminal, by the kind of task (`Task.kind`); `--json` prints the data."""
 
-from slimtune.tasks.base import CLASSIFICATION, GENERATION, TAGGING
-
 
 def score_table(heading: str, rows: dict[str, tuple[float, float, float, int]]) -> list[str]:
     """Aligned lines of precision / recall / F1 / support, one per class or entity type."""
@@ -48,14 +46,16 @@ def _generation_prediction(text: str, prediction: dict) -> str:
     return f"{text}\n→ {prediction['response']}"
 
 
-REPORTS = {CLASSIFICATION: _classification_report, TAGGING: _tagging_report, GENERATION: _generation_report}
-PREDICTIONS = {CLASSIFICATION: _classification_prediction, TAGGING: _tagging_prediction,
-               GENERATION: _generation_prediction}
+def _by_kind(task, for_classification, for_tagging, for_generation):
+    """The function for the task's kind (imported here: `slimtune --help` builds the CLI without torch)."""
+    from slimtune.tasks.base import CLASSIFICATION, GENERATION, TAGGING
+
+    return {CLASSIFICATION: for_classification, TAGGING: for_tagging, GENERATION: for_generation}[task.kind]
 
 
 def format_report(task, metrics: dict) -> str:
-    return REPORTS[task.kind](metrics)
+    return _by_kind(task, _classification_report, _tagging_report, _generation_report)(metrics)
 
 
 def format_prediction(task, text: str, prediction: dict) -> str:
-    return PREDICTIONS[task.kind](text, prediction)
+    return _by_kind(task, _classification_prediction, _tagging_prediction, _generation_prediction)(text, prediction)

@@ -15,7 +15,7 @@ examples:
 def register(sub) -> None:
     import argparse
 
-    from slimtune.cli.common import add_model_int8_flags
+    from slimtune.cli.common import add_model_int8_flags, add_threads_flag
 
     p = sub.add_parser("generate", help="generate text with a causal-LM adapter", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,6 +33,7 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, help="seed for --sample, for reproducible draws")
     p.add_argument("--no-stream", action="store_true", help="print each answer when complete")
     p.add_argument("--json", action="store_true", help="print one JSON object per prompt (implies --no-stream)")
+    add_threads_flag(p)
     p.set_defaults(handler=run, task="causal-lm")
 
 

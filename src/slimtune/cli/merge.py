@@ -2,6 +2,8 @@
 
 
 def register(sub) -> None:
+    from slimtune.cli.common import add_threads_flag
+
     p = sub.add_parser("merge", help="write a standalone merged model",
                        description="Fold a mergeable adapter into the base weights and write a model "
                                    "directory that plain `transformers` loads without slimtune.")
@@ -10,6 +12,7 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--task-name", metavar="NAME", help="the task to use of a multi-task adapter")
     p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune output in --out")
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

@@ -23,7 +23,7 @@ examples:
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import add_reader_flags
+    from slimtune.cli.common import add_reader_flags, add_threads_flag
 
     p = sub.add_parser("plan", help="preview a method's parameters, adapter size, step time and memory",
                        description=HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +36,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps", type=int, default=5, help="measured training steps after one warm-up step")
     p.add_argument("--max-length", type=int, help="token limit per text")
-    p.add_argument("--threads", type=int, metavar="N", help="torch threads (default: torch's choice)")
+    add_threads_flag(p, "CPU threads for torch in each measured run")
     p.add_argument("--no-full", action="store_true", help="skip measuring full fine-tuning for contrast")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the tables")
     add_reader_flags(p)
@@ -44,7 +44,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from slimtune.cli.common import parse_set, reader_options
+    from slimtune.cli.common import default_threads, parse_set, reader_options
     from slimtune.errors import SlimtuneError
     from slimtune.methods.registry import create_method
 
@@ -60,7 +60,8 @@ def run(args) -> int:
                "max_length": args.max_length,
                "read_options": {k: v for k, v in reader_options(args).items() if v is not None}}
     methods = [args.method] + ([] if args.no_full or args.method == "full" else ["full"])
-    results = [measure(dict(request, method=m, options=options if m == args.method else {}), args.threads)
+    threads = args.threads or default_threads()  # the probe runs outside the command line that applies it
+    results = [measure(dict(request, method=m, options=options if m == args.method else {}), threads)
                for m in methods]
     if args.json:
         print(json.dumps(results[0] if len(results) == 1 else {"method": results[0], "full": results[1]}, indent=2))

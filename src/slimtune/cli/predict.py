@@ -5,7 +5,7 @@ import sys
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import INFERENCE_INT8_HELP, add_int8_flags
+    from slimtune.cli.common import INFERENCE_INT8_HELP, add_int8_flags, add_threads_flag
     from slimtune.data.tag_schemes import SCHEMES
 
     p = sub.add_parser("predict", help="predict labels for new texts",
@@ -25,6 +25,7 @@ def register(sub) -> None:
     add_int8_flags(p, inference_help=INFERENCE_INT8_HELP, quantize_dest="inference_int8",
                    quantize_use="--inference-int8")
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

@@ -26,12 +26,16 @@ examples:
 """
 
 
+# compression.prune_run's METHODS and compression.magnitude's SCOPES, spelled out: importing them loads torch,
+# which `slimtune --help` should not wait for (tests/cli/test_startup.py keeps them equal).
+METHODS = ("magnitude", "structured")
+SCOPES = ("global", "layer")
+
+
 def register(sub) -> None:
     import argparse
 
-    from slimtune.cli.common import add_reader_flags
-    from slimtune.compression.magnitude import SCOPES
-    from slimtune.compression.prune_run import METHODS
+    from slimtune.cli.common import add_reader_flags, add_threads_flag
 
     p = sub.add_parser("prune", help="prune weights, heads or FFN neurons of an encoder", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +53,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune output in --out")
     add_reader_flags(p)
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

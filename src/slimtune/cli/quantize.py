@@ -13,7 +13,7 @@ forward latency and, with --data, the quality of fp32 and int8 side by side.
 def register(sub) -> None:
     import argparse
 
-    from slimtune.cli.common import add_reader_flags
+    from slimtune.cli.common import add_reader_flags, add_threads_flag
 
     p = sub.add_parser("quantize", help="int8 inference copy of a run, measured against fp32", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,6 +25,7 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune output in --out")
     add_reader_flags(p)
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

@@ -35,7 +35,7 @@ examples:
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import add_int8_flags
+    from slimtune.cli.common import add_int8_flags, add_threads_flag
 
     p = sub.add_parser("serve", help="serve adapters over HTTP", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,6 +61,7 @@ def register(sub) -> None:
     add_int8_flags(p, quantize_dest="inference_int8", quantize_use="--inference-int8",
                    inference_help="CPU dynamic int8 linear layers: the shared base (LoRA deltas stay fp32, mixed "
                                   "batches still work) and every own copy (merged first where the method allows)")
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 

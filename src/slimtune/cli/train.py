@@ -4,11 +4,11 @@ import argparse
 import os
 import sys
 
-from slimtune.cli.common import BASE_INT8_HELP, add_int8_flags, add_reader_flags, parse_set, reader_options
+from slimtune.cli.common import (BASE_INT8_HELP, add_int8_flags, add_reader_flags, add_threads_flag, parse_set,
+                                 reader_options)
 from slimtune.cli.run_config import add_config_flag, resolved_flags
 from slimtune.errors import SlimtuneError
 from slimtune.training.loggers import LOGGERS
-from slimtune.training.trainer import TrainConfig
 
 HELP = """Fine-tune a pretrained model on labelled data with one method.
 
@@ -74,6 +74,7 @@ def register(sub) -> None:
     add_config_flag(p)
     add_reader_flags(p)
     add_multitask_flags(p)
+    add_threads_flag(p)
     p.set_defaults(handler=run)
 
 
@@ -145,10 +146,11 @@ def should_launch(args) -> bool:
 
 
 def run(args) -> int:
+    from slimtune.runs.train import TrainRequest, describe, train
     from slimtune.tasks import get_task
     from slimtune.tasks.multitask.files import MULTI
     from slimtune.training import distributed
-    from slimtune.runs.train import TrainRequest, describe, train
+    from slimtune.training.trainer import TrainConfig
 
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -181,7 +183,7 @@ def run(args) -> int:
     return 0
 
 
-def run_multitask(args, config: TrainConfig) -> int:
+def run_multitask(args, config) -> int:
     from slimtune.runs.multitask import MultiTrainRequest, describe, train_multitask
     from slimtune.tasks.multitask.specs import parse_task_specs, parse_weights
 

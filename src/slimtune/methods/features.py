@@ -31,7 +31,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 from tqdm import tqdm
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from slimtune.atomic import write_safetensors
 from slimtune.data.batching import example_keys
@@ -113,7 +112,10 @@ class FeatureBackbone(nn.Module):
                     self.known[keys[i]] = row
         return torch.stack([self.known.get(key, fresh.get(key)) for key in keys])
 
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_) -> BaseModelOutputWithPooling:
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, **_):
+        """A transformers BaseModelOutputWithPooling, as the encoder it stands for returns."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling  # here: listing methods needs none
+
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if self.reducer == "tfidf":

@@ -20,6 +20,7 @@ from torch import nn
 from slimtune.data.batching import example_keys
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.models.kv_cache import kv_cache
 from slimtune.models.surgery import transformer_blocks
 
 DEFAULT_TOP_LAYERS = 2
@@ -103,7 +104,7 @@ class BlockOutputCache(nn.Module):
                               for k in ("output_hidden_states", "output_attentions"))
         if ids is None or wants_internals or kwargs.get("inputs_embeds") is not None:
             return
-        if kwargs.get("past_key_values") is not None:  # generating: skipped blocks would leave the cache unfilled
+        if kv_cache(kwargs) is not None:  # generating: skipped blocks would leave the cache unfilled
             return
         mask = kwargs.get("attention_mask")
         mask = torch.ones_like(ids, dtype=torch.bool) if mask is None else mask.bool()

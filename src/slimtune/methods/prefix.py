@@ -30,11 +30,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.models.bert.modeling_bert import eager_attention_forward
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.models.kv_cache import OLD_CACHE_ARGUMENT, kv_cache
 from slimtune.models.surgery import replace_module
 
 
@@ -111,8 +110,8 @@ class PrefixAttention(nn.Module):
         self.reparam = None
         self.prefix_key, self.prefix_value = nn.Parameter(key), nn.Parameter(value)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask=None, past_key_values=None, **kwargs):
-        if past_key_values is not None:
+    def forward(self, hidden_states: torch.Tensor, attention_mask=None, cache=None, **kwargs):
+        if cache is not None or kv_cache(kwargs) is not None:
             raise SlimtuneError("prefix tuning does not support a key/value cache in BERT-style attention")
         base = self.base_layer
         batch, length = hidden_states.shape[:2]
@@ -120,6 +119,9 @@ class PrefixAttention(nn.Module):
 
         def heads(x: torch.Tensor) -> torch.Tensor:  # [B, T, n * d] → [B, n, T, d]
             return x.reshape(batch, length, -1, head).transpose(1, 2)
+
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS  # here: listing methods needs no transformers
+        from transformers.models.bert.modeling_bert import eager_attention_forward
 
         query = heads(base.query(hidden_states))
         prefix_key, prefix_value = self.batch_prefixes(batch, head, hidden_states.dtype)
@@ -148,9 +150,10 @@ class DecoderPrefixAttention(PrefixAttention):
     function, in the base module's order.
     """
 
-    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None,
-                past_key_values=None, **kwargs):
+    def forward(self, hidden_states: torch.Tensor, position_embeddings=None, attention_mask=None, cache=None,
+                **kwargs):
         base = self.base_layer
+        cache = cache if cache is not None else kwargs.pop(OLD_CACHE_ARGUMENT, None)  # a caller of the old API
         batch, length = hidden_states.shape[:2]
         code = importlib.import_module(type(base).__module__)
 
@@ -161,8 +164,8 @@ class DecoderPrefixAttention(PrefixAttention):
         value = heads(base.v_proj(hidden_states))
         cos, sin = position_embeddings
         query, key = code.apply_rotary_pos_emb(query, key, cos, sin)
-        if past_key_values is not None:
-            key, value = past_key_values.update(key, value, base.layer_idx)
+        if cache is not None:
+            key, value = cache.update(key, value, base.layer_idx)
         if attention_mask is None:  # the attention function would have applied a causal mask by itself
             attention_mask = causal_mask(length, key.shape[2], hidden_states.device)
             if base.config._attn_implementation == "eager":  # eager adds its mask to the scores
@@ -170,6 +173,8 @@ class DecoderPrefixAttention(PrefixAttention):
                                              ).masked_fill(~attention_mask, torch.finfo(query.dtype).min)
         prefix_key, prefix_value = self.batch_prefixes(batch, base.head_dim, hidden_states.dtype)
         key, value = torch.cat([prefix_key, key], dim=2), torch.cat([prefix_value, value], dim=2)
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(base.config._attn_implementation,
                                                           code.eager_attention_forward)
         output, weights = attention(

@@ -26,6 +26,7 @@ from torch import nn
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.methods.peft_mappings import PromptPeftMapping
+from slimtune.models.kv_cache import kv_cache
 
 INITS = ("vocab", "random")
 
@@ -46,7 +47,7 @@ class SoftPrompt(nn.Module):
         """Forward pre-hook: the same call with the prompt in front of the embedded input."""
         names = list(inspect.signature(backbone.forward).parameters)
         inputs = {**dict(zip(names, args)), **kwargs}
-        cache = inputs.get("past_key_values")
+        cache = kv_cache(inputs)
         continuing = cache is not None and cache.get_seq_length() > 0  # generating: the prompt is in the cache
         positions = inputs.get("position_ids")
         if positions is not None:  # real tokens after the prompt: [B, T] → [B, P + T], or shifted by P

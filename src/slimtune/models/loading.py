@@ -9,8 +9,12 @@ Causal language models (`causal=True`) load with their LM head; `smollm2-135m`
 and `.gguf` files go through a one-time fp32 conversion (models/gguf.py).
 """
 
+import contextlib
 import hashlib
 import importlib.util
+import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +123,7 @@ def load_backbone(spec: str | None, pooling: str | None = None, max_length: int 
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, SafetensorError, StrictDataclassError) as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise SlimtuneError(f"cannot load model {spec or DEFAULT_MODEL!r}: {first}") from None
+    remember_source(model, path)
     if causal:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token  # padding is masked out; any id will do
@@ -137,7 +142,83 @@ def context_window(model: nn.Module, tokenizer) -> int:
 
 
 def fingerprint(model: nn.Module) -> str:
-    """sha256 of a model's weights (names, shapes and bytes), to tie an adapter to its base."""
+    """sha256 of a model's weights (names, shapes and bytes), to tie an adapter to its base.
+
+    Hashing every weight takes a while (SmolLM2: 540 MB), so for a model as `load_backbone` read it from a
+    directory the result is kept in $SLIMTUNE_CACHE/fingerprints.json under the identity of its files (path,
+    size, modification time of each; the model class; slimtune's and transformers' versions). It is used only
+    while the model's tensors are still those loaded (same names, storage and in-place version counters);
+    a model changed since is hashed afresh.
+    """
+    source = getattr(model, LOADED_FROM, None)
+    if source is None or source["tensors"] != _tensor_identity(model):
+        return weights_digest(model)
+    known = _read_fingerprints()
+    if source["files"] not in known:
+        known[source["files"]] = weights_digest(model)
+        _write_fingerprints(known)
+    return known[source["files"]]
+
+
+LOADED_FROM = "_slimtune_loaded_from"  # attribute load_backbone sets: the identities fingerprint checks
+FINGERPRINTS_KEPT = 64
+
+
+def remember_source(model: nn.Module, path: str) -> None:
+    """Note where `model` was read from (a local directory), so `fingerprint` can find it in the cache."""
+    directory = Path(path)
+    if not directory.is_dir():
+        return
+    import transformers
+
+    from slimtune import __version__
+
+    files = sorted((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
+                   for f in directory.iterdir() if f.is_file())
+    identity = json.dumps([type(model).__name__, __version__, transformers.__version__, files])
+    setattr(model, LOADED_FROM, {"files": hashlib.sha256(identity.encode()).hexdigest(),
+                                 "tensors": _tensor_identity(model)})
+
+
+def _tensor_identity(model: nn.Module) -> list:
+    """Names, storage addresses and in-place version counters of the weights: any change to them changes this."""
+    return [(name, t.data_ptr(), t._version, tuple(t.shape)) for name, t in model.state_dict().items()]
+
+
+def _fingerprints_path() -> Path:
+    return Path(os.environ.get("SLIMTUNE_CACHE") or Path.home() / ".cache" / "slimtune").expanduser() / \
+        "fingerprints.json"
+
+
+def _read_fingerprints() -> dict[str, str]:
+    """The cache, or an empty one when it is missing or not what this module writes."""
+    try:
+        known = json.loads(_fingerprints_path().read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(known, dict) or not all(isinstance(v, str) for v in known.values()):
+        return {}
+    return known
+
+
+def _write_fingerprints(known: dict[str, str]) -> None:
+    """Atomically, the newest FINGERPRINTS_KEPT entries; a cache that cannot be written is only slower."""
+    path, temporary = _fingerprints_path(), None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".fingerprints-", suffix=".tmp",
+                                         delete=False, encoding="utf-8") as f:
+            temporary = f.name
+            json.dump(dict(list(known.items())[-FINGERPRINTS_KEPT:]), f)
+        os.replace(temporary, path)
+    except OSError:
+        if temporary:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+
+
+def weights_digest(model: nn.Module) -> str:
+    """The hash itself, over every weight."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

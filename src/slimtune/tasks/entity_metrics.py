@@ -6,8 +6,6 @@ partial span or a wrong type is both a false positive and a false negative.
 
 import warnings
 
-from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
-
 _AVERAGES = ("micro avg", "macro avg", "weighted avg")
 
 
@@ -16,6 +14,9 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict:
 
     Both arguments are per-sentence IOB2 tag lists of equal shape.
     """
+    # imported here: seqeval brings scikit-learn and scipy (seconds), which only ner's scoring needs
+    from seqeval.metrics import accuracy_score, classification_report, f1_score, precision_score, recall_score
+
     with warnings.catch_warnings():  # numpy warns on the macro average when there is no entity at all
         warnings.simplefilter("ignore", RuntimeWarning)
         report = classification_report(gold, predicted, output_dict=True, zero_division=0)
