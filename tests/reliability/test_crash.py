@@ -24,7 +24,7 @@ from slimtune.cli import main
 from tests.conftest import sentiment_rows, write_tsv
 
 RUN_FILES = {".slimtune", "adapter.safetensors", "adapter_config.json", "metrics.json", "metrics.jsonl",
-             "train_config.json", "checkpoint"}
+             "train_config.json", "train_config.yaml", "checkpoint"}
 
 
 @pytest.fixture(scope="module")
