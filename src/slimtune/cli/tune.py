@@ -44,6 +44,11 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from slimtune.errors import SlimtuneError
+
+    try:
+        import optuna  # noqa: F401  (an optional extra)
+    except ImportError:
+        raise SlimtuneError("slimtune tune needs Optuna: pip install 'slimtune[tune]'") from None
     from slimtune.methods.registry import available_methods
     from slimtune.tasks import get_task
     from slimtune.tuning.study import TuneRequest, tune
