@@ -65,9 +65,22 @@ class Method:
     needs_float_base_weights: ClassVar[bool] = False
     # How Hugging Face PEFT writes this method's adapter (a methods.peft_mappings.PeftMapping), None if it cannot.
     peft_mapping: ClassVar[type | None] = None
+    # Where a task needs other defaults than `default_lr` and the Options' own, measured on that task's dev split:
+    # {task name: {"lr": float, "options": {option: --set value}}}. `slimtune methods` lists them.
+    task_defaults: ClassVar[dict[str, dict]] = {}
 
-    def __init__(self, options=None):
+    def __init__(self, options=None, task_name: str | None = None):
         self.options = options if options is not None else self.Options()
+        self.task_name = task_name  # the task it was configured for, whose measured defaults it took
+
+    @classmethod
+    def option_defaults_for(cls, task_name: str | None) -> dict[str, str]:
+        """Option values (as `--set` strings) this method starts from on `task_name`, where they differ."""
+        return dict(cls.task_defaults.get(task_name, {}).get("options", {}))
+
+    def learning_rate(self) -> float:
+        """The peak learning rate a run uses when none is given: the task's measured one, else `default_lr`."""
+        return self.task_defaults.get(self.task_name, {}).get("lr", self.default_lr)
 
     def check_task(self, task_name: str) -> None:
         """Refuse a task the method does not serve, saying why (`tasks_reason`, else its summary)."""

@@ -22,6 +22,8 @@ from slimtune.models.surgery import find_linear_targets, replace_module, transfo
 
 INITS = ("kaiming", "gaussian", "pissa", "olora")
 
+ALL_BLOCK_LINEARS = r"(.*\.)?layers?\.\d+\..*"  # every linear layer inside the numbered transformer blocks
+
 
 def lora_scaling(rank: int, alpha: float, rslora: bool) -> float:
     """s = α/r, or α/√r for rsLoRA (Kalajdzievski 2023), whose updates keep their size as the rank grows."""
@@ -157,6 +159,9 @@ class LoRA(Method):
     summary = "low-rank updates B·A added to chosen linear layers (mergeable)"
     Options = LoRAOptions
     default_lr = 2e-3  # measured: docs/results.md, "Choosing the defaults"
+    # Tagging every token needs more capacity than one label per text: every linear layer of the blocks
+    # (measured: docs/results.md, "Per-task defaults").
+    task_defaults = {"ner": {"options": {"targets": ALL_BLOCK_LINEARS}}}
     mergeable = True
     layer_type: type[LowRankLinear] = LoRALinear
 

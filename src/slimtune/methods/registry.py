@@ -83,13 +83,15 @@ def parse_options(cls: type[Method], pairs: dict[str, str]):
     return cls.Options(**values)
 
 
-def create_method(name: str, pairs: dict[str, str] | None = None) -> Method:
+def create_method(name: str, pairs: dict[str, str] | None = None, task_name: str | None = None) -> Method:
+    """The method `name` with options `pairs` (`--set` strings); given `task_name`, the options it leaves out take
+    that task's measured defaults (`Method.task_defaults`), as does the learning rate."""
     cls = get_method_class(name)
-    options = parse_options(cls, pairs or {})
+    options = parse_options(cls, {**cls.option_defaults_for(task_name), **(pairs or {})})
     check = getattr(options, "validate", None)
     if check:
         check()
-    return cls(options)
+    return cls(options, task_name)
 
 
 def method_from_saved(name: str, options: dict) -> Method:

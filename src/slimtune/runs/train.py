@@ -64,7 +64,7 @@ class SingleTask:
         self.initial = read_initial_adapter(request) if request.init_adapter else None
 
     def create_method(self):
-        method = create_method(self.request.method, self.request.options)
+        method = create_method(self.request.method, self.request.options, self.task.name)
         self.task.check_method(method)
         return method
 

@@ -13,13 +13,13 @@ their defaults. The learning rate is searched log-uniformly around the method's 
 
 from dataclasses import fields
 
+from slimtune.methods.lora import ALL_BLOCK_LINEARS
 from slimtune.methods.registry import get_method_class
 
 RANKS = (4, 8, 16, 32)
 ALPHA_PER_R = (1, 2, 4)  # alpha = this × r
 BATCH_SIZES = (8, 16, 32)
 LR_SPAN = 10.0  # lr from default / span to default × span, log-uniform
-ALL_BLOCK_LINEARS = r".*\.layers?\.\d+\..*"  # every linear layer inside the numbered transformer blocks
 
 
 def suggest(trial, method_name: str, max_epochs: int) -> tuple[dict[str, str], dict]:

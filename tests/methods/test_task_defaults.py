@@ -1,0 +1,35 @@
+"""Per-task defaults: a method configured for a task takes that task's measured options and learning rate, unless
+the user gives them."""
+
+from slimtune.methods.lora import ALL_BLOCK_LINEARS
+from slimtune.methods.registry import create_method
+
+
+def test_ner_lora_adapts_every_block_linear_and_classify_keeps_query_value():
+    assert create_method("lora", {}, "ner").options.targets == (ALL_BLOCK_LINEARS,)
+    assert create_method("lora", {}, "classify").options.targets == ()
+    assert create_method("lora", {"targets": "query"}, "ner").options.targets == ("query",)  # --set wins
+
+
+def test_full_fine_tuning_takes_its_ner_learning_rate():
+    assert create_method("full", {}, "ner").learning_rate() == 1e-4
+    assert create_method("full", {}, "classify").learning_rate() == create_method("full").learning_rate() == 3e-5
+
+
+def test_a_ner_run_without_lr_trains_at_the_task_default(tiny_model, toy_ner_data, tmp_path):
+    from slimtune.runs.train import TrainRequest, train
+    from slimtune.training.trainer import TrainConfig
+
+    summary = train(TrainRequest(task="ner", method="full", train_path=toy_ner_data["train"],
+                                 dev_path=toy_ner_data["dev"], out_dir=str(tmp_path / "run"), model=tiny_model,
+                                 config=TrainConfig(epochs=1, batch_size=8)))
+    assert summary["lr"] == 1e-4
+
+
+def test_block_linears_match_bert_and_llama_layer_names():
+    import re
+
+    for name in ("encoder.layer.0.attention.self.query", "encoder.layer.11.output.dense",
+                 "layers.3.self_attn.q_proj", "layers.0.mlp.down_proj"):
+        assert re.fullmatch(ALL_BLOCK_LINEARS, name)
+    assert not re.fullmatch(ALL_BLOCK_LINEARS, "pooler.dense")
