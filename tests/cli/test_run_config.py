@@ -71,3 +71,19 @@ def test_help_shows_every_default(capsys):
     options = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
     for flag, default in (("--epochs", "3"), ("--patience", "3"), ("--seed", "42"), ("--batch-size", "32")):
         assert re.search(rf"{flag} [A-Z_]+ .{{0,120}}?\(default: {default}\)", options), flag
+
+
+@pytest.mark.parametrize("command", ["compare", "tune"])
+def test_other_commands_read_run_configs_and_refuse_unknown_keys(command, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("methods: lora\nepochz: 2\n")
+    assert main([command, "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert f"slimtune {command}: error:" in err and "unknown key 'epochz'" in err and "--out" not in err.split(";")[0]
+
+
+def test_a_command_without_run_configs_says_so(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("adapter: x\n")
+    assert main(["eval", "--config", str(config)]) == 2
+    assert "slimtune eval takes no --config" in capsys.readouterr().err

@@ -6,6 +6,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from slimtune.cli.run_config import add_config_flag
+
 HELP = """Train every method in --methods with every seed, one run at a time, each in its own process, and
 write OUT/results.csv, results.json, results.md and report.html (tables and plots, one self-contained file).
 
@@ -49,6 +51,7 @@ def register(sub) -> None:
     p.add_argument("--title", help="heading of report.html")
     p.add_argument("--report-only", action="store_true", help="run nothing; rewrite the reports from finished runs")
     add_reader_flags(p)
+    add_config_flag(p)
     p.set_defaults(handler=run)
 
 
