@@ -76,7 +76,7 @@ def test_help_shows_every_default(capsys):
 @pytest.mark.parametrize("command", ["compare", "tune"])
 def test_other_commands_read_run_configs_and_refuse_unknown_keys(command, tmp_path, capsys):
     config = tmp_path / "run.yaml"
-    config.write_text("methods: lora\nepochz: 2\n")
+    config.write_text("epochz: 2\n")
     assert main([command, "--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert f"slimtune {command}: error:" in err and "unknown key 'epochz'" in err and "--out" not in err.split(";")[0]
