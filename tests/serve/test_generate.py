@@ -59,9 +59,9 @@ def test_seeded_sampling_is_reproducible_and_equals_the_adapter_alone(client, ch
 
 def test_listing_and_metrics_show_the_causal_adapter(client, chat_dir, tiny_lm, tiny_model):
     adapters = {a["name"]: a for a in client.get("/v1/adapters").json()["adapters"]}
-    assert adapters["chat"]["task"] == "causal-lm" and adapters["chat"]["serving"] == "own-model"
+    assert adapters["chat"]["task"] == "causal-lm" and adapters["chat"]["serving"] == "own copy"
     assert adapters["chat"]["base_model"] == tiny_lm and adapters["sst-qv"]["base_model"] == tiny_model
-    assert adapters["sst-qv"]["serving"] == "shared-lora" and adapters["chat"]["quantize"] is None
+    assert adapters["sst-qv"]["serving"] == "shared" and adapters["chat"]["quantize"] is None
     generate(client, {"adapter": "chat", "prompts": ["hi"], "max_new_tokens": 2})
     text = client.get("/metrics").text
     assert 'slimtune_requests_total{route="/v1/generate",method="POST",status="200"}' in text

@@ -25,8 +25,8 @@ def client(adapter_dirs, chat_dir):
 def test_int8_scores_stay_within_tolerance_of_fp32(client, adapter_dirs):
     adapters = {a["name"]: a for a in client.get("/v1/adapters").json()["adapters"]}
     assert {name: (a["serving"], a["quantize"]) for name, a in adapters.items()} == {
-        "sst-qv": ("shared-lora", "int8"), "sst-dense": ("shared-lora", "int8"), "sst-prefix": ("own-model", "int8"),
-        "chat": ("own-model", "int8")}
+        "sst-qv": ("shared", "int8"), "sst-dense": ("shared", "int8"), "sst-prefix": ("own copy", "int8"),
+        "chat": ("own copy", "int8")}
     for name in CLASSIFIERS:
         loaded = load_adapter(adapter_dirs[name])
         fp32 = loaded.task.predict(loaded, TEXTS, batch_size=8)

@@ -22,7 +22,7 @@ endpoints:
 
 A multi-task adapter given as NAME=DIR serves each of its tasks as the adapter NAME.TASK.
 
-The admin token is --admin-token or the environment variable {ADMIN_TOKEN_ENV}; without one,
+The admin token is --admin-token-file, --admin-token or the environment variable {ADMIN_TOKEN_ENV}; without one,
 adapters cannot be loaded or unloaded while the server runs.
 
 examples:
@@ -43,7 +43,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--admin-token", metavar="TOKEN", help=f"bearer token for loading and unloading adapters "
-                                                          f"(default: ${ADMIN_TOKEN_ENV})")
+                                                          f"(default: ${ADMIN_TOKEN_ENV}; on a shared machine prefer "
+                                                          "the file or the environment: argv is visible to all)")
+    p.add_argument("--admin-token-file", metavar="PATH", help="read the admin token from this file (its first line)")
     p.add_argument("--allowed-dir", metavar="DIR", default=".",
                    help="POST /v1/adapters loads only from inside this directory (default: the current one)")
     p.add_argument("--max-batch-size", type=int, default=32, metavar="ROWS", help="rows per forward pass")
@@ -59,6 +61,12 @@ def register(sub) -> None:
     p.add_argument("--quantize", choices=("int8",),
                    help="CPU dynamic int8 linear layers: the shared base (LoRA deltas stay fp32, mixed batches "
                         "still work) and every own copy (merged first where the method allows)")
+    p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                   help="close a connection whose request line and headers take longer (default 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
+                   help="answer 408 to a request whose body takes longer (default 30)")
+    p.add_argument("--keep-alive-timeout", type=int, default=5, metavar="S",
+                   help="close an idle keep-alive connection after this long (default 5)")
     p.set_defaults(handler=run)
 
 
@@ -79,6 +87,7 @@ def build_server(args):
 
     from slimtune.errors import SlimtuneError
     from slimtune.serve.app import ServeSettings, build_app
+    from slimtune.serve.guards import timed_h11
     from slimtune.serve.registry import AdapterRegistry
     from slimtune.serve.schemas import Limits
 
@@ -93,6 +102,10 @@ def build_server(args):
             raise SlimtuneError(f"--{flag.replace('_', '-')} must be at least 1")
     if args.max_wait_ms < 0:
         raise SlimtuneError("--max-wait-ms cannot be negative")
+    for flag in ("header_timeout", "body_timeout", "keep_alive_timeout"):
+        if not 0 < getattr(args, flag) < float("inf"):
+            raise SlimtuneError(f"--{flag.replace('_', '-')} must be a positive number of seconds")
+    admin_token = _admin_token(args)
     allowed = Path(args.allowed_dir)
     if not allowed.is_dir():
         raise SlimtuneError(f"--allowed-dir {args.allowed_dir}: no such directory")
@@ -108,13 +121,36 @@ def build_server(args):
         registry.register(adapter)
     settings = ServeSettings(
         limits=Limits(max_inputs=args.max_inputs, max_chars=args.max_chars, max_new_tokens=args.max_new_tokens),
-        admin_token=args.admin_token or os.environ.get(ADMIN_TOKEN_ENV) or None,
-        allowed_dir=allowed, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-        mixed_batches=args.batching == "mixed",
+        admin_token=admin_token, allowed_dir=allowed, max_batch_size=args.max_batch_size,
+        max_wait_ms=args.max_wait_ms, mixed_batches=args.batching == "mixed", body_timeout=args.body_timeout,
     )
     app = build_app(registry, settings)
     return uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
-                                         access_log=False, lifespan="on"))
+                                         access_log=False, lifespan="on", http=timed_h11(args.header_timeout),
+                                         timeout_keep_alive=args.keep_alive_timeout,
+                                         h11_max_incomplete_event_size=MAX_HEAD_BYTES))
+
+
+MAX_HEAD_BYTES = 64 * 1024  # a request line and headers longer than this are refused by h11
+
+
+def _admin_token(args) -> str | None:
+    """The admin token from --admin-token, --admin-token-file or the environment (at most one of the flags)."""
+    from slimtune.errors import SlimtuneError
+
+    if args.admin_token and args.admin_token_file:
+        raise SlimtuneError("give --admin-token or --admin-token-file, not both")
+    if args.admin_token_file:
+        try:
+            with open(args.admin_token_file, encoding="utf-8") as f:
+                token = f.readline().strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SlimtuneError(f"--admin-token-file {args.admin_token_file}: cannot read it "
+                                f"({getattr(e, 'strerror', None) or e})") from None
+        if not token:
+            raise SlimtuneError(f"--admin-token-file {args.admin_token_file}: the file is empty")
+        return token
+    return args.admin_token or os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None
 
 
 def _name_and_dir(pair: str) -> tuple[str, str]:

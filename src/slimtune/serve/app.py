@@ -9,6 +9,7 @@ the one model thread and the metrics. Errors a client can fix are 4xx with a
 
 import asyncio
 import json
+import math
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -22,17 +23,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from slimtune.errors import SlimtuneError
 from slimtune.generation import GenerationOptions, chat_prompt_ids
+from slimtune.models.loading import DEFAULT_MODEL
 from slimtune.serve import schemas
 from slimtune.serve.batcher import MicroBatcher
 from slimtune.serve.engine import Engine, Job
 from slimtune.serve.generator import GenerateJob, Generator
-from slimtune.serve.guards import BodyGuard
+from slimtune.serve.guards import CLIENT_CLOSED, BodyGuard
 from slimtune.serve.metrics import CONTENT_TYPE, ServerMetrics
-from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegistry, UnknownAdapter
-
-
-class PathRefused(SlimtuneError):
-    """An adapter path outside the allowed directory."""
+from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegistry, PathRefused, UnknownAdapter
 
 
 class WrongEndpoint(SlimtuneError):
@@ -50,6 +48,7 @@ class ServeSettings:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     mixed_batches: bool = True
+    body_timeout: float = 30.0  # seconds a client has to send a request body
 
 
 @dataclass
@@ -62,10 +61,26 @@ class Server:
 
 
 class SafeJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped, so an echoed lone surrogate cannot break the encoding of an error."""
+    """JSON with non-ASCII escaped, so an echoed lone surrogate cannot break the encoding of an error, and never
+    a bare NaN or Infinity (which JSON lacks and strict parsers refuse): a non-finite number is written null."""
 
     def render(self, content) -> bytes:
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+        try:
+            text = json.dumps(content, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        except ValueError:
+            text = json.dumps(finite_or_null(content), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+        return text.encode("ascii")
+
+
+def finite_or_null(value):
+    """`value` (JSON-like) with every NaN or infinite float replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_null(v) for v in value]
+    return value
 
 
 def build_app(registry: AdapterRegistry, settings: ServeSettings) -> FastAPI:
@@ -89,7 +104,7 @@ def build_app(registry: AdapterRegistry, settings: ServeSettings) -> FastAPI:
     _add_generate_routes(app, server)
     _add_admin_routes(app, server)
     _add_status_routes(app, server)
-    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes)
+    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes, body_timeout=settings.body_timeout)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: it also counts what the guard rejects
     return app
 
@@ -181,7 +196,8 @@ def _add_admin_routes(app: FastAPI, server: Server) -> None:
         path = allowed_path(settings.allowed_dir, body.path)
         registry.reserve(body.name)
         try:
-            adapter = await asyncio.to_thread(registry.prepare, body.name, path)
+            adapter = await asyncio.to_thread(registry.prepare, body.name, path,
+                                              confine=lambda spec: allowed_base(settings.allowed_dir, spec, registry))
             await server.batcher.exclusive(registry.install, adapter)
             registry.register(adapter)
         finally:
@@ -209,13 +225,32 @@ def _add_status_routes(app: FastAPI, server: Server) -> None:
 def allowed_path(allowed_dir: Path, given: str) -> Path:
     """`given` (relative to `allowed_dir` unless absolute) resolved, links included; refused outside it."""
     root = Path(allowed_dir).resolve()
-    try:
-        path = (root / given).resolve()
-    except (OSError, ValueError) as e:
-        raise PathRefused(f"cannot use adapter path {given!r}: {e}") from None
-    if not path.is_relative_to(root):
+    path = _inside(root, root, given)
+    if path is None:
         raise PathRefused(f"adapter path {given!r} is outside the allowed directory {root}")
     return path
+
+
+def allowed_base(allowed_dir: Path, spec: str, registry: AdapterRegistry) -> None:
+    """Refuse a base model that an adapter loaded at run time names, unless the server holds it already or it lies
+    inside `allowed_dir` (relative names taken from the working directory, where loading looks for them). The
+    answer is the same whether or not such a path exists."""
+    held = {registry.base_spec, DEFAULT_MODEL, *(a.base_model for a in registry.adapters.values())}
+    if spec in held:
+        return
+    root = Path(allowed_dir).resolve()
+    if _inside(root, Path.cwd(), spec) is None:
+        raise PathRefused(f"the adapter's base model {spec!r} is outside the allowed directory {root}")
+
+
+def _inside(root: Path, start: Path, given: str) -> Path | None:
+    """`given` resolved from `start` (links included) if it lies inside `root`, else None; whether it exists or not
+    makes no difference to the answer."""
+    try:
+        path = (start / Path(given).expanduser()).resolve()
+    except (OSError, ValueError, RuntimeError):
+        return None
+    return path if path.is_relative_to(root) else None
 
 
 class RequestMetrics:
@@ -230,14 +265,24 @@ class RequestMetrics:
             return await self.app(scope, receive, send)
         started, status = time.perf_counter(), 500
 
+        answered = gone = False
+
+        async def receive_and_note():
+            nonlocal gone
+            message = await receive()
+            gone = gone or message["type"] == "http.disconnect"
+            return message
+
         async def send_and_note(message):
-            nonlocal status
+            nonlocal status, answered
             if message["type"] == "http.response.start":
-                status = message["status"]
+                status, answered = message["status"], True
             await send(message)
 
         try:
-            await self.app(scope, receive, send_and_note)
+            await self.app(scope, receive_and_note, send_and_note)
         finally:
+            if gone and not answered:
+                status = CLIENT_CLOSED  # the client went away (mid-body, say): not a server error
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - started)

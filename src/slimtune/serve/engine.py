@@ -1,8 +1,9 @@
 """Running one micro-batch: rows of many requests and adapters, through as few forward passes as possible.
 
-Rows of LoRA adapters sharing the base go through one base pass per chunk of
-`max_rows`, each row with its own adapter's delta; then each adapter's head
-reads its rows' token states. With `mixed=False` the same rows run one base
+Rows of adapters sharing the base go through one base pass per chunk of
+`max_rows`, the chunk's rows ordered by adapter so that each adapter's rows are
+one contiguous segment its updates apply to; then each adapter's head reads its
+rows' token states. With `mixed=False` the same rows run one base
 pass per adapter instead (the baseline the load test compares against). Rows
 of adapters with their own model copy run one pass per adapter. (Causal-LM
 adapters generate instead: serve/generator.py.)
@@ -58,20 +59,21 @@ class Engine:
         return results
 
     def _shared_pass(self, chunk: list[tuple]) -> list[torch.Tensor]:
-        features = [row[3] for row in chunk]
+        order = sorted(range(len(chunk)), key=lambda i: chunk[i][2].slot)  # each adapter's rows one segment
+        features = [chunk[i][3] for i in order]
         batch = pad_batch(features, chunk[0][2].tokenizer.pad_token_id)
-        slots = torch.tensor([row[2].slot for row in chunk])
+        slots = [chunk[i][2].slot for i in order]
         hidden = self.registry.shared(batch, slots)  # [B, T, H]
         outputs: list = [None] * len(chunk)
-        by_adapter = defaultdict(list)
-        for position, row in enumerate(chunk):
-            by_adapter[row[2]].append(position)
-        for adapter, positions in by_adapter.items():
-            index = torch.tensor(positions)
-            logits = adapter.model.from_hidden(hidden[index], batch["attention_mask"][index])
-            for position, output in zip(positions, unpad_rows(logits, [features[p] for p in positions])):
-                outputs[position] = output
-        self._record(len(chunk), len(by_adapter))
+        segments = defaultdict(list)  # adapter → its positions in the ordered batch (contiguous)
+        for position, i in enumerate(order):
+            segments[chunk[i][2]].append(position)
+        for adapter, positions in segments.items():
+            rows = slice(positions[0], positions[-1] + 1)
+            logits = adapter.model.from_hidden(hidden[rows], batch["attention_mask"][rows])
+            for position, output in zip(positions, unpad_rows(logits, features[rows])):
+                outputs[order[position]] = output
+        self._record(len(chunk), len(segments))
         return outputs
 
     def _own_pass(self, chunk: list[tuple]) -> list[torch.Tensor]:

@@ -1,32 +1,36 @@
 """The adapters one server holds, and how each one's rows are run.
 
 Classify and NER adapters share one encoder base (`--model`, else the base the
-first of them records, loaded when that one comes). LoRA adapters share its
-forward pass: their factors go into the `SharedLoRABase`, each in its own slot,
-and only their task head is kept apart (built on a weightless copy of the base
-on the meta device, so loading one costs its own weights and nothing more).
-Adapters of other methods, which change the base in ways that cannot be applied
-per row (prefix, adapter, full, bitfit...), LoRA adapters pooled through the
-base's pooler, and adapters saved for int8 inference (`slimtune quantize`) or
-trained on an int8 base run on their own copy of the base, one pass per adapter.
-A lone mergeable adapter can be merged into its copy instead.
+first of them records, loaded when that one comes). An adapter whose method
+offers per-row updates (`Method.row_updates`: LoRA and the other methods that
+declare it) shares its forward pass: its updates go into the `SharedBase`, in a
+slot of their own, and only its task head is kept apart (built on a weightless
+copy of the base on the meta device, so loading one costs its own weights and
+nothing more). Adapters of methods without row updates (prefix, adapter, full,
+bitfit...), adapters pooled through the base's pooler, and adapters saved for
+int8 inference (`slimtune quantize`) or trained on an int8 base run on their own
+copy of the base, one pass per adapter. A lone mergeable adapter can be merged
+into its copy instead.
 
-Causal-LM adapters answer `POST /v1/generate`, each on its own copy of the base
-it records (a causal LM, never the encoder base), so one server can hold both
-kinds: generation runs a request at a time through transformers' `generate`,
-which a row-shared pass would not speed up much on CPU.
+Causal-LM adapters answer generation requests, each on its own copy of the base
+it records (a causal LM, never the encoder base), so one server can hold both kinds.
 
 With `quantize="int8"` every base is PyTorch dynamic int8: the shared encoder's
-linear layers (LoRA deltas stay fp32 on top, so mixed batches still work), and
-each own copy as `load_adapter(..., quantize="int8")` makes it (merged where the
-method allows, then quantized).
+linear layers (row updates stay fp32 on top, so mixed batches still work;
+methods that need the base's float weights get their own copy), and each own
+copy as `load_adapter(..., quantize="int8")` makes it.
 
 Loading reads only adapter_config.json and adapter.safetensors (no pickle), and
-an adapter trained on another base is refused by its recorded fingerprint. Each
-task of a multi-task adapter is served as an adapter of its own, NAME.TASK.
+an adapter trained on another base is refused by its recorded fingerprint. An
+adapter is checked whole before it is registered (its description is valid JSON
+without non-finite numbers, its weights are finite), so a bad one is refused
+and leaves nothing behind. Each task of a multi-task adapter is served as an
+adapter of its own, NAME.TASK.
 """
 
+import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,14 +40,15 @@ from torch import nn
 from slimtune.adapter_files import build_adapter_model, load_adapter, read_config
 from slimtune.compression.dynamic_int8 import SCHEMES, quantize_int8
 from slimtune.errors import SlimtuneError
-from slimtune.methods.lora import LoRA
+from slimtune.methods.base import Method
+from slimtune.methods.registry import get_method_class
 from slimtune.models.loading import DEFAULT_MODEL, Backbone, context_window, fingerprint, load_backbone
 from slimtune.multitask.files import check_task_name, is_multi, task_config
-from slimtune.serve.multi_lora import SharedLoRABase
+from slimtune.serve.multi_adapter import SharedBase
 from slimtune.tasks.causal_lm import CausalLMTask
 
-SHARED = "shared-lora"  # rows run in the shared base pass, with their own LoRA delta
-OWN = "own-model"  # rows run through the adapter's own copy of the base
+SHARED = "shared"  # rows run in the shared base pass, each with its own adapter's row updates
+OWN = "own copy"  # rows run through the adapter's own copy of the base
 MERGED = "merged"  # an own copy with the adapter folded into its weights
 
 
@@ -59,6 +64,10 @@ class AdapterRefused(SlimtuneError):
     """The directory holds no adapter this server can serve."""
 
 
+class PathRefused(SlimtuneError):
+    """A path outside the allowed directory (an adapter's, or the base model its config names)."""
+
+
 @dataclass(eq=False)
 class ServedAdapter:
     name: str
@@ -71,6 +80,7 @@ class ServedAdapter:
     max_length: int  # tokens per row: the encoder window texts are cut to, or a causal LM's prompt + new tokens
     base_model: str
     quantize: str | None = None  # "int8": its base (and merged update) runs in dynamic int8
+    updates: dict | None = None  # SHARED: its row updates by layer path (`Method.row_updates`)
     slot: int | None = None
     removed: bool = field(default=False)  # set on unload; queued rows for it then fail instead of running
 
@@ -80,7 +90,7 @@ class ServedAdapter:
 
     @property
     def generates(self) -> bool:
-        """A causal-LM adapter: served by POST /v1/generate, not /v1/predict."""
+        """A causal-LM adapter: served by the generation endpoints, not /v1/predict."""
         return self.task.name == CausalLMTask.name
 
     def info(self) -> dict:
@@ -100,11 +110,11 @@ class AdapterRegistry:
         self.quantize = quantize
         self.base_spec = base_spec
         self.base: Backbone | None = None
-        self.shared: SharedLoRABase | None = None
+        self.shared: SharedBase | None = None
         self._base_lock = threading.Lock()  # two adapters loading at once must not both load the base
         self.adapters: dict[str, ServedAdapter] = {}
         self._pending: set[str] = set()
-        self._slots: set[int] = set()  # slots holding factors; only the model thread touches it
+        self._slots: set[int] = set()  # slots holding updates; only the model thread touches it
         if base_spec is not None:
             self._encoder_base(base_spec)
 
@@ -119,7 +129,7 @@ class AdapterRegistry:
                 if self.quantize:
                     quantize_int8(base.model)
                 self.base_spec = spec or DEFAULT_MODEL
-                self.shared = SharedLoRABase(base.model)
+                self.shared = SharedBase(base.model)
                 self.base = base
             return self.base
 
@@ -147,23 +157,37 @@ class AdapterRegistry:
             raise AdapterRefused(str(e)) from None
         return [(f"{name}.{task}", task) for task in config["tasks"]] if is_multi(config) else [(name, None)]
 
-    def prepare(self, name: str, run_dir: Path, merge: bool = False, task_name: str | None = None) -> ServedAdapter:
-        """Read and build an adapter (slow; any thread). Nothing is served until `install` and `register`.
+    def prepare(self, name: str, run_dir: Path, merge: bool = False, task_name: str | None = None,
+                confine: Callable[[str], None] | None = None) -> ServedAdapter:
+        """Read, build and check an adapter (slow; any thread). Nothing is served until `install` and `register`.
 
-        `task_name` picks one task of a multi-task adapter."""
+        `task_name` picks one task of a multi-task adapter. `confine(spec)` is called before a base model that
+        the adapter's config names is loaded, and raises to refuse it (runtime loads stay inside the allowed
+        directory)."""
         try:
-            return self._prepare(name, Path(run_dir), merge, task_name)
+            adapter = self._prepare(name, Path(run_dir), merge, task_name, confine)
+            check_servable(adapter)
+            return adapter
+        except PathRefused:
+            raise
         except SlimtuneError as e:
             raise AdapterRefused(str(e)) from None
         except Exception as e:  # a malformed file from outside: refuse it, whatever broke
             raise AdapterRefused(f"{run_dir}: not a usable adapter ({type(e).__name__}: {e})") from None
 
-    def _prepare(self, name: str, run_dir: Path, merge: bool, task_name: str | None) -> ServedAdapter:
+    def _prepare(self, name: str, run_dir: Path, merge: bool, task_name: str | None,
+                 confine: Callable[[str], None] | None) -> ServedAdapter:
         full_config = read_config(run_dir)
         check_task_name(full_config, task_name, run_dir)
         config = task_config(full_config, task_name) if is_multi(full_config) else full_config
+        if not isinstance(config.get("base_model", ""), str | None):
+            raise SlimtuneError(f"{run_dir}: base_model must be a string")
         if config["task"] == CausalLMTask.name:
+            if confine is not None:
+                confine(config.get("base_model") or DEFAULT_MODEL)
             return self._own_copy(name, run_dir, config, merge, None, task_name)  # checked against its own base
+        if self.base is None and confine is not None:
+            confine(config.get("base_model") or DEFAULT_MODEL)
         base = self._encoder_base(config.get("base_model"))
         if config["base_fingerprint"] != self.base_fingerprint:
             raise SlimtuneError(f"{run_dir} was trained on another base model (fingerprint "
@@ -171,14 +195,19 @@ class AdapterRegistry:
                                 f"(fingerprint {self.base_fingerprint})")
         pooling = config.get("pooling") or base.pooling
         int8_run = config.get("quantize") or config.get("base_quantize")
-        if merge or config["method"] != LoRA.name or pooling == "pooler" or int8_run:
+        method_class = get_method_class(config["method"])
+        if (merge or pooling == "pooler" or int8_run or method_class.row_updates is Method.row_updates
+                or (self.quantize and method_class.needs_float_base_weights)):
             return self._own_copy(name, run_dir, config, merge, self.base_spec, task_name)
         window = base.max_length
         max_length = min(config.get("max_length") or window, window)
-        skeleton = Backbone(self._weightless_base(), base.tokenizer, pooling, max_length)
-        model, _, task = build_adapter_model(run_dir, full_config, skeleton, task_name)
+        built = self._on_weightless_base(run_dir, full_config, Backbone(None, base.tokenizer, pooling, max_length),
+                                         task_name)
+        if built is None:
+            return self._own_copy(name, run_dir, config, merge, self.base_spec, task_name)
+        model, task, updates = built
         return ServedAdapter(name, run_dir, config, task, SHARED, model, base.tokenizer, max_length, self.base_spec,
-                             self.quantize)
+                             self.quantize, updates)
 
     def _own_copy(self, name: str, run_dir: Path, config: dict, merge: bool, spec: str | None,
                   task_name: str | None) -> ServedAdapter:
@@ -203,19 +232,39 @@ class AdapterRegistry:
                              loaded.backbone.tokenizer, max_length, base_model,
                              scheme or config.get("base_quantize"))
 
-    def _weightless_base(self) -> nn.Module:
-        """The base architecture on the meta device: LoRA factors and heads built on it are real, it is not."""
+    def _on_weightless_base(self, run_dir: Path, full_config: dict, backbone: Backbone, task_name: str | None):
+        """(task model, task, row updates) of an adapter built on the base architecture on the meta device (its
+        updates and head are real, the base is not), or None when the method cannot be built or served that way
+        (it reads the base's weights when it is built): then it needs a real copy."""
         from transformers import AutoModel
 
         with torch.device("meta"):
-            return AutoModel.from_config(self.base.model.config)
+            skeleton = AutoModel.from_config(self.base.model.config)
+        base_tensors = {id(t) for t in [*skeleton.parameters(), *skeleton.buffers()]}
+        backbone = Backbone(skeleton, backbone.tokenizer, backbone.pooling, backbone.max_length)
+        try:
+            model, method, task = build_adapter_model(run_dir, full_config, backbone, task_name)
+        except SlimtuneError:
+            raise
+        except Exception:  # the method computes from the base weights: the own copy answers for it
+            return None
+        updates = method.row_updates(model.backbone)
+        own_tensors = [t for t in [*model.parameters(), *model.buffers()] if id(t) not in base_tensors]
+        if updates is None or any(t.is_meta for t in own_tensors):
+            return None
+        return model, task, updates
 
     def install(self, adapter: ServedAdapter) -> None:
-        """Put a shared adapter's factors into a free slot (model thread: no batch runs meanwhile)."""
+        """Put a shared adapter's updates into a free slot (model thread: no batch runs meanwhile). On failure
+        nothing of it stays in the shared base."""
         if adapter.serving != SHARED:
             return
         slot = next(slot for slot in range(len(self._slots) + 1) if slot not in self._slots)
-        self.shared.add(slot, adapter.model.backbone)
+        try:
+            self.shared.add(slot, adapter.updates, adapter.model.backbone)
+        except Exception as e:
+            self.shared.remove(slot)
+            raise AdapterRefused(f"{adapter.path}: {e}") from None
         self._slots.add(slot)
         adapter.slot = slot
 
@@ -232,7 +281,34 @@ class AdapterRegistry:
         return adapter
 
     def uninstall(self, adapter: ServedAdapter) -> None:
-        """Drop an unregistered adapter's factors from the shared base (model thread)."""
+        """Drop an unregistered adapter's updates from the shared base (model thread)."""
         if adapter.slot is not None:
             self.shared.remove(adapter.slot)
             self._slots.discard(adapter.slot)
+
+
+def check_servable(adapter: ServedAdapter) -> None:
+    """Refuse an adapter whose description would not be valid JSON for every client, or whose weights are not
+    finite (its answers would be NaN)."""
+    from slimtune.serve.schemas import AdapterInfo
+
+    try:
+        AdapterInfo.model_validate(adapter.info())
+    except Exception as e:
+        problem = str(e).splitlines()[1:2] or [str(e)]
+        raise SlimtuneError(f"{adapter.path}: its configuration cannot be described ({problem[0].strip()})") from None
+    if not _json_safe(adapter.config):
+        raise SlimtuneError(f"{adapter.path}: its configuration holds a non-finite number (NaN or infinity)")
+    for name, tensor in [*adapter.model.named_parameters(), *adapter.model.named_buffers()]:
+        if not tensor.is_meta and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SlimtuneError(f"{adapter.path}: weight {name} holds NaN or infinite values")
+
+
+def _json_safe(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_safe(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(map(_json_safe, value))
+    return value is None or isinstance(value, str | int | bool)
