@@ -53,6 +53,7 @@ def test_int8_generation_equals_the_adapter_loaded_int8(client, chat_dir):
     prompts = ["is it good? great film", "hello"]
     response = client.post("/v1/generate", json={"adapter": "chat", "prompts": prompts, "max_new_tokens": 6})
     assert response.status_code == 200, response.text
+    # an own copy answers one prompt at a time (dynamic int8 scales per pass, so batch size matters)
     alone = generate_texts(load_adapter(chat_dir, quantize="int8").model, prompts, GenerationOptions(max_new_tokens=6),
-                           batch_size=32)
+                           batch_size=1)
     assert [o["text"] for o in response.json()["outputs"]] == alone

@@ -61,6 +61,14 @@ def register(sub) -> None:
     p.add_argument("--quantize", choices=("int8",),
                    help="CPU dynamic int8 linear layers: the shared base (LoRA deltas stay fp32, mixed batches "
                         "still work) and every own copy (merged first where the method allows)")
+    p.add_argument("--adapter-dir", metavar="DIR", help="serve any adapter directory inside DIR by its name, "
+                                                         "loaded on first use (the adapter store)")
+    p.add_argument("--max-loaded-adapters", type=int, metavar="N",
+                   help="with --adapter-dir: most store adapters kept loaded; the least recently used idle one "
+                        "is evicted")
+    p.add_argument("--causal-model", action="append", default=[], metavar="ID|PATH",
+                   help="a causal LM to serve bare (OpenAI `model` = this spec), besides adapters' bases; repeatable")
+    p.add_argument("--quiet", action="store_true", help="no access log line per request")
     p.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
                    help="close a connection whose request line and headers take longer (default 10)")
     p.add_argument("--body-timeout", type=float, default=30.0, metavar="S",
@@ -106,6 +114,11 @@ def build_server(args):
         if not 0 < getattr(args, flag) < float("inf"):
             raise SlimtuneError(f"--{flag.replace('_', '-')} must be a positive number of seconds")
     admin_token = _admin_token(args)
+    adapter_dir = Path(args.adapter_dir) if args.adapter_dir else None
+    if adapter_dir is not None and not adapter_dir.is_dir():
+        raise SlimtuneError(f"--adapter-dir {args.adapter_dir}: no such directory")
+    if args.max_loaded_adapters is not None and (args.max_loaded_adapters < 1 or adapter_dir is None):
+        raise SlimtuneError("--max-loaded-adapters must be at least 1, and needs --adapter-dir")
     allowed = Path(args.allowed_dir)
     if not allowed.is_dir():
         raise SlimtuneError(f"--allowed-dir {args.allowed_dir}: no such directory")
@@ -115,6 +128,8 @@ def build_server(args):
     taken = [served_name for served_name, _, _ in served]
     if len(set(taken)) != len(taken):
         raise SlimtuneError(f"adapter names must differ (a multi-task adapter NAME serves NAME.TASK): {taken}")
+    for spec in args.causal_model:
+        registry.lm_bases.get(spec)
     for served_name, task_name, directory in served:
         adapter = registry.prepare(served_name, directory, merge=args.merge, task_name=task_name)
         registry.install(adapter)  # no batches run yet: installing outside the model thread is safe
@@ -123,12 +138,27 @@ def build_server(args):
         limits=Limits(max_inputs=args.max_inputs, max_chars=args.max_chars, max_new_tokens=args.max_new_tokens),
         admin_token=admin_token, allowed_dir=allowed, max_batch_size=args.max_batch_size,
         max_wait_ms=args.max_wait_ms, mixed_batches=args.batching == "mixed", body_timeout=args.body_timeout,
+        adapter_dir=adapter_dir, max_loaded_adapters=args.max_loaded_adapters, access_log=not args.quiet,
     )
     app = build_app(registry, settings)
+    if not args.quiet:
+        _log_access_to_stderr()
     return uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                          access_log=False, lifespan="on", http=timed_h11(args.header_timeout),
                                          timeout_keep_alive=args.keep_alive_timeout,
                                          h11_max_incomplete_event_size=MAX_HEAD_BYTES))
+
+
+def _log_access_to_stderr() -> None:
+    import logging
+
+    logger = logging.getLogger("slimtune.serve.access")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 MAX_HEAD_BYTES = 64 * 1024  # a request line and headers longer than this are refused by h11

@@ -21,10 +21,12 @@ from slimtune.training.inference import unpad_rows
 
 @dataclass
 class Job:
-    """One request's rows: its adapter and the task's features for its texts."""
+    """One request's rows: its adapter and the task's features for its texts. `pooled`: the mean-pooled sentence
+    vector [H] of each row (embeddings) instead of the task head's output."""
 
     adapter: ServedAdapter
     features: list[dict]
+    pooled: bool = False
 
 
 class Engine:
@@ -44,7 +46,7 @@ class Engine:
                 results[j] = UnknownAdapter(f"adapter {job.adapter.name!r} was unloaded before the request ran")
                 continue
             results[j] = [None] * len(job.features)
-            rows += [(j, i, job.adapter, feature) for i, feature in enumerate(job.features)]
+            rows += [(j, i, job.adapter, feature, job.pooled) for i, feature in enumerate(job.features)]
         groups = defaultdict(list)  # rows run together: shared rows in one group when mixed, else one per adapter
         for row in rows:
             shared_pass = row[2].serving == SHARED
@@ -54,35 +56,61 @@ class Engine:
             for start in range(0, len(group), self.max_rows):
                 chunk = group[start : start + self.max_rows]
                 outputs = self._shared_pass(chunk) if chunk[0][2].serving == SHARED else self._own_pass(chunk)
-                for (j, i, _, _), output in zip(chunk, outputs):
+                for (j, i, *_), output in zip(chunk, outputs):
                     results[j][i] = output
         return results
 
     def _shared_pass(self, chunk: list[tuple]) -> list[torch.Tensor]:
-        order = sorted(range(len(chunk)), key=lambda i: chunk[i][2].slot)  # each adapter's rows one segment
+        order = sorted(range(len(chunk)), key=lambda i: (chunk[i][2].slot, chunk[i][4]))  # segments
         features = [chunk[i][3] for i in order]
         batch = pad_batch(features, chunk[0][2].tokenizer.pad_token_id)
         slots = [chunk[i][2].slot for i in order]
         hidden = self.registry.shared(batch, slots)  # [B, T, H]
         outputs: list = [None] * len(chunk)
-        segments = defaultdict(list)  # adapter → its positions in the ordered batch (contiguous)
+        segments = defaultdict(list)  # (adapter, pooled) → its positions in the ordered batch
         for position, i in enumerate(order):
-            segments[chunk[i][2]].append(position)
-        for adapter, positions in segments.items():
-            rows = slice(positions[0], positions[-1] + 1)
-            logits = adapter.model.from_hidden(hidden[rows], batch["attention_mask"][rows])
-            for position, output in zip(positions, unpad_rows(logits, features[rows])):
+            segments[chunk[i][2], chunk[i][4]].append(position)
+        for (adapter, pooled), positions in segments.items():
+            rows = torch.tensor(positions)
+            hidden_rows, mask = hidden.index_select(0, rows), batch["attention_mask"].index_select(0, rows)
+            if pooled:
+                outputs_here = list(mean_pool(hidden_rows, mask))
+            else:
+                logits = adapter.model.from_hidden(hidden_rows, mask)
+                outputs_here = unpad_rows(logits, [features[p] for p in positions])
+            for position, output in zip(positions, outputs_here):
                 outputs[order[position]] = output
-        self._record(len(chunk), len(segments))
+        self._record(len(chunk), len({adapter for adapter, _ in segments}))
         return outputs
 
     def _own_pass(self, chunk: list[tuple]) -> list[torch.Tensor]:
         features = [row[3] for row in chunk]
         adapter = chunk[0][2]
-        logits = adapter.model(**pad_batch(features, adapter.tokenizer.pad_token_id))
+        batch = pad_batch(features, adapter.tokenizer.pad_token_id)
+        outputs: list = [None] * len(chunk)
+        pooled = [i for i, row in enumerate(chunk) if row[4]]
+        if pooled:
+            index = torch.tensor(pooled)
+            inputs = {k: v.index_select(0, index) for k, v in batch.items()
+                      if k in ("input_ids", "attention_mask", "token_type_ids")}
+            hidden = adapter.model.backbone(**inputs).last_hidden_state
+            for i, vector in zip(pooled, mean_pool(hidden, inputs["attention_mask"])):
+                outputs[i] = vector
+        headed = [i for i, row in enumerate(chunk) if not row[4]]
+        if headed:
+            index = torch.tensor(headed)
+            logits = adapter.model(**{k: v.index_select(0, index) for k, v in batch.items()})
+            for i, output in zip(headed, unpad_rows(logits, [features[i] for i in headed])):
+                outputs[i] = output
         self._record(len(chunk), 1)
-        return unpad_rows(logits, features)
+        return outputs
 
     def _record(self, rows: int, adapters: int) -> None:
         if self.on_pass is not None:
             self.on_pass(rows, adapters)
+
+
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Sentence vectors [B, H]: the mean of each row's token states [B, T, H] over its real tokens (mask [B, T])."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1)

@@ -21,6 +21,7 @@ from torch import nn
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import RowUpdate
 
+BASE_SLOT = -1  # rows of the bare base: no layer holds an update for it
 Index = slice | torch.Tensor  # the rows of one group: a slice when contiguous, else a LongTensor
 
 
@@ -90,6 +91,18 @@ class SharedBase(nn.Module):
         super().__init__()
         self.backbone = backbone.requires_grad_(False).eval()
         self.rows = RowGroups()
+        self.slots: set[int] = set()  # slots holding updates; only the model thread changes it
+
+    def install(self, updates: dict[str, RowUpdate], adapted_backbone: nn.Module) -> int:
+        """Put an adapter's updates into a free slot and return it; on failure nothing of them stays."""
+        slot = next(slot for slot in range(len(self.slots) + 1) if slot not in self.slots)
+        try:
+            self.add(slot, updates, adapted_backbone)
+        except Exception:
+            self.remove(slot)
+            raise
+        self.slots.add(slot)
+        return slot
 
     def add(self, slot: int, updates: dict[str, RowUpdate], adapted_backbone: nn.Module) -> None:
         """Put an adapter's updates (paths into `adapted_backbone`, the same architecture) into `slot`."""
@@ -103,6 +116,7 @@ class SharedBase(nn.Module):
         for module in self.backbone.modules():
             if isinstance(module, MultiAdapterLayer):
                 module.updates.pop(slot, None)
+        self.slots.discard(slot)
 
     def _wrapped(self, path: str, adapted_backbone: nn.Module) -> MultiAdapterLayer:
         """The MultiAdapterLayer at `path`, wrapping the base's layer there on first use."""

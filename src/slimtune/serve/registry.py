@@ -44,7 +44,8 @@ from slimtune.methods.base import Method
 from slimtune.methods.registry import get_method_class
 from slimtune.models.loading import DEFAULT_MODEL, Backbone, context_window, fingerprint, load_backbone
 from slimtune.multitask.files import check_task_name, is_multi, task_config
-from slimtune.serve.multi_adapter import SharedBase
+from slimtune.serve.bases import LMBase, LMBases, build_over_meta
+from slimtune.serve.multi_adapter import BASE_SLOT, SharedBase
 from slimtune.tasks.causal_lm import CausalLMTask
 
 SHARED = "shared"  # rows run in the shared base pass, each with its own adapter's row updates
@@ -81,6 +82,8 @@ class ServedAdapter:
     base_model: str
     quantize: str | None = None  # "int8": its base (and merged update) runs in dynamic int8
     updates: dict | None = None  # SHARED: its row updates by layer path (`Method.row_updates`)
+    shared_base: SharedBase | None = None  # SHARED: the base holding its updates
+    lm_base: LMBase | None = None  # a SHARED causal-lm adapter: the base its generation rows run on
     slot: int | None = None
     removed: bool = field(default=False)  # set on unload; queued rows for it then fail instead of running
 
@@ -114,7 +117,7 @@ class AdapterRegistry:
         self._base_lock = threading.Lock()  # two adapters loading at once must not both load the base
         self.adapters: dict[str, ServedAdapter] = {}
         self._pending: set[str] = set()
-        self._slots: set[int] = set()  # slots holding updates; only the model thread touches it
+        self.lm_bases = LMBases()
         if base_spec is not None:
             self._encoder_base(base_spec)
 
@@ -132,6 +135,11 @@ class AdapterRegistry:
                 self.shared = SharedBase(base.model)
                 self.base = base
             return self.base
+
+    def encoder_base_target(self) -> ServedAdapter:
+        """The bare encoder base as a target of shared passes (embeddings of the base itself): no slot's updates."""
+        return ServedAdapter(self.base_spec, Path(), {"labels": [], "method": "none"}, None, SHARED, None,
+                             self.base.tokenizer, self.base.max_length, self.base_spec, self.quantize, slot=BASE_SLOT)
 
     def get(self, name: str) -> ServedAdapter:
         adapter = self.adapters.get(name)
@@ -182,10 +190,17 @@ class AdapterRegistry:
         config = task_config(full_config, task_name) if is_multi(full_config) else full_config
         if not isinstance(config.get("base_model", ""), str | None):
             raise SlimtuneError(f"{run_dir}: base_model must be a string")
+        method_class = get_method_class(config["method"])
+        shareable = not (merge or config.get("quantize") or config.get("base_quantize")
+                         or method_class.row_updates is Method.row_updates
+                         or (self.quantize and method_class.needs_float_base_weights))
         if config["task"] == CausalLMTask.name:
-            if confine is not None:
-                confine(config.get("base_model") or DEFAULT_MODEL)
-            return self._own_copy(name, run_dir, config, merge, None, task_name)  # checked against its own base
+            spec = config.get("base_model") or DEFAULT_MODEL
+            if confine is not None and spec not in self.lm_bases.bases:
+                confine(spec)
+            if not shareable or self.quantize:
+                return self._own_copy(name, run_dir, config, merge, None, task_name)  # checked against its own base
+            return self._shared_causal(name, run_dir, full_config, config, spec, task_name)
         if self.base is None and confine is not None:
             confine(config.get("base_model") or DEFAULT_MODEL)
         base = self._encoder_base(config.get("base_model"))
@@ -194,20 +209,32 @@ class AdapterRegistry:
                                 f"{config['base_fingerprint']}); this server holds {self.base_spec} "
                                 f"(fingerprint {self.base_fingerprint})")
         pooling = config.get("pooling") or base.pooling
-        int8_run = config.get("quantize") or config.get("base_quantize")
-        method_class = get_method_class(config["method"])
-        if (merge or pooling == "pooler" or int8_run or method_class.row_updates is Method.row_updates
-                or (self.quantize and method_class.needs_float_base_weights)):
+        if not shareable or pooling == "pooler":
             return self._own_copy(name, run_dir, config, merge, self.base_spec, task_name)
         window = base.max_length
         max_length = min(config.get("max_length") or window, window)
-        built = self._on_weightless_base(run_dir, full_config, Backbone(None, base.tokenizer, pooling, max_length),
-                                         task_name)
+        built = build_over_meta(base.model, False, run_dir, full_config, base.tokenizer, pooling, max_length,
+                                task_name)
         if built is None:
             return self._own_copy(name, run_dir, config, merge, self.base_spec, task_name)
         model, task, updates = built
         return ServedAdapter(name, run_dir, config, task, SHARED, model, base.tokenizer, max_length, self.base_spec,
-                             self.quantize, updates)
+                             self.quantize, updates, self.shared)
+
+    def _shared_causal(self, name: str, run_dir: Path, full_config: dict, config: dict, spec: str,
+                       task_name: str | None) -> ServedAdapter:
+        """A causal-lm adapter whose generation rows run on the shared copy of its base."""
+        base = self.lm_bases.get(spec)
+        if config["base_fingerprint"] != base.fingerprint:
+            raise SlimtuneError(f"{run_dir} was trained on a different base model (fingerprint "
+                                f"{config['base_fingerprint']}); {spec} does not match it")
+        built = build_over_meta(base.lm, True, run_dir, full_config, base.tokenizer, None, base.max_length,
+                                task_name)
+        if built is None:
+            return self._own_copy(name, run_dir, config, False, None, task_name)
+        model, task, updates = built
+        return ServedAdapter(name, run_dir, config, task, SHARED, model, base.tokenizer, base.max_length, spec,
+                             None, updates, base.shared, base)
 
     def _own_copy(self, name: str, run_dir: Path, config: dict, merge: bool, spec: str | None,
                   task_name: str | None) -> ServedAdapter:
@@ -232,41 +259,15 @@ class AdapterRegistry:
                              loaded.backbone.tokenizer, max_length, base_model,
                              scheme or config.get("base_quantize"))
 
-    def _on_weightless_base(self, run_dir: Path, full_config: dict, backbone: Backbone, task_name: str | None):
-        """(task model, task, row updates) of an adapter built on the base architecture on the meta device (its
-        updates and head are real, the base is not), or None when the method cannot be built or served that way
-        (it reads the base's weights when it is built): then it needs a real copy."""
-        from transformers import AutoModel
-
-        with torch.device("meta"):
-            skeleton = AutoModel.from_config(self.base.model.config)
-        base_tensors = {id(t) for t in [*skeleton.parameters(), *skeleton.buffers()]}
-        backbone = Backbone(skeleton, backbone.tokenizer, backbone.pooling, backbone.max_length)
-        try:
-            model, method, task = build_adapter_model(run_dir, full_config, backbone, task_name)
-        except SlimtuneError:
-            raise
-        except Exception:  # the method computes from the base weights: the own copy answers for it
-            return None
-        updates = method.row_updates(model.backbone)
-        own_tensors = [t for t in [*model.parameters(), *model.buffers()] if id(t) not in base_tensors]
-        if updates is None or any(t.is_meta for t in own_tensors):
-            return None
-        return model, task, updates
-
     def install(self, adapter: ServedAdapter) -> None:
-        """Put a shared adapter's updates into a free slot (model thread: no batch runs meanwhile). On failure
-        nothing of it stays in the shared base."""
+        """Put a shared adapter's updates into a free slot of its base (model thread: no batch runs meanwhile).
+        On failure nothing of it stays in the shared base."""
         if adapter.serving != SHARED:
             return
-        slot = next(slot for slot in range(len(self._slots) + 1) if slot not in self._slots)
         try:
-            self.shared.add(slot, adapter.updates, adapter.model.backbone)
+            adapter.slot = adapter.shared_base.install(adapter.updates, adapter.model.backbone)
         except Exception as e:
-            self.shared.remove(slot)
             raise AdapterRefused(f"{adapter.path}: {e}") from None
-        self._slots.add(slot)
-        adapter.slot = slot
 
     def register(self, adapter: ServedAdapter) -> None:
         """Make an installed adapter servable (event loop)."""
@@ -281,10 +282,9 @@ class AdapterRegistry:
         return adapter
 
     def uninstall(self, adapter: ServedAdapter) -> None:
-        """Drop an unregistered adapter's updates from the shared base (model thread)."""
+        """Drop an unregistered adapter's updates from its shared base (model thread)."""
         if adapter.slot is not None:
-            self.shared.remove(adapter.slot)
-            self._slots.discard(adapter.slot)
+            adapter.shared_base.remove(adapter.slot)
 
 
 def check_servable(adapter: ServedAdapter) -> None:
