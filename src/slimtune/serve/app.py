@@ -74,7 +74,8 @@ def build_app(registry: AdapterRegistry, settings: ServeSettings) -> FastAPI:
     metrics = ServerMetrics()
     engine = Engine(registry, settings.max_batch_size, mixed=settings.mixed_batches, on_pass=metrics.observe_pass)
     batcher = MicroBatcher(engine.run, settings.max_batch_size, settings.max_wait_ms / 1000)
-    answering = Answering(ContinuousBatcher(batcher.exclusive, settings.max_batch_size), batcher.exclusive)
+    decoder = ContinuousBatcher(batcher.exclusive, settings.max_batch_size, on_step=metrics.observe_decode_step)
+    answering = Answering(decoder, batcher.exclusive)
     store = AdapterStore(registry, batcher.exclusive, settings.adapter_dir, settings.max_loaded_adapters,
                          confine=lambda spec: allowed_base(settings.allowed_dir, spec, registry))
     server = Server(registry, settings, metrics, batcher, answering, store)

@@ -179,9 +179,10 @@ class ContinuousBatcher:
     """Admits new sequences into their lanes and steps every lane, one tick at a time in the model thread, while
     any sequence runs. `max_rows` bounds each lane's batch; later sequences wait for a row to free."""
 
-    def __init__(self, exclusive, max_rows: int):
+    def __init__(self, exclusive, max_rows: int, on_step=None):
         self.exclusive = exclusive  # runs a function in the model thread (MicroBatcher.exclusive)
         self.max_rows = max_rows
+        self.on_step = on_step  # called with (rows, adapters) after each decoding step, e.g. for metrics
         self.lanes: dict[int, Lane] = {}  # by id of the lane's model
         self._waiting: list[tuple[Lane, Sequence]] = []
         self._lock = threading.Lock()  # the event loop adds to _waiting, the model thread takes from it
@@ -221,7 +222,10 @@ class ContinuousBatcher:
             self._guarded(lane, [seq], lambda: lane.admit(seq))
         for lane in list(self.lanes.values()):
             if lane.rows:
+                rows, adapters = len(lane.rows), len({seq.slot for seq in lane.rows})
                 self._guarded(lane, list(lane.rows), lane.step)
+                if self.on_step is not None:
+                    self.on_step(rows, adapters)
         with self._lock:
             self._waiting = later + self._waiting
             return bool(self._waiting) or any(lane.rows for lane in self.lanes.values())

@@ -38,6 +38,8 @@ class ServerMetrics:
         self.latency = defaultdict(lambda: Histogram(LATENCY_BUCKETS))  # route → seconds
         self.batch_rows = Histogram(ROW_BUCKETS)
         self.batch_adapters = Histogram(ROW_BUCKETS)
+        self.decode_rows = Histogram(ROW_BUCKETS)
+        self.decode_adapters = Histogram(ROW_BUCKETS)
         self.generated_prompts = 0
         self.generated_tokens = 0
         self.store_stats = None  # called for the adapter store's counts (AdapterStore.stats), if set
@@ -51,6 +53,11 @@ class ServerMetrics:
         with self._lock:
             self.batch_rows.observe(rows)
             self.batch_adapters.observe(adapters)
+
+    def observe_decode_step(self, rows: int, adapters: int) -> None:
+        with self._lock:
+            self.decode_rows.observe(rows)
+            self.decode_adapters.observe(adapters)
 
     def observe_generation(self, prompts: int, tokens: int) -> None:
         with self._lock:
@@ -80,6 +87,11 @@ class ServerMetrics:
                       "# HELP slimtune_batch_adapters Distinct adapters per forward pass.",
                       "# TYPE slimtune_batch_adapters histogram",
                       *self.batch_adapters.lines("slimtune_batch_adapters", ""),
+                      "# HELP slimtune_decode_rows Rows (answers being generated) per decoding step.",
+                      "# TYPE slimtune_decode_rows histogram", *self.decode_rows.lines("slimtune_decode_rows", ""),
+                      "# HELP slimtune_decode_adapters Distinct adapters (or the bare base) per decoding step.",
+                      "# TYPE slimtune_decode_adapters histogram",
+                      *self.decode_adapters.lines("slimtune_decode_adapters", ""),
                       "# HELP slimtune_generated_prompts_total Prompts answered by the generation endpoints.",
                       "# TYPE slimtune_generated_prompts_total counter",
                       f"slimtune_generated_prompts_total {self.generated_prompts}",
