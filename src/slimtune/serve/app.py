@@ -31,7 +31,7 @@ from slimtune.serve.engine import Engine, Job
 from slimtune.serve.generator import Answering
 from slimtune.serve.guards import BodyGuard
 from slimtune.serve.metrics import CONTENT_TYPE, ServerMetrics
-from slimtune.serve.middleware import RequestMetrics, SafeJSONResponse
+from slimtune.serve.middleware import OfflinePages, RequestMetrics, SafeJSONResponse
 from slimtune.serve.openai_api import OPENAI_PATHS, ModelNotFound, add_openai_routes, openai_error
 from slimtune.serve.paths import allowed_base, allowed_path
 from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegistry, PathRefused, UnknownAdapter
@@ -99,6 +99,7 @@ def build_app(registry: AdapterRegistry, settings: ServeSettings) -> FastAPI:
     add_openai_routes(app, server, require_admin)
     _add_status_routes(app, server)
     app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes, body_timeout=settings.body_timeout)
+    app.add_middleware(OfflinePages)
     app.add_middleware(RequestMetrics, metrics=metrics, log=settings.access_log)  # outermost: counts rejects too
     return app
 

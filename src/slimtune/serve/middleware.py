@@ -75,3 +75,30 @@ class RequestMetrics:
                 adapter = scope.get("state", {}).get("adapter")
                 access_log.info('%s %s %d %.1fms adapter=%s', scope["method"], scope["path"], status, seconds * 1000,
                                 json.dumps(adapter) if adapter else "-")
+
+
+# What an HTML page of this server may load: only from the server itself (inline code and data: images allowed).
+# Bundled third-party pages (ReDoc's footer logo) would otherwise reach a CDN; the browser now never asks.
+OFFLINE_POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+                  "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'")
+
+
+class OfflinePages:
+    """Pure ASGI middleware: every HTML answer carries a Content-Security-Policy that keeps the page offline."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_policy(message):
+            if message["type"] == "http.response.start":
+                headers = dict(message.get("headers", []))
+                if headers.get(b"content-type", b"").startswith(b"text/html"):
+                    message["headers"] = [*message.get("headers", []),
+                                          (b"content-security-policy", OFFLINE_POLICY.encode())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_policy)
