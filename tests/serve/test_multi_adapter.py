@@ -113,3 +113,28 @@ def test_adapter_of_another_base_is_refused(tiny_model, other_tiny_model, tmp_pa
     run = make_adapter(tmp_path / "other", other_tiny_model, "classify", "lora", {}, seed=0)
     with pytest.raises(AdapterRefused, match="trained on another base model"):
         AdapterRegistry(tiny_model).prepare("x", run)
+
+
+def test_rows_of_one_adapter_need_not_be_contiguous():
+    """Slots interleaved across the batch (as in a generation lane) take the index_select path: each row gets its
+    own adapter's LoRA update, a row of the bare base none."""
+    from slimtune.methods.lora import LoRALinear
+    from slimtune.serve.multi_adapter import BASE_SLOT, MultiAdapterLayer, RowGroups, group_rows
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 5)
+    loras = [LoRALinear(base, rank, 4.0, 0.0) for rank in (2, 3)]
+    for lora in loras:
+        torch.nn.init.normal_(lora.lora_B)
+    rows = RowGroups()
+    layer = MultiAdapterLayer(base, rows)
+    layer.updates = {0: loras[0].row_update, 1: loras[1].row_update}
+    slots = [1, 0, BASE_SLOT, 1, 0]
+    assert [(s, i if isinstance(i, slice) else i.tolist()) for s, i in group_rows(slots)] == [
+        (1, [0, 3]), (0, [1, 4]), (BASE_SLOT, slice(2, 3))]
+    x = torch.randn(5, 4, 6)
+    with torch.no_grad(), rows.use(slots):
+        got = layer(x)
+        want = torch.stack([base(x[i]) if s == BASE_SLOT else loras[s](x[i]) for i, s in enumerate(slots)])
+    assert (got - want).abs().max() < 1e-6
+        assert torch.equal(got[2], base(x[2])) and (got[0] - base(x[0])).abs().max() > 1e-3

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slimtune.serve.multi_adapter import BASE_SLOT, SharedBase
+from slimtune.serve.multi_adapter import SharedBase
 
 
 @dataclass

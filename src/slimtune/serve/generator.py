@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 from slimtune.generation import GenerationOptions, generate_ids
 from slimtune.serve.bases import LMBase
-from slimtune.serve.decoding import BASE_SLOT, ContinuousBatcher, Sampling, Sequence
+from slimtune.serve.decoding import ContinuousBatcher, Sampling, Sequence
+from slimtune.serve.multi_adapter import BASE_SLOT
 from slimtune.serve.registry import ServedAdapter, UnknownAdapter
 
 

@@ -99,8 +99,8 @@ def add_openai_routes(app: FastAPI, server, require_admin) -> None:
         features = [_encoder_features(target.tokenizer, text, target.max_length) for text in texts]
         async with store.held(target):
             vectors = await server.batcher.submit(Job(target, features, pooled=True), len(features))
-        data = [{"object": "embedding", "index": i,
-                 "embedding": _encoded(vector.float().numpy(), body.encoding_format)} for i, vector in enumerate(vectors)]
+        data = [{"object": "embedding", "index": i, "embedding": _encoded(vector.float().numpy(), body.encoding_format)}
+                for i, vector in enumerate(vectors)]
         tokens = sum(len(f["input_ids"]) for f in features)
         return {"object": "list", "data": data, "model": body.model,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
@@ -170,8 +170,8 @@ async def _answer(server, target, body, ids: list[int], chat: bool):
                   if chat else {"index": 0, "text": text, "finish_reason": answer.finish_reason, "logprobs": None})
         return {**head, "object": kind, "choices": [choice], "usage": _usage(answer)}
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return StreamingResponse(_events(server, answer, held, head, kind + ".chunk" if chat else kind, chat, include_usage),
-                             media_type="text/event-stream", headers={"cache-control": "no-cache"})
+    events = _events(server, answer, held, head, kind + ".chunk" if chat else kind, chat, include_usage)
+    return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 async def _events(server, answer, held, head: dict, kind: str, chat: bool, include_usage: bool):

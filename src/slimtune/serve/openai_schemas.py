@@ -32,7 +32,8 @@ class StreamOptions(BaseModel):
 
 def _sampling_fields(limits: Limits) -> dict:
     return {
-        "model": (str, Field(min_length=1, max_length=4096, description="an adapter name or a base model (GET /v1/models)")),
+        "model": (str, Field(min_length=1, max_length=4096,
+                             description="an adapter name or a base model (GET /v1/models)")),
         "max_tokens": (int | None, Field(default=None, ge=1, le=limits.max_new_tokens,
                                          description="most new tokens (default: 16 for completions, the server's "
                                                      "--max-new-tokens for chat)")),

@@ -12,8 +12,10 @@ int8 inference (`slimtune quantize`) or trained on an int8 base run on their own
 copy of the base, one pass per adapter. A lone mergeable adapter can be merged
 into its copy instead.
 
-Causal-LM adapters answer generation requests, each on its own copy of the base
-it records (a causal LM, never the encoder base), so one server can hold both kinds.
+Causal-LM adapters answer generation requests on the causal LM they record (never
+the encoder base, so one server holds both kinds): those with row updates share
+one copy of it per base (`LMBases`; their rows share its continuous batch, see
+decoding.py), the others get their own copy.
 
 With `quantize="int8"` every base is PyTorch dynamic int8: the shared encoder's
 linear layers (row updates stay fp32 on top, so mixed batches still work;
@@ -37,7 +39,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimtune.adapter_files import build_adapter_model, load_adapter, read_config
+from slimtune.adapter_files import load_adapter, read_config
 from slimtune.compression.dynamic_int8 import SCHEMES, quantize_int8
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
@@ -243,7 +245,8 @@ class AdapterRegistry:
         An adapter trained on an int8 base keeps that base as it is; one saved by `slimtune quantize` is int8
         whatever the server's setting (`load_adapter` reads that from its config)."""
         scheme = None if config.get("base_quantize") else (self.quantize or config.get("quantize"))
-        loaded = load_adapter(run_dir, spec, scheme, task_name=task_name)  # with a scheme: merged where the method allows, quantized
+        # with a scheme: merged where the method allows, then quantized
+        loaded = load_adapter(run_dir, spec, scheme, task_name=task_name)
         if merge:
             if not loaded.method.mergeable or config.get("base_quantize"):
                 why = "it was trained on an int8 base" if config.get("base_quantize") else "the method does not merge"
