@@ -137,4 +137,4 @@ def test_rows_of_one_adapter_need_not_be_contiguous():
         got = layer(x)
         want = torch.stack([base(x[i]) if s == BASE_SLOT else loras[s](x[i]) for i, s in enumerate(slots)])
     assert (got - want).abs().max() < 1e-6
-        assert torch.equal(got[2], base(x[2])) and (got[0] - base(x[0])).abs().max() > 1e-3
+    assert torch.equal(got[2], base(x[2])) and (got[0] - base(x[0])).abs().max() > 1e-3
