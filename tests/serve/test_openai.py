@@ -4,6 +4,7 @@ OpenAI's error object; embeddings of the encoder base and of an adapter; and con
 greedy requests of mixed adapters share decoding steps and answer what each request gets alone."""
 
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +156,18 @@ def _multi_row_steps(client) -> float:
     count = {line.split()[0]: float(line.split()[1]) for line in lines if line.startswith("slimtune_decode_adapters")}
     return count["slimtune_decode_adapters_count"] - count['slimtune_decode_adapters_bucket{le="1"}']
 
+
+
+def test_an_own_copy_causal_adapter_streams_the_answer_it_gives_alone(tiny_lm, chat_dir):
+    from tests.serve.conftest import make_adapter
+
+    run = make_adapter(Path(chat_dir).parent / "chat-houlsby", tiny_lm, "causal-lm", "adapter", {}, seed=13)
+    with running_server(["--adapter", f"own={run}", "--quiet"]) as client:
+        api = openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="unused", max_retries=0)
+        assert client.get("/v1/adapters").json()["adapters"][0]["serving"] == "own copy"
+        messages = [{"role": "user", "content": PROMPTS[0]}]
+        whole = api.chat.completions.create(model="own", messages=messages, max_tokens=8, temperature=0)
+        streamed = "".join(c.choices[0].delta.content or "" for c in api.chat.completions.create(
+            model="own", messages=messages, max_tokens=8, temperature=0, stream=True) if c.choices)
+    alone = generate_texts(load_adapter(run).model, PROMPTS[:1], GenerationOptions(max_new_tokens=8))
+    assert whole.choices[0].message.content == streamed == alone[0] and alone[0]

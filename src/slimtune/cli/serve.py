@@ -6,31 +6,36 @@ import sys
 
 ADMIN_TOKEN_ENV = "SLIMTUNE_ADMIN_TOKEN"
 
-HELP = f"""Serve saved adapters over HTTP (FastAPI + uvicorn). Classify and ner adapters share one
-base model: LoRA adapters share its forward pass (rows of different adapters in one batch, each
-with its own low-rank delta); adapters of other methods run on their own copy of the base.
-Causal-lm adapters answer POST /v1/generate, each on its own copy of the base it records.
+HELP = f"""Serve saved adapters over HTTP (FastAPI + uvicorn). Adapters whose method has per-row
+updates (LoRA and others) share one copy of their base: rows of different adapters run in one
+pass, grouped by adapter; adapters of other methods run on their own copy. Classify/ner adapters
+share an encoder base; causal-lm adapters share the causal LM they record, and their generation
+requests are batched together step by step (continuous batching).
 
 endpoints:
   POST /v1/predict          {{"adapter": NAME, "inputs": [TEXT, ...]}}  (classify, ner)
   POST /v1/generate         {{"adapter": NAME, "prompts": [TEXT, ...], "max_new_tokens": N}}  (causal-lm;
                             optional "sample": true with "temperature", "top_p", "top_k", "seed")
+  OpenAI-compatible         GET /v1/models, POST /v1/chat/completions, /v1/completions ("model": an
+                            adapter or base; "stream": true for Server-Sent Events), /v1/embeddings
   GET  /v1/adapters         the loaded adapters
   POST /v1/adapters         {{"name": NAME, "path": DIR}}  (admin token; DIR inside --allowed-dir)
-  DELETE /v1/adapters/NAME  (admin token)
-  GET  /health, GET /metrics (Prometheus text), GET /docs (OpenAPI)
+  DELETE /v1/adapters/NAME  (admin token); also vLLM's POST /v1/load_lora_adapter, /v1/unload_lora_adapter
+  GET  /health, GET /metrics (Prometheus text), GET /docs and /redoc (offline), GET / (playground)
 
 A multi-task adapter given as NAME=DIR serves each of its tasks as the adapter NAME.TASK.
+With --adapter-dir DIR, any adapter directory in DIR is served by its name, loaded on first use
+(at most --max-loaded-adapters at once, least recently used evicted).
 
-The admin token is --admin-token-file, --admin-token or the environment variable {ADMIN_TOKEN_ENV}; without one,
-adapters cannot be loaded or unloaded while the server runs.
+The admin token is --admin-token-file, --admin-token or the environment variable {ADMIN_TOKEN_ENV};
+without one, adapters cannot be loaded or unloaded while the server runs.
 
 examples:
   slimtune serve --adapter sst2=runs/sst2 --adapter conll=runs/conll --adapter chat=runs/smol
   curl -s localhost:8000/v1/predict -d '{{"adapter": "sst2", "inputs": ["a gripping film"]}}' \\
       -H 'content-type: application/json'
-  curl -s localhost:8000/v1/generate -d '{{"adapter": "chat", "prompts": ["Name a colour."]}}' \\
-      -H 'content-type: application/json'
+  curl -s localhost:8000/v1/chat/completions -H 'content-type: application/json' \\
+      -d '{{"model": "chat", "messages": [{{"role": "user", "content": "Name a colour."}}]}}'
 """
 
 

@@ -85,6 +85,7 @@ class Answering:
     def __init__(self, decoder: ContinuousBatcher, exclusive):
         self.decoder = decoder
         self.exclusive = exclusive
+        self._running: set[asyncio.Task] = set()  # own-copy answers in flight (the loop keeps only weak references)
 
     def start(self, target: ServedAdapter | LMBase, prompt: list[int], sampling: Sampling,
               stops: list[str] = ()) -> Answer:
@@ -104,7 +105,9 @@ class Answering:
             seq.slot = target.slot
             self.decoder.submit(self.decoder.lane(target.lm_base.lm, target.lm_base.shared), seq)
         else:
-            asyncio.ensure_future(self._own_copy(target, seq))
+            task = asyncio.ensure_future(self._own_copy(target, seq))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         return answer
 
     async def _own_copy(self, adapter: ServedAdapter, seq: Sequence) -> None:
