@@ -197,6 +197,7 @@ async def _events(server, answer, held, head: dict, kind: str, chat: bool, inclu
     except Exception as e:  # the status line is sent already: the error goes in the stream
         yield _sse(openai_error(500 if not isinstance(e, SlimtuneError) else 400, str(e)))
     finally:
+        answer.seq.cancelled = True  # also when the client went away mid-stream: its row leaves the batch
         await held.__aexit__(None, None, None)
     yield "data: [DONE]\n\n"
 
