@@ -40,17 +40,19 @@ def jobs_for(registry, names: list[str]) -> list[Job]:
     return jobs
 
 
-@pytest.mark.parametrize("mixed", [True, False])
-def test_mixed_batch_equals_each_adapter_alone(registry, adapter_dirs, mixed):
+@pytest.mark.parametrize("mixed,spread", [(True, float("inf")), (False, float("inf")), (True, 1.5), (False, 1.5)])
+def test_mixed_batch_equals_each_adapter_alone(registry, adapter_dirs, mixed, spread):
     assert [registry.get(n).serving for n in adapter_dirs] == [SHARED, SHARED, SHARED, OWN]
     passes = []
-    engine = Engine(registry, max_rows=64, mixed=mixed,
+    engine = Engine(registry, max_rows=64, mixed=mixed, spread=spread,
                     on_pass=lambda rows, adapters: passes.append(adapters))
     names = list(adapter_dirs)
     jobs = jobs_for(registry, names)
     results = engine.run(jobs)
-    # mixed: all LoRA rows in one pass, then the prefix copy; per adapter: one pass each
-    assert passes == ([3, 1] if mixed else [1, 1, 1, 1])
+    if spread == float("inf"):  # mixed: all shared rows in one pass, then the prefix copy; else one pass each
+        assert passes == ([3, 1] if mixed else [1, 1, 1, 1])
+    else:  # passes cut by length: more of them, still mixing adapters when mixed
+        assert len(passes) > 4 and (max(passes) > 1) == mixed
     for name, i, job, result in zip(names, range(len(names)), jobs, results):
         texts = TEXTS[i % 3 :] if i % 2 else TEXTS[: len(TEXTS) - i]
         expected = alone(adapter_dirs[name], texts)

@@ -201,12 +201,21 @@ class ContinuousBatcher:
         """Queue `seq` (event loop); it joins its lane at the next tick."""
         with self._lock:
             self._waiting.append((lane, seq))
-        if self._runner is None or self._runner.done():
+        if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run(), name="slimtune-decoding")
 
     async def _run(self) -> None:
-        while await self.exclusive(self._tick):
-            await asyncio.sleep(0)  # let requests arrive and predictions run between steps
+        """Tick while there is work. Only the event loop submits and only here does the runner stop, with no await
+        between the last look at the queue and `_runner = None`: a sequence submitted meanwhile is never lost."""
+        try:
+            while True:
+                if not await self.exclusive(self._tick):
+                    with self._lock:
+                        if not self._waiting:
+                            return
+                await asyncio.sleep(0)  # let requests arrive and predictions run between steps
+        finally:
+            self._runner = None
 
     def _tick(self) -> bool:
         """Admit what fits, step every lane; True while any sequence runs or waits."""

@@ -1,12 +1,15 @@
 """Running one micro-batch: rows of many requests and adapters, through as few forward passes as possible.
 
-Rows of adapters sharing the base go through one base pass per chunk of
-`max_rows`, the chunk's rows ordered by adapter so that each adapter's rows are
-one contiguous segment its updates apply to; then each adapter's head reads its
-rows' token states. With `mixed=False` the same rows run one base
-pass per adapter instead (the baseline the load test compares against). Rows
-of adapters with their own model copy run one pass per adapter. (Causal-LM
-adapters generate instead: serve/generator.py.)
+Rows are sorted by length and cut into passes of at most `max_rows` rows whose
+longest row is at most `spread` times their shortest, so padding stays small
+(one pass over a micro-batch of mixed lengths did three times the real work).
+Rows of adapters sharing the base run together in those passes whatever their
+adapter, ordered by adapter inside a pass so that each adapter's rows are one
+contiguous segment its updates apply to; then each adapter's head reads its
+rows' token states. With `mixed=False` the rows of each adapter run in passes
+of their own instead (the baseline the load test compares against). Rows of
+adapters with their own model copy run one pass per adapter. (Causal-LM
+adapters generate instead: serve/decoding.py.)
 """
 
 from collections import defaultdict
@@ -30,10 +33,12 @@ class Job:
 
 
 class Engine:
-    def __init__(self, registry: AdapterRegistry, max_rows: int, mixed: bool = True, on_pass=None):
+    def __init__(self, registry: AdapterRegistry, max_rows: int, mixed: bool = True, on_pass=None,
+                 spread: float = 1.5):
         self.registry = registry  # its shared base may be loaded after the engine starts
         self.max_rows = max_rows
         self.mixed = mixed
+        self.spread = spread  # longest / shortest row of one pass, at most
         self.on_pass = on_pass  # called with (rows, adapters) after every forward pass, e.g. for metrics
 
     @torch.no_grad()
@@ -52,13 +57,24 @@ class Engine:
             shared_pass = row[2].serving == SHARED
             groups["shared" if shared_pass and self.mixed else row[2]].append(row)
         for key, group in groups.items():
-            group.sort(key=lambda row: -len(row[3]["input_ids"]))  # similar lengths pad less
-            for start in range(0, len(group), self.max_rows):
-                chunk = group[start : start + self.max_rows]
+            for chunk in self._passes(group):
                 outputs = self._shared_pass(chunk) if chunk[0][2].serving == SHARED else self._own_pass(chunk)
                 for (j, i, *_), output in zip(chunk, outputs):
                     results[j][i] = output
         return results
+
+    def _passes(self, group: list[tuple]) -> list[list[tuple]]:
+        """The group's rows, longest first, cut into passes of at most `max_rows` rows whose longest row is at most
+        `spread` times as long as their shortest: padding costs at most that much (it tripled the work of
+        one-pass micro-batches of mixed lengths)."""
+        group = sorted(group, key=lambda row: -len(row[3]["input_ids"]))
+        passes: list[list[tuple]] = []
+        for row in group:
+            if (not passes or len(passes[-1]) == self.max_rows
+                    or len(row[3]["input_ids"]) * self.spread < len(passes[-1][0][3]["input_ids"])):
+                passes.append([])
+            passes[-1].append(row)
+        return passes
 
     def _shared_pass(self, chunk: list[tuple]) -> list[torch.Tensor]:
         order = sorted(range(len(chunk)), key=lambda i: (chunk[i][2].slot, chunk[i][4]))  # segments
