@@ -200,3 +200,27 @@ def test_management_is_off_without_a_token(tiny_model, monkeypatch):
 def test_bad_start_up_arguments(capsys, argv, message):
     assert main(["serve", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_one_access_log_line_per_request_unless_quiet(adapter_dirs, quiet):
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("slimtune.serve.access")
+    logger.addHandler(handler)
+    try:
+        argv = ["--adapter", f"sst-qv={adapter_dirs['sst-qv']}"] + (["--quiet"] if quiet else [])
+        with running_server(argv) as client:
+            predict(client, "sst-qv", ["good"])
+            client.get("/health")
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records]
+    if quiet:
+        assert lines == []
+    else:
+        assert len(lines) == 2 and lines[0].startswith("POST /v1/predict 200 ") and 'adapter="sst-qv"' in lines[0]
+        assert lines[1].startswith("GET /health 200 ") and lines[1].endswith("adapter=-")

@@ -158,12 +158,13 @@ def _log_access_to_stderr() -> None:
     import logging
 
     logger = logging.getLogger("slimtune.serve.access")
-    if not logger.handlers:
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if not any(getattr(handler, "slimtune_access", False) for handler in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        handler.slimtune_access = True
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
 
 
 MAX_HEAD_BYTES = 64 * 1024  # a request line and headers longer than this are refused by h11
