@@ -7,6 +7,7 @@ loading one costs its own weights and nothing more. A method that reads the
 base's weights while it is built cannot be built that way and gets its own copy.
 """
 
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,3 +75,30 @@ class LMBases:
                 self.bases[spec] = LMBase(spec, lm, backbone.tokenizer, fingerprint(lm), SharedBase(lm.base_model),
                                           context_window(lm, backbone.tokenizer))
             return self.bases[spec]
+
+
+def check_servable(adapter) -> None:
+    """Refuse an adapter (a `ServedAdapter`) whose description would not be valid JSON for every client, or whose
+    weights are not finite (its answers would be NaN)."""
+    from slimtune.serve.schemas import AdapterInfo
+
+    try:
+        AdapterInfo.model_validate(adapter.info())
+    except Exception as e:
+        problem = str(e).splitlines()[1:2] or [str(e)]
+        raise SlimtuneError(f"{adapter.path}: its configuration cannot be described ({problem[0].strip()})") from None
+    if not _json_safe(adapter.config):
+        raise SlimtuneError(f"{adapter.path}: its configuration holds a non-finite number (NaN or infinity)")
+    for name, tensor in [*adapter.model.named_parameters(), *adapter.model.named_buffers()]:
+        if not tensor.is_meta and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SlimtuneError(f"{adapter.path}: weight {name} holds NaN or infinite values")
+
+
+def _json_safe(value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _json_safe(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(map(_json_safe, value))
+    return value is None or isinstance(value, str | int | bool)

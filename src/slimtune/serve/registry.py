@@ -30,13 +30,11 @@ and leaves nothing behind. Each task of a multi-task adapter is served as an
 adapter of its own, NAME.TASK.
 """
 
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from slimtune.adapter_files import load_adapter, read_config
@@ -46,7 +44,7 @@ from slimtune.methods.base import Method
 from slimtune.methods.registry import get_method_class
 from slimtune.models.loading import DEFAULT_MODEL, Backbone, context_window, fingerprint, load_backbone
 from slimtune.multitask.files import check_task_name, is_multi, task_config
-from slimtune.serve.bases import LMBase, LMBases, build_over_meta
+from slimtune.serve.bases import LMBase, LMBases, build_over_meta, check_servable
 from slimtune.serve.multi_adapter import BASE_SLOT, SharedBase
 from slimtune.tasks.causal_lm import CausalLMTask
 
@@ -288,30 +286,3 @@ class AdapterRegistry:
         """Drop an unregistered adapter's updates from its shared base (model thread)."""
         if adapter.slot is not None:
             adapter.shared_base.remove(adapter.slot)
-
-
-def check_servable(adapter: ServedAdapter) -> None:
-    """Refuse an adapter whose description would not be valid JSON for every client, or whose weights are not
-    finite (its answers would be NaN)."""
-    from slimtune.serve.schemas import AdapterInfo
-
-    try:
-        AdapterInfo.model_validate(adapter.info())
-    except Exception as e:
-        problem = str(e).splitlines()[1:2] or [str(e)]
-        raise SlimtuneError(f"{adapter.path}: its configuration cannot be described ({problem[0].strip()})") from None
-    if not _json_safe(adapter.config):
-        raise SlimtuneError(f"{adapter.path}: its configuration holds a non-finite number (NaN or infinity)")
-    for name, tensor in [*adapter.model.named_parameters(), *adapter.model.named_buffers()]:
-        if not tensor.is_meta and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise SlimtuneError(f"{adapter.path}: weight {name} holds NaN or infinite values")
-
-
-def _json_safe(value) -> bool:
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and _json_safe(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(map(_json_safe, value))
-    return value is None or isinstance(value, str | int | bool)
