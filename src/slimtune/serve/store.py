@@ -35,7 +35,10 @@ class AdapterStore:
         """Adapter names the directory offers (loaded or not)."""
         if self.directory is None:
             return []
-        return sorted(p.name for p in self.directory.iterdir() if (p / "adapter_config.json").is_file())
+        try:
+            return sorted(p.name for p in self.directory.iterdir() if (p / "adapter_config.json").is_file())
+        except OSError:  # the directory went away or became unreadable: nothing to offer
+            return []
 
     async def resolve(self, name: str) -> ServedAdapter:
         """The adapter called `name`, loaded from the store directory if it is there and not loaded yet."""
