@@ -60,6 +60,9 @@ def test_unknown_names_and_escapes_are_404(client):
     for name in ("nope", "..", "s0/../s1"):
         response = client.post("/v1/predict", json={"adapter": name, "inputs": ["good"]})
         assert response.status_code in (404, 422), response.text
+    for name in ("../s0", "/etc", "s0\x00", "s0/../s1", "s0/../../s1"):  # OpenAI's `model` is any string
+        response = client.post("/v1/embeddings", json={"model": name, "input": "good"})
+        assert response.status_code == 404 and response.json()["error"]["code"] == "model_not_found", name
 
 
 def test_vllm_load_and_unload_endpoints(client, store):

@@ -10,12 +10,14 @@ adapter only once it is fully built, checked and installed.
 """
 
 import asyncio
+import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from slimtune.serve.registry import AdapterRegistry, ServedAdapter
+from slimtune.serve.schemas import NAME_PATTERN
 
 
 class AdapterStore:
@@ -106,12 +108,14 @@ class AdapterStore:
             self.evictions += 1
 
     def _in_directory(self, name: str) -> Path | None:
-        if self.directory is None:
+        if self.directory is None or not re.fullmatch(NAME_PATTERN, name):  # a plain directory name only
             return None
-        path = (self.directory / name).resolve()
-        if not path.is_relative_to(self.directory) or not (path / "adapter_config.json").is_file():
+        try:
+            path = (self.directory / name).resolve()
+            found = path.is_relative_to(self.directory) and (path / "adapter_config.json").is_file()
+        except (OSError, ValueError, RuntimeError):  # a NUL byte, a link loop: no such adapter
             return None
-        return path
+        return path if found else None
 
     def stats(self) -> dict:
         return {"directory": str(self.directory) if self.directory else None, "loaded": len(self.recent),
