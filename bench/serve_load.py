@@ -1,14 +1,17 @@
-"""Load test of `slimtune serve` on loopback: throughput, latency percentiles and errors, with mixed-adapter
-batching against one base pass per adapter, in the same run on the same requests.
+"""Load test of `slimtune serve` on loopback: throughput, latency percentiles and errors, in one run on the same
+requests: mixed-adapter batching against one base pass per adapter and against a single merged adapter; and
+(`--generate`) generation tokens/s of concurrent requests (continuous batching) against the same requests sent
+one at a time.
 
-Each mode starts its own server (a subprocess, `--batching mixed` then `--batching per-adapter`), sends it
-the same seeded requests from `--concurrency` clients (each request: one adapter, 1 to `--max-inputs`
-texts from SST-2 or CoNLL), and reads rows and adapters per forward pass from its /metrics. Without
-`--adapter`, it first trains three LoRA adapters briefly on the bundled MiniLM (two SST-2 with different
-ranks and targets, one CoNLL NER) into `--work-dir`, reused on later runs.
+Each mode starts its own server (a subprocess: `--batching mixed`, `--batching per-adapter`, then `--merge` with
+the first adapter, which gets every request's texts), sends it the same seeded requests from `--concurrency`
+clients (each request: one adapter, 1 to `--max-inputs` texts from SST-2 or CoNLL), and reads rows and adapters
+per forward pass from its /metrics. Without `--adapter`, it first trains three LoRA adapters briefly on the
+bundled MiniLM (two SST-2 with different ranks and targets, one CoNLL NER) into `--work-dir`, reused on later runs.
 
     python bench/serve_load.py --requests 2000 --concurrency 32
     python bench/serve_load.py --adapter sst2=runs/sst2 --adapter conll=runs/conll --requests 2000
+    python bench/serve_load.py --generate --causal-model smollm2-135m --requests 32 --concurrency 8
 """
 
 import argparse
@@ -95,10 +98,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(adapters: dict[str, str], batching: str, args) -> tuple[subprocess.Popen, str]:
+def start_server(adapters: dict[str, str], batching: str, args, extra: tuple[str, ...] = ()
+                 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    argv = [sys.executable, "-m", "slimtune", "serve", "--port", str(port), "--batching", batching,
-            "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms)]
+    argv = [sys.executable, "-m", "slimtune", "serve", "--port", str(port), "--quiet",
+            "--max-batch-size", str(args.max_batch_size), "--max-wait-ms", str(args.max_wait_ms), *extra]
+    if batching == "merged":
+        argv += ["--merge"]
+    else:
+        argv += ["--batching", batching]
     argv += [a for name, d in adapters.items() for a in ("--adapter", f"{name}={d}")]
     process = subprocess.Popen(argv, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     url = f"http://127.0.0.1:{port}"
@@ -154,13 +162,26 @@ def pass_stats(url: str) -> dict[str, float]:
             "adapters_per_pass": values["slimtune_batch_adapters_sum"] / max(passes, 1)}
 
 
+def server_cpu_seconds(process: subprocess.Popen) -> float:
+    """CPU time the server process has used (user + system, all threads): on a shared machine, less disturbed by
+    other processes than wall time."""
+    import psutil
+
+    times = psutil.Process(process.pid).cpu_times()
+    return times.user + times.system
+
+
 def run_mode(adapters, batching: str, requests: list[dict], args) -> dict:
+    if batching == "merged":  # one adapter folded into its base, answering every request's texts
+        first = next(iter(adapters))
+        adapters = {first: adapters[first]}
+        requests = [{**r, "adapter": first} for r in requests]
     process, url = start_server(adapters, batching, args)
     try:
         asyncio.run(send_all(url, requests[: args.concurrency * 2], args.concurrency))  # warm-up, not counted
-        before = pass_stats(url)
+        before, cpu = pass_stats(url), server_cpu_seconds(process)
         latencies, errors, seconds = asyncio.run(send_all(url, requests, args.concurrency))
-        after = pass_stats(url)
+        after, cpu = pass_stats(url), server_cpu_seconds(process) - cpu
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -171,9 +192,60 @@ def run_mode(adapters, batching: str, requests: list[dict], args) -> dict:
     texts = sum(len(r["inputs"]) for r in requests)
     return {"batching": batching, "requests": len(requests), "errors": errors, "seconds": seconds,
             "requests_per_s": len(latencies) / seconds, "texts_per_s": texts / seconds,
+            "server_cpu_s": cpu, "texts_per_cpu_s": texts / cpu,
             "p50_ms": cuts[49] * 1000, "p95_ms": cuts[94] * 1000, "p99_ms": cuts[98] * 1000,
             "passes": passes, "rows_per_pass": rows / max(passes, 1),
             "adapters_per_pass": adapters_seen / max(passes, 1)}
+
+
+async def generate_all(url: str, requests: list[dict], concurrency: int) -> tuple[int, int, float]:
+    """(completion tokens, errors, wall seconds) of chat completions sent by `concurrency` clients."""
+    queue = list(reversed(requests))
+    tokens = errors = 0
+
+    async def client_loop(client):
+        nonlocal tokens, errors
+        while queue:
+            response = await client.post("/v1/chat/completions", json=queue.pop())
+            if response.status_code == 200:
+                tokens += response.json()["usage"]["completion_tokens"]
+            else:
+                errors += 1
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+        return tokens, errors, time.perf_counter() - started
+
+
+def run_generation(args) -> list[dict]:
+    """Tokens/s of the same greedy chat requests at --concurrency and one at a time, on one server."""
+    from slimtune.data.table import read_labelled_texts
+
+    rng = random.Random(args.seed)
+    texts = rng.sample([row.text for row in read_labelled_texts("data/sst2/heldout_2k.tsv.gz", None, None)],
+                       args.requests)
+    models = [args.causal_model] + [name for name in (pair.split("=", 1)[0] for pair in args.adapter)]
+    requests = [{"model": models[i % len(models)], "temperature": 0, "max_tokens": args.max_tokens,
+                 "messages": [{"role": "user", "content": f"Summarise this review in a sentence: {text}"}]}
+                for i, text in enumerate(texts)]
+    adapters = dict(pair.split("=", 1) for pair in args.adapter)
+    process, url = start_server(adapters, "mixed", args, ("--causal-model", args.causal_model,
+                                                          "--max-new-tokens", str(args.max_tokens)))
+    results = []
+    try:
+        asyncio.run(generate_all(url, requests[:2], 2))  # warm-up, not counted
+        for concurrency in (1, args.concurrency):
+            cpu = server_cpu_seconds(process)
+            tokens, errors, seconds = asyncio.run(generate_all(url, requests, concurrency))
+            cpu = server_cpu_seconds(process) - cpu
+            results.append({"concurrency": concurrency, "requests": len(requests), "errors": errors,
+                            "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
+                            "server_cpu_s": cpu, "tokens_per_cpu_s": tokens / cpu})
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    return results
 
 
 def main() -> None:
@@ -187,29 +259,63 @@ def main() -> None:
     parser.add_argument("--max-inputs", type=int, default=4, help="texts per request: 1 to this many")
     parser.add_argument("--max-batch-size", type=int, default=64)
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
+    parser.add_argument("--modes", default="mixed,per-adapter,merged", help="predict modes to run, in order")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the modes this many times in turn; ratios use each mode's best round (a shared "
+                             "machine's load drifts)")
+    parser.add_argument("--generate", action="store_true",
+                        help="measure generation instead: --concurrency clients against one at a time")
+    parser.add_argument("--causal-model", default="smollm2-135m", help="with --generate: the base served bare")
+    parser.add_argument("--max-tokens", type=int, default=32, help="with --generate: tokens per answer at most")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args()
+
+    if args.generate:
+        results = run_generation(args)
+        print(f"{args.requests} greedy chat requests of at most {args.max_tokens} tokens, model(s) "
+              f"{args.causal_model} {' '.join(args.adapter)}")
+        print("| concurrency | tokens | seconds | tokens/s | tokens/CPU-s | errors |\n|---|---|---|---|---|---|")
+        for r in results:
+            print(f"| {r['concurrency']} | {r['tokens']} | {r['seconds']:.1f} | {r['tokens_per_s']:.1f} | "
+                  f"{r['tokens_per_cpu_s']:.1f} | {r['errors']} |")
+        ratio = results[1]["tokens_per_s"] / results[0]["tokens_per_s"]
+        print(f"tokens/s ratio concurrency {args.concurrency} / sequential: {ratio:.2f}x (per CPU second: "
+              f"{results[1]['tokens_per_cpu_s'] / results[0]['tokens_per_cpu_s']:.2f}x)")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"settings": vars(args), "results": results, "ratio": ratio},
+                                                  indent=2))
+        return
 
     if args.adapter:
         adapters = dict(pair.split("=", 1) for pair in args.adapter)
     else:
         adapters = train_quick_adapters(Path(args.work_dir), args.train_examples)
     requests = plan_requests(adapters, args.requests, args.max_inputs, args.seed)
-    results = [run_mode(adapters, mode, requests, args) for mode in ("mixed", "per-adapter")]
+    results = [run_mode(adapters, mode, requests, args) for _ in range(args.rounds) for mode in args.modes.split(",")]
 
     print(f"{args.requests} requests, concurrency {args.concurrency}, adapters {', '.join(adapters)}, "
           f"max batch {args.max_batch_size} rows, max wait {args.max_wait_ms:g} ms")
-    print("| batching | req/s | texts/s | p50 ms | p95 ms | p99 ms | errors | passes | rows/pass | adapters/pass |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| batching | req/s | texts/s | texts/CPU-s | p50 ms | p95 ms | p99 ms | errors | passes | rows/pass | "
+          "adapters/pass |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['batching']} | {r['requests_per_s']:.1f} | {r['texts_per_s']:.1f} | {r['p50_ms']:.0f} | "
-              f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | {r['passes']:.0f} | "
+        print(f"| {r['batching']} | {r['requests_per_s']:.1f} | {r['texts_per_s']:.1f} | {r['texts_per_cpu_s']:.1f} | "
+              f"{r['p50_ms']:.0f} | {r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['errors']} | {r['passes']:.0f} | "
               f"{r['rows_per_pass']:.1f} | {r['adapters_per_pass']:.2f} |")
-    ratio = results[0]["requests_per_s"] / results[1]["requests_per_s"]
-    print(f"throughput ratio mixed / per-adapter: {ratio:.2f}x")
+    ratios = {}
+    for measure in ("texts_per_s", "texts_per_cpu_s"):
+        best = {}
+        for r in results:
+            best[r["batching"]] = max(best.get(r["batching"], 0.0), r[measure])
+        for other in ("per-adapter", "merged"):
+            if "mixed" in best and other in best:
+                ratios[f"{measure} mixed/{other}"] = best["mixed"] / best[other]
+    for name, ratio in ratios.items():
+        print(f"ratio of {name} (best round of each): {ratio:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": results, "ratio": ratio}, indent=2))
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "results": results, "ratios": ratios},
+                                              indent=2))
 
 
 if __name__ == "__main__":

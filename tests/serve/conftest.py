@@ -62,6 +62,12 @@ def chat_dir(tiny_lm, adapter_dirs) -> str:
     return make_adapter(root / "chat", tiny_lm, "causal-lm", "lora", {"r": "4"}, seed=11)
 
 
+@pytest.fixture(scope="session")
+def chat_b_dir(tiny_lm, chat_dir) -> str:
+    """A second causal-lm LoRA adapter on the tiny Llama (another rank and seed), beside the first."""
+    return make_adapter(Path(chat_dir).parent / "chat-b", tiny_lm, "causal-lm", "lora", {"r": "2"}, seed=12)
+
+
 @contextmanager
 def running_server(argv: list[str]):
     """Start `slimtune serve ARGV` (parsed by the real CLI) on a free loopback port; yields an httpx client."""

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from slimtune.cli import main
 from slimtune.runs.adapter_files import load_adapter
+from slimtune.cli import main
 from tests.serve.conftest import running_server
 
 TOKEN = "s3cret-token"
@@ -78,7 +78,7 @@ def test_listing_health_and_metrics(client, adapter_dirs):
     listing = client.get("/v1/adapters").json()
     assert [a["name"] for a in listing["adapters"]] == list(adapter_dirs)
     assert {a["name"]: a["serving"] for a in listing["adapters"]} == {
-        "sst-qv": "shared-lora", "sst-dense": "shared-lora", "ner-qv": "shared-lora", "sst-prefix": "own-model"}
+        "sst-qv": "shared", "sst-dense": "shared", "ner-qv": "shared", "sst-prefix": "own copy"}
     assert client.get("/health").json() == {"status": "ok", "adapters": 4}
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -95,7 +95,7 @@ def test_adapters_load_and_unload_with_the_admin_token(client, adapter_dirs):
     wrong = client.post("/v1/adapters", json=body, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 403 and wrong.json()["detail"] == "wrong admin token"
     loaded = client.post("/v1/adapters", json=body, headers=auth)
-    assert loaded.status_code == 201 and loaded.json()["serving"] == "shared-lora"
+    assert loaded.status_code == 201 and loaded.json()["serving"] == "shared"
     assert_same(predict(client, "extra", TEXTS), predict(client, "sst-dense", TEXTS))
     again = client.post("/v1/adapters", json=body, headers=auth)
     assert again.status_code == 409 and "already loaded" in again.json()["detail"]
@@ -112,7 +112,7 @@ def test_adapters_load_and_unload_with_the_admin_token(client, adapter_dirs):
     ("/etc", 403, "outside the allowed directory"),
     ("nowhere", 422, "no such adapter directory"),
     (".", 422, "not an adapter directory"),
-    ("a\x00b", 403, "cannot use adapter path"),
+    ("a\x00b", 403, "outside the allowed directory"),
 ])
 def test_bad_adapter_paths_are_refused(client, path, status, message):
     response = client.post("/v1/adapters", json={"name": "bad", "path": path},
@@ -200,3 +200,27 @@ def test_management_is_off_without_a_token(tiny_model, monkeypatch):
 def test_bad_start_up_arguments(capsys, argv, message):
     assert main(["serve", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_one_access_log_line_per_request_unless_quiet(adapter_dirs, quiet):
+    import logging
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger("slimtune.serve.access")
+    logger.addHandler(handler)
+    try:
+        argv = ["--adapter", f"sst-qv={adapter_dirs['sst-qv']}"] + (["--quiet"] if quiet else [])
+        with running_server(argv) as client:
+            predict(client, "sst-qv", ["good"])
+            client.get("/health")
+    finally:
+        logger.removeHandler(handler)
+    lines = [r.getMessage() for r in records]
+    if quiet:
+        assert lines == []
+    else:
+        assert len(lines) == 2 and lines[0].startswith("POST /v1/predict 200 ") and 'adapter="sst-qv"' in lines[0]
+        assert lines[1].startswith("GET /health 200 ") and lines[1].endswith("adapter=-")

@@ -3,7 +3,7 @@
 import pytest
 
 from slimtune.runs.adapter_files import load_adapter
-from slimtune.runs.multitask import MultiTrainRequest, train_multitask
+from slimtune.tasks.multitask.run import MultiTrainRequest, train_multitask
 from slimtune.tasks.multitask.specs import TaskSpec
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_tsv
@@ -32,7 +32,7 @@ def test_each_task_is_served_by_name(multi_dirs):
     with running_server(argv) as client:
         served = {a["name"]: a for a in client.get("/v1/adapters").json()["adapters"]}
         assert set(served) == {"mt.sst", "mt.conll", "mtx.sst", "mtx.conll"}
-        assert served["mt.sst"]["serving"] == "shared-lora" and served["mtx.conll"]["serving"] == "own-model"
+        assert served["mt.sst"]["serving"] == "shared" and served["mtx.conll"]["serving"] == "own copy"
         for name, directory in multi_dirs.items():
             for task in ("sst", "conll"):
                 response = client.post("/v1/predict", json={"adapter": f"{name}.{task}", "inputs": TEXTS})

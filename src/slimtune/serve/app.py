@@ -1,45 +1,48 @@
-"""The HTTP API: predictions with classify/ner adapters, generation with causal-LM adapters, adapter management
-behind a bearer token, health, metrics.
+"""The HTTP API: predictions with classify/ner adapters, generation with causal-LM adapters and bases, the
+OpenAI-compatible endpoints, adapter management behind a bearer token, health, metrics, offline docs and a
+playground page.
 
 Every route group is added by its own function over one `Server`; predictions
-and generation each have their own job type and engine, and share the registry,
-the one model thread and the metrics. Errors a client can fix are 4xx with a
-`detail` saying what is wrong.
+and generation each have their own engine, and share the registry, the adapter
+store, the one model thread and the metrics. Errors a client can fix are 4xx
+with a `detail` saying what is wrong (OpenAI's error object on its routes).
 """
 
 import asyncio
-import json
 import secrets
 import time
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 
 from slimtune.errors import SlimtuneError
+from slimtune.tasks.generation import chat_prompt_ids
 from slimtune.serve import schemas
 from slimtune.serve.batcher import MicroBatcher
+from slimtune.serve.decoding import ContinuousBatcher, Sampling
 from slimtune.serve.engine import Engine, Job
-from slimtune.serve.generator import GenerateJob, Generator
+from slimtune.serve.generator import Answering
 from slimtune.serve.guards import BodyGuard
 from slimtune.serve.metrics import CONTENT_TYPE, ServerMetrics
-from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegistry, UnknownAdapter
-from slimtune.tasks.generation import GenerationOptions, chat_prompt_ids
-
-
-class PathRefused(SlimtuneError):
-    """An adapter path outside the allowed directory."""
+from slimtune.serve.middleware import OfflinePages, RequestMetrics, SafeJSONResponse
+from slimtune.serve.openai_api import OPENAI_PATHS, ModelNotFound, add_openai_routes, openai_error
+from slimtune.serve.paths import allowed_base, allowed_path
+from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegistry, PathRefused, UnknownAdapter
+from slimtune.serve.store import AdapterStore
 
 
 class WrongEndpoint(SlimtuneError):
     """A causal-LM adapter sent to /v1/predict, or a classify/ner one to /v1/generate."""
 
 
-STATUS = {UnknownAdapter: 404, AdapterConflict: 409, PathRefused: 403, AdapterRefused: 422}
+STATUS = {UnknownAdapter: 404, ModelNotFound: 404, AdapterConflict: 409, PathRefused: 403, AdapterRefused: 422}
 
 
 @dataclass
@@ -50,6 +53,10 @@ class ServeSettings:
     max_batch_size: int = 32
     max_wait_ms: float = 5.0
     mixed_batches: bool = True
+    body_timeout: float = 30.0  # seconds a client has to send a request body
+    adapter_dir: Path | None = None  # the adapter store: adapters loaded by name on first use
+    max_loaded_adapters: int | None = None  # most store adapters kept loaded (LRU eviction)
+    access_log: bool = False
 
 
 @dataclass
@@ -58,53 +65,67 @@ class Server:
     settings: ServeSettings
     metrics: ServerMetrics
     batcher: MicroBatcher
-    generator: Generator
-
-
-class SafeJSONResponse(JSONResponse):
-    """JSON with non-ASCII escaped, so an echoed lone surrogate cannot break the encoding of an error."""
-
-    def render(self, content) -> bytes:
-        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    answering: Answering
+    store: AdapterStore
+    started: float = field(default_factory=time.time)
 
 
 def build_app(registry: AdapterRegistry, settings: ServeSettings) -> FastAPI:
     metrics = ServerMetrics()
     engine = Engine(registry, settings.max_batch_size, mixed=settings.mixed_batches, on_pass=metrics.observe_pass)
     batcher = MicroBatcher(engine.run, settings.max_batch_size, settings.max_wait_ms / 1000)
-    generator = Generator(settings.max_batch_size, on_tokens=metrics.observe_generation)
-    server = Server(registry, settings, metrics, batcher, generator)
+    decoder = ContinuousBatcher(batcher.exclusive, settings.max_batch_size, on_step=metrics.observe_decode_step)
+    answering = Answering(decoder, batcher.exclusive)
+    store = AdapterStore(registry, batcher.exclusive, settings.adapter_dir, settings.max_loaded_adapters,
+                         confine=lambda spec: allowed_base(settings.allowed_dir, spec, registry))
+    server = Server(registry, settings, metrics, batcher, answering, store)
+    metrics.store_stats = store.stats
 
     async def lifespan(_):
         batcher.start()
         yield
         await batcher.stop()
 
-    app = FastAPI(title="slimtune serve", version="1", lifespan=lifespan, default_response_class=SafeJSONResponse,
-                  description="Many fine-tuned adapters: predictions micro-batched across those sharing a base, "
-                              "text generation with causal-LM adapters.")
+    app = FastAPIOffline(title="slimtune serve", version="1", lifespan=lifespan,
+                         default_response_class=SafeJSONResponse,
+                         description="Many fine-tuned adapters: predictions micro-batched across those sharing a "
+                                     "base, text generation batched across requests, OpenAI-compatible endpoints.")
     app.state.server = server
     _add_error_handlers(app)
+    require_admin = _admin_check(settings)
     _add_predict_routes(app, server)
     _add_generate_routes(app, server)
-    _add_admin_routes(app, server)
+    _add_admin_routes(app, server, require_admin)
+    add_openai_routes(app, server, require_admin)
     _add_status_routes(app, server)
-    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes)
-    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: it also counts what the guard rejects
+    app.add_middleware(BodyGuard, max_bytes=settings.limits.max_body_bytes, body_timeout=settings.body_timeout)
+    app.add_middleware(OfflinePages)
+    app.add_middleware(RequestMetrics, metrics=metrics, log=settings.access_log)  # outermost: counts rejects too
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
+    def answer(request: Request, status: int, detail, headers=None, code=None, param=None):
+        if request.url.path in OPENAI_PATHS:
+            message = detail if isinstance(detail, str) else "; ".join(f"{'.'.join(p['loc'])}: {p['msg']}"
+                                                                       for p in detail)
+            return SafeJSONResponse(openai_error(status, message, code, param), status_code=status, headers=headers)
+        return SafeJSONResponse({"detail": detail}, status_code=status, headers=headers)
+
     @app.exception_handler(SlimtuneError)
-    async def user_error(_, exc: SlimtuneError):
-        return SafeJSONResponse({"detail": str(exc)}, status_code=STATUS.get(type(exc), 422))
+    async def user_error(request: Request, exc: SlimtuneError):
+        status = STATUS.get(type(exc), 422)
+        if request.url.path in OPENAI_PATHS and status == 422:
+            status = 400  # OpenAI answers a bad request 400
+        code = "model_not_found" if isinstance(exc, ModelNotFound) else None
+        return answer(request, status, str(exc), code=code)
 
     @app.exception_handler(HTTPException)
-    async def http_error(_, exc: HTTPException):
-        return SafeJSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+    async def http_error(request: Request, exc: HTTPException):
+        return answer(request, exc.status_code, exc.detail, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_, exc: RequestValidationError):
+    async def invalid_request(request: Request, exc: RequestValidationError):
         """Each problem with its place and message; the offending input is not echoed back."""
         problems = []
         for error in exc.errors():
@@ -114,34 +135,54 @@ def _add_error_handlers(app: FastAPI) -> None:
             elif isinstance(error.get("ctx", {}).get("error"), str):
                 message += f": {error['ctx']['error']}"
             problems.append({"loc": [str(part) for part in error["loc"]], "msg": message, "type": error["type"]})
+        if request.url.path in OPENAI_PATHS:
+            param = ".".join(problems[0]["loc"][1:]) if problems else None
+            return answer(request, 400, problems, param=param or None)
         return SafeJSONResponse({"detail": problems}, status_code=422)
+
+
+def _admin_check(settings: ServeSettings):
+    bearer = HTTPBearer(auto_error=False, description="the admin token given at start-up")
+
+    def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if not settings.admin_token:
+            raise HTTPException(403, "adapter management is off: start the server with --admin-token, "
+                                     "--admin-token-file or SLIMTUNE_ADMIN_TOKEN")
+        if credentials is None:
+            raise HTTPException(401, "missing admin token: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(credentials.credentials.encode(), settings.admin_token.encode()):
+            raise HTTPException(403, "wrong admin token")
+
+    return require_admin
 
 
 def _add_predict_routes(app: FastAPI, server: Server) -> None:
     PredictRequest = schemas.predict_request_model(server.settings.limits)
-    registry = server.registry
 
     @app.post("/v1/predict", response_model=schemas.PredictResponse, responses=schemas.ERRORS,
               summary="Labels and scores (classify) or entities with character spans (ner), one per input")
-    async def predict(body: PredictRequest):
-        adapter = registry.get(body.adapter)
+    async def predict(body: PredictRequest, request: Request):
+        request.state.adapter = body.adapter
+        adapter = await server.store.resolve(body.adapter)
         if adapter.generates:
             raise WrongEndpoint(f"adapter {adapter.name!r} is a causal-lm adapter: send its prompts to "
-                                "POST /v1/generate")
+                                "POST /v1/generate or /v1/chat/completions")
         features = adapter.task.encode_texts(body.inputs, adapter.tokenizer, adapter.max_length)
-        outputs = await server.batcher.submit(Job(adapter, features), len(features))
+        async with server.store.held(adapter):
+            outputs = await server.batcher.submit(Job(adapter, features), len(features))
         predictions = adapter.task.decode(body.inputs, features, outputs, adapter.labels, adapter.config)
         return {"adapter": adapter.name, "task": adapter.task.name, "outputs": predictions}
 
 
 def _add_generate_routes(app: FastAPI, server: Server) -> None:
     GenerateRequest = schemas.generate_request_model(server.settings.limits)
-    registry = server.registry
 
     @app.post("/v1/generate", response_model=schemas.GenerateResponse, responses=schemas.ERRORS,
               summary="Answers of a causal-lm adapter, one per prompt (greedy unless sample is true)")
-    async def generate(body: GenerateRequest):
-        adapter = registry.get(body.adapter)
+    async def generate(body: GenerateRequest, request: Request):
+        request.state.adapter = body.adapter
+        adapter = await server.store.resolve(body.adapter)
         if not adapter.generates:
             raise WrongEndpoint(f"adapter {adapter.name!r} is a {adapter.task.name} adapter: POST /v1/generate "
                                 "serves causal-lm adapters; use POST /v1/predict")
@@ -150,26 +191,18 @@ def _add_generate_routes(app: FastAPI, server: Server) -> None:
             if len(ids) + body.max_new_tokens > adapter.max_length:
                 raise SlimtuneError(f"prompts[{i}] is {len(ids)} tokens; with max_new_tokens {body.max_new_tokens} "
                                     f"it exceeds the model's window of {adapter.max_length} tokens")
-        options = GenerationOptions(max_new_tokens=body.max_new_tokens, sample=body.sample,
-                                    temperature=body.temperature, top_p=body.top_p, top_k=body.top_k, seed=body.seed)
-        options.validate()
-        texts = await server.batcher.exclusive(server.generator.run, GenerateJob(adapter, prompts, options))
+        sampling = Sampling(body.max_new_tokens, body.temperature if body.sample else 0.0, body.top_p, body.top_k,
+                            body.seed)
+        async with server.store.held(adapter):
+            answers = [server.answering.start(adapter, ids, sampling) for ids in prompts]
+            texts = await asyncio.gather(*(answer.whole() for answer in answers))
+        for answer in answers:
+            server.metrics.observe_generation(1, answer.completion_tokens)
         return {"adapter": adapter.name, "outputs": [{"text": text} for text in texts]}
 
 
-def _add_admin_routes(app: FastAPI, server: Server) -> None:
+def _add_admin_routes(app: FastAPI, server: Server, require_admin) -> None:
     registry, settings = server.registry, server.settings
-    bearer = HTTPBearer(auto_error=False, description="the admin token given at start-up")
-
-    def require_admin(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
-        if not settings.admin_token:
-            raise HTTPException(403, "adapter management is off: start the server with --admin-token "
-                                     "or SLIMTUNE_ADMIN_TOKEN")
-        if credentials is None:
-            raise HTTPException(401, "missing admin token: send 'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not secrets.compare_digest(credentials.credentials.encode(), settings.admin_token.encode()):
-            raise HTTPException(403, "wrong admin token")
 
     @app.get("/v1/adapters", response_model=schemas.AdapterList, summary="The loaded adapters")
     async def list_adapters():
@@ -178,22 +211,13 @@ def _add_admin_routes(app: FastAPI, server: Server) -> None:
     @app.post("/v1/adapters", status_code=201, response_model=schemas.AdapterInfo, responses=schemas.ERRORS,
               dependencies=[Depends(require_admin)], summary="Load an adapter from a directory")
     async def load_adapter(body: schemas.LoadAdapterRequest):
-        path = allowed_path(settings.allowed_dir, body.path)
-        registry.reserve(body.name)
-        try:
-            adapter = await asyncio.to_thread(registry.prepare, body.name, path)
-            await server.batcher.exclusive(registry.install, adapter)
-            registry.register(adapter)
-        finally:
-            registry.release(body.name)
+        adapter = await server.store.load(body.name, allowed_path(settings.allowed_dir, body.path))
         return adapter.info()
 
     @app.delete("/v1/adapters/{name}", response_model=schemas.AdapterInfo, responses=schemas.ERRORS,
                 dependencies=[Depends(require_admin)], summary="Unload an adapter")
     async def unload_adapter(name: str = PathParam(pattern=schemas.NAME_PATTERN)):
-        adapter = registry.unregister(name)
-        await server.batcher.exclusive(registry.uninstall, adapter)
-        return adapter.info()
+        return (await server.store.unload(name)).info()
 
 
 def _add_status_routes(app: FastAPI, server: Server) -> None:
@@ -205,39 +229,6 @@ def _add_status_routes(app: FastAPI, server: Server) -> None:
     async def metrics():
         return PlainTextResponse(server.metrics.render(), media_type=CONTENT_TYPE)
 
-
-def allowed_path(allowed_dir: Path, given: str) -> Path:
-    """`given` (relative to `allowed_dir` unless absolute) resolved, links included; refused outside it."""
-    root = Path(allowed_dir).resolve()
-    try:
-        path = (root / given).resolve()
-    except (OSError, ValueError) as e:
-        raise PathRefused(f"cannot use adapter path {given!r}: {e}") from None
-    if not path.is_relative_to(root):
-        raise PathRefused(f"adapter path {given!r} is outside the allowed directory {root}")
-    return path
-
-
-class RequestMetrics:
-    """Pure ASGI middleware counting every answer by route template, method and status, with its latency."""
-
-    def __init__(self, app, metrics: ServerMetrics):
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        started, status = time.perf_counter(), 500
-
-        async def send_and_note(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_and_note)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.observe_request(route, scope["method"], status, time.perf_counter() - started)
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground():
+        return HTMLResponse(files("slimtune.serve").joinpath("static/playground.html").read_text(encoding="utf-8"))

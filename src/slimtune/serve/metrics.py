@@ -38,8 +38,11 @@ class ServerMetrics:
         self.latency = defaultdict(lambda: Histogram(LATENCY_BUCKETS))  # route → seconds
         self.batch_rows = Histogram(ROW_BUCKETS)
         self.batch_adapters = Histogram(ROW_BUCKETS)
+        self.decode_rows = Histogram(ROW_BUCKETS)
+        self.decode_adapters = Histogram(ROW_BUCKETS)
         self.generated_prompts = 0
         self.generated_tokens = 0
+        self.store_stats = None  # called for the adapter store's counts (AdapterStore.stats), if set
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -50,6 +53,11 @@ class ServerMetrics:
         with self._lock:
             self.batch_rows.observe(rows)
             self.batch_adapters.observe(adapters)
+
+    def observe_decode_step(self, rows: int, adapters: int) -> None:
+        with self._lock:
+            self.decode_rows.observe(rows)
+            self.decode_adapters.observe(adapters)
 
     def observe_generation(self, prompts: int, tokens: int) -> None:
         with self._lock:
@@ -79,12 +87,26 @@ class ServerMetrics:
                       "# HELP slimtune_batch_adapters Distinct adapters per forward pass.",
                       "# TYPE slimtune_batch_adapters histogram",
                       *self.batch_adapters.lines("slimtune_batch_adapters", ""),
-                      "# HELP slimtune_generated_prompts_total Prompts answered by POST /v1/generate.",
+                      "# HELP slimtune_decode_rows Rows (answers being generated) per decoding step.",
+                      "# TYPE slimtune_decode_rows histogram", *self.decode_rows.lines("slimtune_decode_rows", ""),
+                      "# HELP slimtune_decode_adapters Distinct adapters (or the bare base) per decoding step.",
+                      "# TYPE slimtune_decode_adapters histogram",
+                      *self.decode_adapters.lines("slimtune_decode_adapters", ""),
+                      "# HELP slimtune_generated_prompts_total Prompts answered by the generation endpoints.",
                       "# TYPE slimtune_generated_prompts_total counter",
                       f"slimtune_generated_prompts_total {self.generated_prompts}",
                       "# HELP slimtune_generated_tokens_total New tokens generated (end-of-turn tokens not counted).",
                       "# TYPE slimtune_generated_tokens_total counter",
                       f"slimtune_generated_tokens_total {self.generated_tokens}"]
+        if self.store_stats is not None:
+            stats = self.store_stats()
+            for name, kind, key, text in (
+                    ("slimtune_store_adapters_loaded", "gauge", "loaded", "Adapters from --adapter-dir in memory."),
+                    ("slimtune_store_hits_total", "counter", "hits", "Requests for a store adapter already loaded."),
+                    ("slimtune_store_misses_total", "counter", "misses", "Store adapters loaded on first use."),
+                    ("slimtune_store_evictions_total", "counter", "evictions",
+                     "Store adapters unloaded, least recently used first, to stay within --max-loaded-adapters.")):
+                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}", f"{name} {stats[key]}"]
         return "\n".join(lines) + "\n"
 
 

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from slimtune.models.inference import feature_outputs
 from slimtune.runs.adapter_files import load_adapter
 from slimtune.serve.engine import Engine, Job
 from slimtune.serve.registry import OWN, SHARED, AdapterRefused, AdapterRegistry
+from slimtune.models.inference import feature_outputs
 from tests.conftest import sentiment_rows
 from tests.serve.conftest import make_adapter
 
@@ -40,17 +40,19 @@ def jobs_for(registry, names: list[str]) -> list[Job]:
     return jobs
 
 
-@pytest.mark.parametrize("mixed", [True, False])
-def test_mixed_batch_equals_each_adapter_alone(registry, adapter_dirs, mixed):
+@pytest.mark.parametrize("mixed,spread", [(True, float("inf")), (False, float("inf")), (True, 1.5), (False, 1.5)])
+def test_mixed_batch_equals_each_adapter_alone(registry, adapter_dirs, mixed, spread):
     assert [registry.get(n).serving for n in adapter_dirs] == [SHARED, SHARED, SHARED, OWN]
     passes = []
-    engine = Engine(registry, max_rows=64, mixed=mixed,
+    engine = Engine(registry, max_rows=64, mixed=mixed, spread=spread,
                     on_pass=lambda rows, adapters: passes.append(adapters))
     names = list(adapter_dirs)
     jobs = jobs_for(registry, names)
     results = engine.run(jobs)
-    # mixed: all LoRA rows in one pass, then the prefix copy; per adapter: one pass each
-    assert passes == ([3, 1] if mixed else [1, 1, 1, 1])
+    if spread == float("inf"):  # mixed: all shared rows in one pass, then the prefix copy; else one pass each
+        assert passes == ([3, 1] if mixed else [1, 1, 1, 1])
+    else:  # passes cut by length: more of them, still mixing adapters when mixed
+        assert len(passes) > 4 and (max(passes) > 1) == mixed
     for name, i, job, result in zip(names, range(len(names)), jobs, results):
         texts = TEXTS[i % 3 :] if i % 2 else TEXTS[: len(TEXTS) - i]
         expected = alone(adapter_dirs[name], texts)
@@ -113,3 +115,28 @@ def test_adapter_of_another_base_is_refused(tiny_model, other_tiny_model, tmp_pa
     run = make_adapter(tmp_path / "other", other_tiny_model, "classify", "lora", {}, seed=0)
     with pytest.raises(AdapterRefused, match="trained on another base model"):
         AdapterRegistry(tiny_model).prepare("x", run)
+
+
+def test_rows_of_one_adapter_need_not_be_contiguous():
+    """Slots interleaved across the batch (as in a generation lane) take the index_select path: each row gets its
+    own adapter's LoRA update, a row of the bare base none."""
+    from slimtune.methods.lora import LoRALinear
+    from slimtune.serve.multi_adapter import BASE_SLOT, MultiAdapterLayer, RowGroups, group_rows
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(6, 5)
+    loras = [LoRALinear(base, rank, 4.0, 0.0) for rank in (2, 3)]
+    for lora in loras:
+        torch.nn.init.normal_(lora.lora_B)
+    rows = RowGroups()
+    layer = MultiAdapterLayer(base, rows)
+    layer.updates = {0: loras[0].row_update, 1: loras[1].row_update}
+    slots = [1, 0, BASE_SLOT, 1, 0]
+    assert [(s, i if isinstance(i, slice) else i.tolist()) for s, i in group_rows(slots)] == [
+        (1, [0, 3]), (0, [1, 4]), (BASE_SLOT, slice(2, 3))]
+    x = torch.randn(5, 4, 6)
+    with torch.no_grad(), rows.use(slots):
+        got = layer(x)
+        want = torch.stack([base(x[i]) if s == BASE_SLOT else loras[s](x[i]) for i, s in enumerate(slots)])
+    assert (got - want).abs().max() < 1e-6
+    assert torch.equal(got[2], base(x[2])) and (got[0] - base(x[0])).abs().max() > 1e-3
