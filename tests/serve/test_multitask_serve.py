@@ -3,7 +3,7 @@
 import pytest
 
 from slimtune.runs.adapter_files import load_adapter
-from slimtune.tasks.multitask.run import MultiTrainRequest, train_multitask
+from slimtune.runs.multitask import MultiTrainRequest, train_multitask
 from slimtune.tasks.multitask.specs import TaskSpec
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_tsv
