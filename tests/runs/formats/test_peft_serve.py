@@ -27,7 +27,7 @@ def test_served_peft_adapters_batch_with_slimtune_ones(tmp_path, tiny_model, tin
                                headers={"Authorization": f"Bearer {TOKEN}"})
         assert response.status_code == 201, response.text
         serving = {a["name"]: a["serving"] for a in client.get("/v1/adapters").json()["adapters"]}
-        assert serving["peft"] == serving["own"] == "shared-lora" and serving["prompt"] != "shared-lora"
+        assert serving["peft"] == serving["own"] == "shared" and serving["prompt"] != "shared"
         served = client.post("/v1/predict", json={"adapter": "peft", "inputs": TEXTS}).json()["outputs"]
         generated = client.post("/v1/generate", json={"adapter": "chat", "prompts": ["is it good?"],
                                                       "max_new_tokens": 4})
