@@ -73,7 +73,7 @@ def test_help_shows_every_default(capsys):
         assert re.search(rf"{flag} [A-Z_]+ .{{0,120}}?\(default: {default}\)", options), flag
 
 
-@pytest.mark.parametrize("command", ["compare", "tune"])
+@pytest.mark.parametrize("command", ["compare", "tune", "serve"])
 def test_other_commands_read_run_configs_and_refuse_unknown_keys(command, tmp_path, capsys):
     config = tmp_path / "run.yaml"
     config.write_text("epochz: 2\n")

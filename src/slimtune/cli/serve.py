@@ -4,6 +4,8 @@ import argparse
 import os
 import sys
 
+from slimtune.cli.run_config import add_config_flag
+
 ADMIN_TOKEN_ENV = "SLIMTUNE_ADMIN_TOKEN"
 
 HELP = f"""Serve saved adapters over HTTP (FastAPI + uvicorn). Adapters whose method has per-row
@@ -83,6 +85,7 @@ def register(sub) -> None:
     p.add_argument("--keep-alive-timeout", type=int, default=5, metavar="S",
                    help="close an idle keep-alive connection after this long (default 5)")
     add_threads_flag(p)
+    add_config_flag(p)
     p.set_defaults(handler=run)
 
 
