@@ -17,6 +17,7 @@ were chosen from measurements; see `slimtune methods`.
 
 examples:
   slimtune train --task classify --method lora --train train.tsv --out runs/lora
+  slimtune train --task classify --method lora --train eight_per_class.tsv --few-shot contrastive --out runs/fs
   slimtune train --task classify --method lora --train train.csv --dev dev.csv \\
       --set r=16 --set targets=query,key,value --epochs 2 --out runs/lora16
   slimtune train --task ner --method lora --train train.conll --dev valid.conll --out runs/ner
@@ -65,6 +66,12 @@ def register(sub) -> None:
     p.add_argument("--quantize", choices=("int8",),
                    help="keep the frozen base weights in int8 (per channel, weight-only); the method trains in fp32")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
+    p.add_argument("--few-shot", choices=("auto", "contrastive", "supervised", "off"), default="auto",
+                   help="small data (< 500 training rows, no dev carved from them): auto (default) trains classify "
+                        "with a method that adapts the encoder contrastively on sentence pairs, then fits the head "
+                        "(SetFit's recipe), and anything else with the supervised small-data recipe (≥ 200 steps, a "
+                        "batch that fits); contrastive or supervised force one; off: the standard recipe, flags as "
+                        "given")
     add_reader_flags(p)
     add_multitask_flags(p)
     p.set_defaults(handler=run)
@@ -160,7 +167,7 @@ def run(args) -> int:
         task=args.task, method=args.method, train_path=args.train, out_dir=args.out, dev_path=args.dev,
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
-        overwrite=args.overwrite, quantize=args.quantize, config=config,
+        overwrite=args.overwrite, quantize=args.quantize, config=config, few_shot=args.few_shot,
     )
     summary = train(request)
     distributed.shutdown()  # on failure a rank just exits, and torchrun stops the others
@@ -176,7 +183,8 @@ def run_multitask(args, config: TrainConfig) -> int:
     from slimtune.multitask.specs import parse_task_specs, parse_weights
 
     given = [flag for flag, value in (("--train", args.train), ("--dev", args.dev), ("--text-col", args.text_col),
-                                      ("--label-col", args.label_col), ("--scheme", args.scheme)) if value]
+                                      ("--label-col", args.label_col), ("--scheme", args.scheme),
+                                      ("--few-shot", args.few_shot != "auto")) if value]
     if given:
         raise SlimtuneError(f"{', '.join(given)} does not apply to --task multi; give each task's files in --tasks")
     if args.nproc not in (None, 1):

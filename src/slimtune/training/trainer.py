@@ -225,6 +225,8 @@ class Trainer:
         return self.ranks.sum(loss.item() * (units / batch_units))
 
     def _evaluate_and_track(self, dev_features, progress: Progress, best_state: dict) -> dict:
+        if not dev_features:  # small data without --dev: fixed steps, final weights (training/small_data.py)
+            return best_state
         metrics = self.evaluate(dev_features)
         score = metrics[self.task.primary_metric]
         record = {"type": "eval", "step": progress.step, "epoch": progress.epoch,
