@@ -128,8 +128,9 @@ def run_slimtune(mode: str, train_path: str, held_path: str, out: Path, seed: in
 
     contrastive = ContrastiveConfig(**({"pairs_per_row": args.pairs_per_row} if args.pairs_per_row else {}))
     started = time.perf_counter()
+    options = dict(item.split("=", 1) for item in args.set or [])
     summary = train(TrainRequest(task="classify", method="lora", train_path=train_path, out_dir=str(out),
-                                 few_shot=mode, config=TrainConfig(seed=seed, lr=args.lr), contrastive=contrastive))
+                                 options=options, few_shot=mode, config=TrainConfig(seed=seed, lr=args.lr), contrastive=contrastive))
     wall = time.perf_counter() - started
     loaded = load_adapter(out)  # scored as a user would: the saved adapter, loaded back
     features = loaded.task.encode(loaded.task.read(held_path), loaded.backbone.tokenizer, loaded.labels,
@@ -149,7 +150,8 @@ def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> d
     started = time.perf_counter()
     model = SetFitModel.from_pretrained(resolve_model_path(None))
     trainer = Trainer(model=model, args=TrainingArguments(seed=seed, report_to="none", show_progress_bar=False,
-                                                              max_steps=max_steps, output_dir=str(out / "checkpoints")),
+                                                              max_steps=max_steps,
+                                                              output_dir=str(out.with_name(out.name + "-checkpoints"))),
                       train_dataset=Dataset.from_dict({"text": [t for t, _ in train_rows],
                                                        "label": [l for _, l in train_rows]}))
     trained = time.perf_counter()
@@ -197,6 +199,7 @@ def main(argv=None) -> int:
                    "defaults on the bundled dev split, data/sst2/dev_1k.tsv.gz, never on the held-out rows)")
     p.add_argument("--pairs-per-row", type=int, help="slimtune-contrastive: pairs per training row (default: its own)")
     p.add_argument("--lr", type=float, help="slimtune: peak learning rate (default: LoRA's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="slimtune: a LoRA option, repeatable")
     p.add_argument("--setfit-max-steps", type=int, default=-1, metavar="N",
                    help="cap SetFit's pair steps (default -1: SetFit's own, all oversampled pairs)")
     p.add_argument("--json", metavar="PATH", help="append each run as one JSON line here")
