@@ -127,10 +127,11 @@ def run_slimtune(mode: str, train_path: str, held_path: str, out: Path, seed: in
     from slimtune.training.trainer import TrainConfig
 
     contrastive = ContrastiveConfig(**({"pairs_per_row": args.pairs_per_row} if args.pairs_per_row else {}))
-    started = time.perf_counter()
     options = dict(item.split("=", 1) for item in args.set or [])
+    started = time.perf_counter()
     summary = train(TrainRequest(task="classify", method="lora", train_path=train_path, out_dir=str(out),
-                                 options=options, few_shot=mode, config=TrainConfig(seed=seed, lr=args.lr), contrastive=contrastive))
+                                 options=options, few_shot=mode, config=TrainConfig(seed=seed, lr=args.lr),
+                                 contrastive=contrastive))
     wall = time.perf_counter() - started
     loaded = load_adapter(out)  # scored as a user would: the saved adapter, loaded back
     features = loaded.task.encode(loaded.task.read(held_path), loaded.backbone.tokenizer, loaded.labels,
