@@ -148,7 +148,7 @@ def test_on_step_without_gradients_warns_and_keeps_the_mask(tiny_model):
 def _request(tiny_model, toy_data, out, **config):
     cfg = TrainConfig(epochs=2, batch_size=8, lr=5e-3, patience=0, seed=7, **config)
     return TrainRequest(task="classify", method="adalora", train_path=toy_data["train"], dev_path=toy_data["dev"],
-                        out_dir=str(out), model=tiny_model, options=OPTIONS, config=cfg)
+                        out_dir=str(out), model=tiny_model, options=OPTIONS, config=cfg, few_shot="off")
 
 
 def test_trainer_reaches_the_budget_and_resume_continues_exactly(tiny_model, toy_data, tmp_path):

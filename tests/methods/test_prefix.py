@@ -98,7 +98,8 @@ def test_interrupted_reparam_run_resumes_to_the_same_adapter(tiny_model, toy_dat
     def request(out):
         cfg = TrainConfig(epochs=1, batch_size=16, lr=1e-2, seed=7, checkpoint_every=1)
         return TrainRequest(task="classify", method="prefix", train_path=toy_data["train"], dev_path=toy_data["dev"],
-                            out_dir=str(out), model=tiny_model, options=REPARAM, max_train_examples=48, config=cfg)
+                            out_dir=str(out), model=tiny_model, options=REPARAM, max_train_examples=48, config=cfg,
+                            few_shot="off")
 
     train(request(tmp_path / "a"))  # 3 steps, one evaluation at the end: the saved prefixes come from after the resume
     with pytest.raises(Interrupt):

@@ -25,7 +25,8 @@ from tests.conftest import Interrupt, build_classifier, interrupt_at
 def request(case: dict, resume: bool = False) -> TrainRequest:
     return TrainRequest(task=case["task"], method=case["method"], train_path=case["train"], dev_path=case["dev"],
                         out_dir=case["out"], model=case["model"], options=case["options"], resume=resume,
-                        overwrite=True, config=TrainConfig(**case["config"]))
+                        overwrite=True, config=TrainConfig(**case["config"]),
+                        few_shot="off")  # trainer mechanics on toy data: the standard recipe
 
 
 def run_case(case: dict) -> None:

@@ -50,9 +50,10 @@ def _max_difference(a_dir: Path, b_dir: Path) -> float:
 
 def _one_process(case: dict, out: Path) -> Path:
     """The case trained by this one process."""
+    # trainer mechanics on toy data: the standard recipe (few_shot="off"), as the ranks run it
     train(TrainRequest(task=case["task"], method=case["method"], train_path=case["train"], dev_path=case["dev"],
                        out_dir=str(out), model=case["model"], options=case["options"],
-                       config=TrainConfig(**case["config"])))
+                       config=TrainConfig(**case["config"]), few_shot="off"))
     return out
 
 
@@ -76,7 +77,7 @@ def _case(data, name: str, task: str, method: str, options: dict, **config) -> d
 def _cli_args(data) -> list[str]:
     train_path, dev_path = data["classify"]
     return ["train", "--method", "lora", "--train", train_path, "--dev", dev_path, "--model", data["model"],
-            "--epochs", "2", "--batch-size", "8", "--lr", "5e-3", "--seed", "3", "--set", "r=4"]
+            "--epochs", "2", "--batch-size", "8", "--lr", "5e-3", "--seed", "3", "--set", "r=4", "--few-shot", "off"]
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ def test_one_step_changes_only_the_intended_parameters(tiny_model, method):
 def _request(tiny_model, toy_data, out, **config):
     cfg = TrainConfig(epochs=2, batch_size=8, lr=5e-3, patience=0, seed=7, **config)
     return TrainRequest(task="classify", method="lora", train_path=toy_data["train"], dev_path=toy_data["dev"],
-                        out_dir=str(out), model=tiny_model, options={"r": "4", "dropout": "0.1"}, config=cfg)
+                        out_dir=str(out), model=tiny_model, options={"r": "4", "dropout": "0.1"}, config=cfg,
+                        few_shot="off")  # these tests are about the supervised trainer
 
 
 def test_interrupted_then_resumed_run_equals_uninterrupted(tiny_model, toy_data, tmp_path):

@@ -19,6 +19,7 @@ were chosen from measurements; see `slimtune methods`.
 
 examples:
   slimtune train --task classify --method lora --train train.tsv --out runs/lora
+  slimtune train --task classify --method lora --train eight_per_class.tsv --few-shot contrastive --out runs/fs
   slimtune train --task classify --method lora --train train.csv --dev dev.csv \\
       --set r=16 --set targets=query,key,value --epochs 2 --out runs/lora16
   slimtune train --task ner --method lora --train train.conll --dev valid.conll --out runs/ner
@@ -63,7 +64,8 @@ def register(sub) -> None:
                    "peft adapter directory); it fixes the method options, labels and base")
     p.add_argument("--nproc", type=int, metavar="N", help="train data-parallel on N processes of this machine "
                    "(started by torchrun's launcher; one per GPU when there are GPUs)")
-    p.add_argument("--overwrite", action="store_true", help="replace a previous slimtune run in --out (never anything else)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a previous slimtune run in --out (never anything else)")
     p.add_argument("--max-length", type=int,
                    help="token limit per text (default: the model's window); causal-lm drops longer examples")
     add_int8_flags(p, base_help=BASE_INT8_HELP + "; the method trains in fp32", quantize_dest="base_int8",
@@ -72,6 +74,12 @@ def register(sub) -> None:
     p.add_argument("--log", action="append", choices=LOGGERS, default=[],
                    help="also log to: tensorboard (event files in RUN/tensorboard), repeatable")
     add_config_flag(p)
+    p.add_argument("--few-shot", choices=("auto", "contrastive", "supervised", "off"), default="auto",
+                   help="small data (< 500 training rows, no dev carved from them): auto (default) trains classify "
+                        "with a method that adapts the encoder contrastively on sentence pairs, then fits the head "
+                        "(SetFit's recipe), and anything else with the supervised small-data recipe (≥ 200 steps, a "
+                        "batch that fits); contrastive or supervised force one; off: the standard recipe, flags as "
+                        "given")
     add_reader_flags(p)
     add_multitask_flags(p)
     add_threads_flag(p)
@@ -172,7 +180,7 @@ def run(args) -> int:
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
         overwrite=args.overwrite, base_int8=args.base_int8, config=config, flags=resolved_flags(args),
-        init_adapter=args.init_adapter,
+        init_adapter=args.init_adapter, few_shot=args.few_shot,
     )
     summary = train(request)
     distributed.shutdown()  # on failure a rank just exits, and torchrun stops the others
@@ -189,7 +197,8 @@ def run_multitask(args, config) -> int:
 
     given = [flag for flag, value in (("--train", args.train), ("--dev", args.dev), ("--text-col", args.text_col),
                                       ("--label-col", args.label_col), ("--scheme", args.scheme),
-                                      ("--init-adapter", args.init_adapter)) if value]
+                                      ("--init-adapter", args.init_adapter),
+                                      ("--few-shot", args.few_shot != "auto")) if value]
     if given:
         raise SlimtuneError(f"{', '.join(given)} does not apply to --task multi; give each task's files in --tasks")
     if args.nproc not in (None, 1):

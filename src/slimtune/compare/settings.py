@@ -44,7 +44,8 @@ class CompareSettings:
 
     def _train_flags(self, method: str, seed: int) -> list[str]:
         flags = ["--task", self.task, "--method", method, "--train", self.train, "--seed", str(seed),
-                 "--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--patience", str(self.patience)]
+                 "--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--patience", str(self.patience),
+                 "--few-shot", "off"]  # every method under the same (standard) recipe, scored on dev or --test
         optional = {"--dev": self.dev, "--lr": self.lrs.get(method), "--max-train-examples": self.max_train_examples,
                     "--model": self.model, "--max-length": self.max_length,
                     **{"--" + k.replace("_", "-"): v for k, v in self.read_options.items()}}

@@ -9,8 +9,8 @@ Reading is `slimtune.runs.run_directory` (the checked description) and `slimtune
 from pathlib import Path
 
 import slimtune
-from slimtune.methods.adaptation import adapter_state
 from slimtune.atomic import write_json, write_safetensors
+from slimtune.methods.adaptation import adapter_state
 from slimtune.models.loading import Backbone
 from slimtune.runs.run_directory import ADAPTER_FILE, CONFIG_FILE
 from slimtune.runs.run_loader import LoadedAdapter, build_adapter_model, load_adapter, load_base_model, read_config  # noqa: F401

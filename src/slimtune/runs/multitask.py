@@ -12,8 +12,8 @@ from slimtune.models.loading import load_backbone
 from slimtune.runs.adapter_files import save_adapter
 from slimtune.runs.int8_keys import BASE_INT8
 from slimtune.runs.multitask_plot import plot_task_weights
-from slimtune.runs.run_commit import commit_run, config_settings, data_identity, open_work_dir
 from slimtune.runs.prepare import prepare_run, read_split
+from slimtune.runs.run_commit import commit_run, config_settings, data_identity, open_work_dir
 from slimtune.tasks import get_task
 from slimtune.tasks.multitask.files import MULTI
 from slimtune.tasks.multitask.model import MultiTaskModel, PerTaskMethods, attach_all

@@ -107,13 +107,17 @@ def split_dev(rows: list, fraction: float, seed: int) -> tuple[list, list]:
 
 
 def read_split(task, train_path, dev_path, read_options: dict, dev_fraction: float, max_train_examples: int | None,
-               seed: int) -> tuple[list, list]:
-    """(train rows, dev rows): dev read or carved from train, then at most `max_train_examples` train rows kept."""
+               seed: int, carve_dev=lambda n_rows: True) -> tuple[list, list]:
+    """(train rows, dev rows): dev read, or carved from train when `carve_dev(rows given)` (small data keeps every
+    row: dev then is empty), then at most `max_train_examples` train rows kept."""
     train_rows = task.read(train_path, **read_options)
+    given = min(len(train_rows), max_train_examples or len(train_rows))
     if dev_path:
         dev_rows = task.read(dev_path, **read_options)
-    else:
+    elif carve_dev(given):
         train_rows, dev_rows = split_dev(train_rows, dev_fraction, seed)
+    else:
+        dev_rows = []
     if max_train_examples and len(train_rows) > max_train_examples:
         keep = sorted(random.Random(seed).sample(range(len(train_rows)), max_train_examples))
         train_rows = [train_rows[i] for i in keep]

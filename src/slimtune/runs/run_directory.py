@@ -17,8 +17,8 @@ from safetensors import SafetensorError, safe_open
 
 from slimtune.data.files import read_json_file
 from slimtune.errors import SlimtuneError
-from slimtune.tasks.multitask.files import check_task_name, task_config
 from slimtune.runs.run_schema import MULTI, RunConfig, check_meaning, option_strings, validation_error_line
+from slimtune.tasks.multitask.files import check_task_name, task_config
 
 ADAPTER_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter_config.json"

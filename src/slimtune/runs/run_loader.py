@@ -9,15 +9,15 @@ from pathlib import Path
 
 import torch
 
-from slimtune.methods.adaptation import attach, load_adapter_state
-from slimtune.models.int8_base import quantize_frozen_linears
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import attach, load_adapter_state
 from slimtune.methods.registry import create_method
+from slimtune.models.int8_base import quantize_frozen_linears
 from slimtune.models.loading import Backbone, fingerprint
-from slimtune.tasks.multitask.files import task_state
 from slimtune.runs.int8_keys import BASE_INT8
 from slimtune.runs.run_directory import RunDirectory, TaskView, from_config, read_run
 from slimtune.tasks import get_task
+from slimtune.tasks.multitask.files import task_state
 
 
 @dataclass

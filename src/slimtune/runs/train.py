@@ -1,5 +1,6 @@
 """One training run from files to a saved adapter: the API behind `slimtune train`."""
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -8,15 +9,15 @@ import yaml
 from slimtune.atomic import write_json, write_text
 from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
-from slimtune.runs.adapter_files import run_config, save_adapter
-from slimtune.runs.int8_keys import BASE_INT8
-from slimtune.runs.init_adapter import read_initial_adapter
 from slimtune.ownership import work_dir_for
+from slimtune.runs.adapter_files import run_config, save_adapter
+from slimtune.runs.init_adapter import read_initial_adapter
+from slimtune.runs.int8_keys import BASE_INT8
 from slimtune.runs.prepare import build_run, check_output_dir, prepare_training, read_split
 from slimtune.runs.run_commit import commit_run, config_settings, data_identity, open_work_dir
 from slimtune.tasks import get_task
-from slimtune.training import distributed
-from slimtune.training.batch_source import FeatureBatches
+from slimtune.training import distributed, small_data
+from slimtune.training.contrastive import ContrastiveConfig, encoder_parameters, fit_contrastive
 from slimtune.training.trainer import TrainConfig
 
 
@@ -40,6 +41,8 @@ class TrainRequest:
     config: TrainConfig = field(default_factory=TrainConfig)
     flags: dict | None = None  # the command line's resolved flags, saved as train_config.yaml to rerun the run
     init_adapter: str | None = None  # start from this adapter's weights (runs/init_adapter.py)
+    few_shot: str = "auto"  # small-data recipe: auto, contrastive, supervised, off (training/small_data.py)
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 
 class PeakMemory:
@@ -70,8 +73,10 @@ class SingleTask:
 
     def read(self, seed: int) -> None:
         r = self.request
-        self.train_rows, self.dev_rows = read_split(self.task, r.train_path, r.dev_path, r.read_options,
-                                                    r.dev_fraction, r.max_train_examples, seed)
+        self.train_rows, self.dev_rows = read_split(  # small data: no dev carved from a few dozen rows
+            self.task, r.train_path, r.dev_path, r.read_options, r.dev_fraction, r.max_train_examples, seed,
+            carve_dev=lambda n_rows: not small_data.is_small(n_rows, r.few_shot))
+        self.given_rows = len(self.train_rows)  # what the small-data recipe is sized by
         self.labels = self.task.label_names(self.train_rows)
         if self.initial:
             self.labels = self.initial.check_labels(self.labels)
@@ -83,14 +88,26 @@ class SingleTask:
         return self.task.build_model(backbone, self.labels), self.task, self.labels
 
     def attach(self, model, method):
-        return attach(model, method)
+        self.model, self.params = model, attach(model, method)
+        return self.params
 
     def encode(self, backbone):
-        return tuple(self.task.encode(rows, backbone.tokenizer, self.labels, backbone.max_length)
-                     for rows in (self.train_rows, self.dev_rows))
+        self.features = tuple(self.task.encode(rows, backbone.tokenizer, self.labels, backbone.max_length)
+                              if rows else [] for rows in (self.train_rows, self.dev_rows))
+        return self.features
 
     def batch_source(self, train_features, config: TrainConfig, pad_id: int):
-        return FeatureBatches(train_features, config.batch_size, config.seed, pad_id)
+        """Batches by the recipe the data size calls for (training/small_data.py), chosen and reported here."""
+        r, dev_features = self.request, self.features[1]
+        self.recipe = small_data.choose_recipe(
+            r.few_shot, self.given_rows, small_data.sentence_level(train_features),
+            bool(encoder_parameters(self.model, self.params)), bool(dev_features), config,
+            distributed=distributed.from_environment().world_size > 1, resume=r.resume, classes=len(self.labels))
+        config.batch_size = self.recipe.batch_size
+        if distributed.from_environment().is_main:
+            print(self.recipe.line(), file=sys.stderr)
+        return small_data.RepeatedPasses(train_features, config.batch_size, config.seed, pad_id,
+                                         self.recipe.passes_per_epoch)
 
 
 def train(request: TrainRequest, step_callbacks=()) -> dict:
@@ -113,7 +130,17 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     peak_rss = PeakMemory()
     trainer = prepared.trainer(work, ranks, [peak_rss, *step_callbacks])
     trainer.run_settings = settings
-    summary = trainer.fit(prepared.source, prepared.dev_features, resume=request.resume)
+    if kind.recipe.name == "contrastive":
+        summary = fit_contrastive(built.model, method, task, built.params, prepared.train_features,
+                                  prepared.dev_features, cfg, built.backbone.tokenizer.pad_token_id, kind.labels,
+                                  trainer.metrics_path, request.contrastive, trainer.step_callbacks)
+    else:
+        summary = trainer.fit(prepared.source, prepared.dev_features, resume=request.resume)
+    summary["recipe"] = kind.recipe.as_dict()
+    chance = check_chance(task, built.model, summary, prepared.train_features, prepared.dev_features,
+                          built.backbone.tokenizer.pad_token_id, kind.labels, cfg.batch_size)
+    if chance and ranks.is_main:
+        print(f"warning: {chance}", file=sys.stderr)
     built.model.cpu()
     summary.update(built.parameter_counts)
     summary.update(model_weight_bytes=built.model_weight_bytes, train_peak_rss_bytes=peak_rss.peak,
@@ -139,15 +166,30 @@ def run_settings(request: TrainRequest, method, backbone, base_fingerprint: str)
             "base_fingerprint": base_fingerprint, "train_data": data_identity(request.train_path),
             "dev_data": data_identity(request.dev_path), "max_train_examples": request.max_train_examples,
             "dev_fraction": request.dev_fraction, "max_length": backbone.max_length, "pooling": backbone.pooling,
-            "read_options": request.read_options, BASE_INT8: request.base_int8,
+            "read_options": request.read_options, BASE_INT8: request.base_int8, "few_shot": request.few_shot,
             "init_adapter": request.init_adapter, **config_settings(request.config)}
+
+
+def check_chance(task, model, summary, train_features, dev_features, pad_id, labels, batch_size) -> str | None:
+    """The warning when the best dev score (without dev: the training score) never beat the majority class."""
+    if not small_data.sentence_level(train_features) or task.primary_metric != "accuracy":
+        return None
+    if dev_features:
+        return small_data.majority_check(summary, train_features, dev_features, summary["best_dev_accuracy"], "dev")
+    score = task.evaluate(model, train_features, pad_id, batch_size * 2, labels)["accuracy"]
+    summary["train_accuracy"] = score
+    return small_data.majority_check(summary, train_features, train_features, score, "training")
 
 
 def describe(summary: dict, metric: str) -> str:
     """One line for the terminal: best dev score, what was trained, what it cost."""
     prepared = summary.get("prepare_seconds", 0)
+    best = summary[f"best_dev_{metric}"]
+    scored = f"best dev {metric} {best:.4f} (step {summary['best_step']})" if best is not None else (
+        f"no dev set: final weights after {summary['steps']} steps"
+        + (f", training {metric} {summary['train_' + metric]:.4f}" if f"train_{metric}" in summary else ""))
     return (
-        f"best dev {metric} {summary[f'best_dev_{metric}']:.4f} (step {summary['best_step']}); "
+        f"{scored}; "
         f"trainable {summary['trainable_parameters']:,} of {summary['total_parameters']:,} "
         f"({summary['trainable_percent']:.2f}%); adapter {summary['adapter_bytes'] / 1024:.1f} KiB; "
         f"{summary['train_seconds']:.1f} s training, {summary['examples_per_second']:.3g} examples/s, "

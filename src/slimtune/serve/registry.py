@@ -37,18 +37,18 @@ from pathlib import Path
 
 from torch import nn
 
-from slimtune.runs.adapter_files import load_adapter, read_config
-from slimtune.models.int8_inference import INFERENCE_INT8_CHOICES, quantize_int8
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.methods.registry import get_method_class
+from slimtune.models.int8_inference import INFERENCE_INT8_CHOICES, quantize_int8
 from slimtune.models.loading import DEFAULT_MODEL, Backbone, context_window, fingerprint, load_backbone
+from slimtune.runs.adapter_files import load_adapter, read_config
 from slimtune.runs.formats.peft_import import resolve_adapter_dir
 from slimtune.runs.int8_keys import base_int8_of, inference_int8_of
-from slimtune.tasks.multitask.files import check_task_name, is_multi, task_config
 from slimtune.serve.bases import LMBase, LMBases, build_over_meta, check_servable
 from slimtune.serve.multi_adapter import BASE_SLOT, SharedBase
 from slimtune.tasks.causal_lm import CausalLMTask
+from slimtune.tasks.multitask.files import check_task_name, is_multi, task_config
 
 SHARED = "shared"  # rows run in the shared base pass, each with its own adapter's row updates
 OWN = "own copy"  # rows run through the adapter's own copy of the base

@@ -20,12 +20,12 @@ from slimtune.atomic import write_text
 from slimtune.data.batching import to_device
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import adapter_state, load_adapter_state
+from slimtune.progress import note, progress_bar
 from slimtune.tasks.base import Objective
 from slimtune.training.batch_source import BatchSource, FeatureBatches
 from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 from slimtune.training.distributed import Ranks
 from slimtune.training.loggers import open_loggers
-from slimtune.progress import note, progress_bar
 
 
 @dataclass
@@ -280,6 +280,8 @@ class Trainer:
         return self.ranks.sum(loss.item() * (units / batch_units))
 
     def _evaluate_and_track(self, dev_features, progress: Progress, best_state: dict) -> dict:
+        if not dev_features:  # small data without --dev: fixed steps, final weights (training/small_data.py)
+            return best_state
         metrics = self.evaluate(dev_features)
         score = metrics[self.task.primary_metric]
         record = {"type": "eval", "step": progress.step, "epoch": progress.epoch,

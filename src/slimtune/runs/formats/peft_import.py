@@ -25,12 +25,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 import slimtune
-from slimtune.errors import SlimtuneError
 from slimtune.data.files import read_json_file
-from slimtune.runs.run_directory import MAX_CONFIG_BYTES
+from slimtune.errors import SlimtuneError
+from slimtune.methods.peft_mapping_base import PROMPT_PREFIX, TUNER_PREFIX, validated
 from slimtune.runs.formats.peft_export import CLASSIFIER_HEAD, CLASSIFIER_HEAD_JSON, PEFT_CONFIG, PEFT_WEIGHTS, SLIMTUNE_SIDECAR
 from slimtune.runs.formats.peft_layout import POOLER_TASK_TYPE, TASK_TYPES
-from slimtune.methods.peft_mapping_base import PROMPT_PREFIX, TUNER_PREFIX, validated
+from slimtune.runs.run_directory import MAX_CONFIG_BYTES
 
 PEFT_TASKS = {**{peft: task for task, peft in TASK_TYPES.items()}, POOLER_TASK_TYPE: "classify"}
 SOURCE_FILES = (PEFT_CONFIG, PEFT_WEIGHTS, SLIMTUNE_SIDECAR, CLASSIFIER_HEAD, CLASSIFIER_HEAD_JSON)

@@ -1,0 +1,131 @@
+"""Choosing a training recipe that works on a small data set, and saying when a run learned nothing.
+
+Below SMALL_DATA_ROWS training rows the standard recipe (3 epochs of batch 32, a dev split carved from train)
+gives a few optimizer steps and a dev set of a handful of rows: a few dozen rows end at chance level. There:
+
+- no dev split is carved from train: dev comes from --dev only, and without one the run trains a fixed number
+  of steps and keeps the final weights;
+- sentence-level tasks (classify) with fewer than CONTRASTIVE_ROWS_PER_CLASS rows per class whose method adapts
+  the encoder use the contrastive few-shot recipe by default (`--few-shot auto`; training/contrastive.py), which
+  measured better there, and no better but slower at 64 per class (docs/results.md, "Few-shot");
+- otherwise (`--few-shot supervised`, token-level tasks, methods that train only the head) the supervised recipe
+  takes a batch of at most an eighth of the rows (at least 4), so a pass has ≥ 8 batches, and makes several
+  passes over the data in each epoch so the run makes at least MIN_STEPS optimizer steps whatever --epochs says.
+
+`--few-shot off` keeps the standard recipe whatever the size: the flags as given, dev carved when --dev is missing.
+`train()` prints `Recipe.line()` once, and records the recipe in metrics.json.
+"""
+
+import math
+from collections import Counter
+from dataclasses import dataclass
+
+from slimtune.errors import SlimtuneError
+from slimtune.training.batch_source import FeatureBatches
+
+SMALL_DATA_ROWS = 500  # fewer training rows than this: the small-data recipes
+MIN_STEPS = 200  # optimizer steps the supervised small-data recipe makes at least
+CONTRASTIVE_ROWS_PER_CLASS = 32  # auto: contrastive below this many training rows per class (on average)
+FEW_SHOT_MODES = ("auto", "contrastive", "supervised", "off")
+
+
+@dataclass
+class Recipe:
+    name: str  # "standard", "small-data" or "contrastive"
+    reason: str
+    batch_size: int
+    passes_per_epoch: int = 1  # passes over the training rows in one of the trainer's epochs
+    steps: int = 0  # optimizer steps the run will make (supervised recipes)
+    details: str = ""
+
+    def line(self) -> str:
+        return f"recipe: {self.name} ({self.reason}){': ' + self.details if self.details else ''}"
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "reason": self.reason, "batch_size": self.batch_size,
+                "passes_per_epoch": self.passes_per_epoch, **({"steps": self.steps} if self.steps else {})}
+
+
+def is_small(n_rows: int, few_shot: str = "auto") -> bool:
+    return n_rows < SMALL_DATA_ROWS and few_shot != "off"
+
+
+def sentence_level(features: list[dict]) -> bool:
+    """Whether each row has one label (classification) rather than one per token."""
+    return bool(features) and isinstance(features[0].get("labels"), int)
+
+
+def choose_recipe(few_shot: str, n_rows: int, sentence_labels: bool, adapts_encoder: bool, has_dev: bool,
+                  config, distributed: bool = False, resume: bool = False, classes: int = 2) -> Recipe:
+    """The recipe for `n_rows` training rows; `config` is the run's TrainConfig (epochs, batch size, accumulation).
+
+    The contrastive recipe runs on one process and writes no checkpoints, so `auto` leaves it out under
+    --nproc and --resume (a run that has a checkpoint to resume was a supervised one).
+    """
+    if few_shot not in FEW_SHOT_MODES:
+        raise SlimtuneError(f"unknown --few-shot {few_shot!r}; choose from {list(FEW_SHOT_MODES)}")
+    small = is_small(n_rows)
+    size = f"{n_rows} training rows {'<' if small else '≥'} {SMALL_DATA_ROWS}"
+    if few_shot == "off":
+        return Recipe("standard", f"--few-shot off; {size}", config.batch_size)
+    selection = "dev from --dev" if has_dev else "no dev split carved from train; final weights kept"
+    if few_shot == "contrastive":
+        if not sentence_labels:
+            raise SlimtuneError("--few-shot contrastive needs one label per text (task classify)")
+        if not adapts_encoder:
+            raise SlimtuneError("--few-shot contrastive needs a method that trains encoder weights "
+                                "(lora, bitfit, adapter, full, ...); this one trains only the head")
+        if distributed:
+            raise SlimtuneError("--few-shot contrastive runs on one process; drop --nproc")
+        if resume:
+            raise SlimtuneError("--few-shot contrastive writes no checkpoints to resume; run it again "
+                                "(it takes seconds to minutes)")
+        return Recipe("contrastive", f"--few-shot contrastive; {size}", config.batch_size, details=selection)
+    per_class = n_rows / max(classes, 1)
+    few = per_class < CONTRASTIVE_ROWS_PER_CLASS
+    if few_shot == "auto" and small and few and sentence_labels and adapts_encoder and not (distributed or resume):
+        return Recipe("contrastive", f"{size}, {per_class:.0f} per class < {CONTRASTIVE_ROWS_PER_CLASS}, one label "
+                      "per text, a method that adapts the encoder", config.batch_size, details=selection)
+    if not small:
+        return Recipe("standard", size, config.batch_size)
+    batch_size = min(config.batch_size, max(4, n_rows // 8))
+    steps_per_pass = math.ceil(math.ceil(n_rows / batch_size) / config.grad_accum)
+    passes = max(1, math.ceil(MIN_STEPS / (steps_per_pass * config.epochs)))
+    steps = steps_per_pass * passes * config.epochs
+    why = size if few_shot == "supervised" else (
+        f"{size}; contrastive needs < {CONTRASTIVE_ROWS_PER_CLASS} rows per class, one label per text, a method that "
+        "adapts the encoder, one process and no --resume")
+    return Recipe("small-data", why, batch_size, passes, steps,
+                  f"batch {batch_size}, {passes} passes per epoch × {config.epochs} epochs = {steps} optimizer "
+                  f"steps (at least {MIN_STEPS}); {selection}")
+
+
+class RepeatedPasses(FeatureBatches):
+    """FeatureBatches whose every epoch is `passes` reshuffled passes over the rows (deterministic per epoch)."""
+
+    def __init__(self, features: list[dict], batch_size: int, seed: int, pad_id: int, passes: int):
+        super().__init__(features, batch_size, seed, pad_id)
+        self.passes = passes
+        self.batches_per_epoch *= passes
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        one_pass = super().epoch
+        return [batch for p in range(self.passes) for batch in one_pass(epoch * self.passes + p)]
+
+
+def majority_check(summary: dict, train_features: list[dict], scored_features: list[dict], score: float | None,
+                   split: str) -> str | None:
+    """Record in `summary` whether `score` (accuracy on `scored_features`) beats always predicting the most
+    frequent training label; returns a warning line when it does not. Sentence-level labels only."""
+    if score is None or not sentence_level(train_features) or not scored_features:
+        return None
+    majority_label = Counter(f["labels"] for f in train_features).most_common(1)[0][0]
+    baseline = sum(f["labels"] == majority_label for f in scored_features) / len(scored_features)
+    beats = score > baseline + 1e-9
+    summary.update(majority_baseline=round(baseline, 4), beats_majority=beats, majority_checked_on=split)
+    if beats:
+        return None
+    warning = (f"{split} accuracy {score:.4f} never beat the majority class ({baseline:.4f}, always predicting the "
+               f"most frequent training label): this run is at chance level")
+    summary.setdefault("warnings", []).append(warning)
+    return warning

@@ -1,0 +1,89 @@
+"""Contrastive few-shot mode: a normal, loadable slimtune adapter; its head is the fitted logistic regression."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from slimtune.adapter_files import load_adapter
+from slimtune.cli import main
+from slimtune.errors import SlimtuneError
+from slimtune.training.contrastive import ContrastiveConfig, fit_head
+from slimtune.training.run import TrainRequest, train
+from slimtune.training.trainer import TrainConfig
+from tests.conftest import sentiment_rows, write_tsv
+
+
+@pytest.fixture
+def few_shot_data(tmp_path):
+    return {"train": write_tsv(tmp_path / "train.tsv", sentiment_rows(24, 0)),
+            "dev": write_tsv(tmp_path / "dev.tsv", sentiment_rows(32, 1))}
+
+
+def test_contrastive_mode_saves_an_adapter_that_loads_and_scores_as_trained(tiny_model, few_shot_data, tmp_path,
+                                                                            capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "lora", "--train", few_shot_data["train"], "--dev", few_shot_data["dev"],
+                 "--out", str(out), "--model", tiny_model, "--few-shot", "contrastive", "--set", "r=4"]) == 0
+    assert "recipe: contrastive (--few-shot contrastive; 24 training rows < 500)" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"]["name"] == "contrastive"
+    assert metrics["contrastive"]["pairs"] == 24 * ContrastiveConfig().pairs_per_row
+    assert metrics["adapter_bytes"] < 2**20
+    loaded = load_adapter(out)
+    assert loaded.method.name == "lora" and loaded.labels == ["neg", "pos"]
+    features = loaded.task.encode(loaded.task.read(few_shot_data["dev"]), loaded.backbone.tokenizer, loaded.labels,
+                                  loaded.backbone.max_length)
+    scored = loaded.task.evaluate(loaded.model, features, loaded.backbone.tokenizer.pad_token_id, 16, loaded.labels)
+    assert scored["accuracy"] == pytest.approx(metrics["best_dev_accuracy"])
+    assert main(["eval", "--adapter", str(out), "--data", few_shot_data["dev"], "--json"]) == 0
+    assert main(["merge", "--adapter", str(out), "--out", str(tmp_path / "merged")]) == 0
+
+
+def test_auto_mode_uses_contrastive_for_small_classification_with_lora(tiny_model, few_shot_data, tmp_path):
+    summary = train(TrainRequest(task="classify", method="lora", train_path=few_shot_data["train"],
+                                 out_dir=str(tmp_path / "run"), model=tiny_model, options={"r": "4"},
+                                 config=TrainConfig(seed=1)))
+    assert summary["recipe"]["name"] == "contrastive" and summary["dev_examples"] == 0
+    assert summary["lr"] == 2e-3  # LoRA's default
+
+
+def test_contrastive_changes_only_encoder_adapter_and_head(tiny_model, few_shot_data, tmp_path):
+    from safetensors.torch import load_file
+
+    train(TrainRequest(task="classify", method="lora", train_path=few_shot_data["train"], out_dir=str(tmp_path / "r"),
+                       model=tiny_model, options={"r": "4"}, few_shot="contrastive"))
+    state = load_file(tmp_path / "r" / "adapter.safetensors")
+    lora_b = [v for k, v in state.items() if k.endswith("lora_B")]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: the pair phase moved it
+    assert set(k for k in state if not ("lora_" in k)) == {"head.1.weight", "head.1.bias"}
+
+
+def test_contrastive_refuses_a_method_that_trains_only_the_head(tiny_model, few_shot_data, tmp_path):
+    with pytest.raises(SlimtuneError, match="trains only the head"):
+        train(TrainRequest(task="classify", method="head", train_path=few_shot_data["train"],
+                           out_dir=str(tmp_path / "r"), model=tiny_model, few_shot="contrastive"))
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_fitted_head_reproduces_the_logistic_regression(classes):
+    from sklearn.linear_model import LogisticRegression
+
+    from slimtune.models.task_models import SequenceClassifier
+
+    class Config:
+        hidden_size, hidden_dropout_prob = 8, 0.1
+
+    class Stub(torch.nn.Module):
+        config = Config()
+
+    generator = torch.Generator().manual_seed(0)
+    vectors = torch.randn(30, 8, generator=generator) * 5  # [N, H]
+    labels = [i % classes for i in range(30)]
+    model = SequenceClassifier(Stub(), classes, "mean").eval()
+    fit_head(model, vectors, labels, classes, c=1.0, seed=0)
+    probabilities = model.head(vectors).softmax(-1).detach().numpy()
+    scale = vectors.norm(dim=-1).mean().item()
+    expected = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit((vectors / scale).numpy(), labels)
+    np.testing.assert_allclose(probabilities, expected.predict_proba((vectors / scale).numpy()), atol=1e-5)

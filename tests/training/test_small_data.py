@@ -1,0 +1,109 @@
+"""The small-data recipe: chosen below SMALL_DATA_ROWS and reported; chance-level runs are flagged."""
+
+import json
+
+import pytest
+
+from slimtune.cli import main
+from slimtune.errors import SlimtuneError
+from slimtune.training.run import TrainRequest, train
+from slimtune.training.small_data import MIN_STEPS, SMALL_DATA_ROWS, RepeatedPasses, choose_recipe
+from slimtune.training.trainer import TrainConfig
+from tests.conftest import sentiment_rows, write_tsv
+
+
+@pytest.mark.parametrize("rows", [16, 48, SMALL_DATA_ROWS - 1])
+def test_below_the_threshold_the_supervised_recipe_makes_enough_steps_in_batches_that_fit(rows):
+    recipe = choose_recipe("supervised", rows, sentence_labels=True, adapts_encoder=True, has_dev=False,
+                           config=TrainConfig(epochs=3, batch_size=32))
+    assert recipe.name == "small-data" and recipe.steps >= MIN_STEPS
+    assert recipe.batch_size <= max(4, rows // 8)
+    assert "no dev split carved" in recipe.line() and f"{rows} training rows < {SMALL_DATA_ROWS}" in recipe.line()
+
+
+def test_at_the_threshold_the_standard_recipe_stays():
+    recipe = choose_recipe("auto", SMALL_DATA_ROWS, True, True, False, TrainConfig(batch_size=32))
+    assert recipe.name == "standard" and recipe.batch_size == 32 and recipe.passes_per_epoch == 1
+
+
+def test_auto_picks_contrastive_only_where_it_applies():
+    config = TrainConfig()
+    assert choose_recipe("auto", 40, True, True, False, config).name == "contrastive"
+    assert choose_recipe("auto", 40, False, True, False, config).name == "small-data"  # token labels (ner)
+    assert choose_recipe("auto", 40, True, False, False, config).name == "small-data"  # head only
+    assert choose_recipe("auto", 40, True, True, False, config, distributed=True).name == "small-data"
+    assert choose_recipe("auto", 64, True, True, False, config, classes=2).name == "small-data"  # 32 per class
+    assert choose_recipe("auto", 62, True, True, False, config, classes=2).name == "contrastive"
+
+
+def test_repeated_passes_are_whole_deterministic_passes():
+    features = [{"input_ids": [1] * (i % 5 + 1), "labels": i % 2} for i in range(10)]
+    source = RepeatedPasses(features, 4, seed=0, pad_id=0, passes=3)
+    epoch = source.epoch(1)
+    assert len(epoch) == source.batches_per_epoch == 9
+    assert sorted(i for b in epoch for i in b) == sorted(list(range(10)) * 3)
+    assert epoch == source.epoch(1) and epoch != source.epoch(2)
+
+
+def test_train_chooses_reports_and_records_the_recipe(tiny_model, tmp_path, capsys):
+    data = write_tsv(tmp_path / "train.tsv", sentiment_rows(40, 0))
+    out = tmp_path / "run"
+    assert main(["train", "--method", "lora", "--train", data, "--out", str(out), "--model", tiny_model,
+                 "--few-shot", "supervised", "--set", "r=4"]) == 0
+    err = capsys.readouterr().err
+    recipe_lines = [line for line in err.splitlines() if line.startswith("recipe:")]
+    assert len(recipe_lines) == 1 and "small-data (40 training rows < 500)" in recipe_lines[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["recipe"]["name"] == "small-data"
+    assert metrics["steps"] >= MIN_STEPS and metrics["train_examples"] == 40 and metrics["dev_examples"] == 0
+    assert metrics["best_dev_accuracy"] is None and "train_accuracy" in metrics
+
+
+def test_standard_data_keeps_the_standard_recipe_and_carves_dev(tiny_model, tmp_path, capsys):
+    data = write_tsv(tmp_path / "train.tsv", sentiment_rows(SMALL_DATA_ROWS, 0))
+    request = TrainRequest(task="classify", method="head", train_path=data, out_dir=str(tmp_path / "run"),
+                           model=tiny_model, config=TrainConfig(epochs=1, batch_size=64))
+    summary = train(request)
+    assert summary["recipe"]["name"] == "standard" and summary["dev_examples"] == SMALL_DATA_ROWS // 10
+    assert "recipe: standard" in capsys.readouterr().err
+
+
+def test_a_run_that_never_beats_the_majority_class_says_so(tiny_model, tmp_path, capsys):
+    train_rows = sentiment_rows(40, 0)
+    majority = max(("pos", "neg"), key=[label for _, label in train_rows].count)
+    dev_rows = [row for row in sentiment_rows(60, 1) if row[1] == majority][:16]  # majority scores 1.0 here
+    out = tmp_path / "run"
+    code = main(["train", "--method", "head", "--train", write_tsv(tmp_path / "train.tsv", train_rows),
+                 "--dev", write_tsv(tmp_path / "dev.tsv", dev_rows), "--out", str(out), "--model", tiny_model,
+                 "--lr", "1e-9", "--epochs", "1"])
+    assert code == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "never beat the majority class (1.0000" in warnings[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["beats_majority"] is False and metrics["majority_baseline"] == 1.0
+    assert metrics["warnings"] == [warnings[0].removeprefix("warning: ")]
+
+
+def test_a_run_that_learns_is_not_flagged(tiny_model, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--method", "full", "--train", write_tsv(tmp_path / "train.tsv", sentiment_rows(96, 0)),
+                 "--dev", write_tsv(tmp_path / "dev.tsv", sentiment_rows(32, 1)), "--out", str(out),
+                 "--model", tiny_model, "--few-shot", "supervised", "--lr", "3e-3"]) == 0
+    assert "warning:" not in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["beats_majority"] is True and "warnings" not in metrics
+
+
+def test_contrastive_is_not_chosen_where_it_cannot_run():
+    config = TrainConfig()
+    assert choose_recipe("auto", 40, True, True, False, config, resume=True).name == "small-data"
+    for where in ({"distributed": True}, {"resume": True}):
+        with pytest.raises(SlimtuneError):
+            choose_recipe("contrastive", 40, True, True, False, config, **where)
+
+
+def test_off_keeps_the_standard_recipe_and_carves_dev_from_small_data(tiny_model, tmp_path):
+    data = write_tsv(tmp_path / "train.tsv", sentiment_rows(40, 0))
+    summary = train(TrainRequest(task="classify", method="lora", train_path=data, out_dir=str(tmp_path / "run"),
+                                 model=tiny_model, few_shot="off", config=TrainConfig(epochs=1, batch_size=8)))
+    assert summary["recipe"]["name"] == "standard" and summary["dev_examples"] == 4 and summary["steps"] == 5
