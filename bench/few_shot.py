@@ -121,9 +121,9 @@ def write_tsv(path: Path, rows) -> str:
 
 
 def run_slimtune(mode: str, train_path: str, held_path: str, out: Path, seed: int, args) -> dict:
-    from slimtune.adapter_files import load_adapter
+    from slimtune.runs.adapter_files import load_adapter
     from slimtune.training.contrastive import ContrastiveConfig
-    from slimtune.training.run import TrainRequest, train
+    from slimtune.runs.train import TrainRequest, train
     from slimtune.training.trainer import TrainConfig
 
     contrastive = ContrastiveConfig(**({"pairs_per_row": args.pairs_per_row} if args.pairs_per_row else {}))

@@ -6,7 +6,7 @@ import pytest
 
 from slimtune.cli import main
 from slimtune.errors import SlimtuneError
-from slimtune.training.run import TrainRequest, train
+from slimtune.runs.train import TrainRequest, train
 from slimtune.training.small_data import MIN_STEPS, SMALL_DATA_ROWS, RepeatedPasses, choose_recipe
 from slimtune.training.trainer import TrainConfig
 from tests.conftest import sentiment_rows, write_tsv
