@@ -16,6 +16,9 @@ from slimtune.runs.prepare import build_run, check_output_dir, prepare_training,
 from slimtune.runs.run_commit import commit_run, config_settings, data_identity, open_work_dir
 from slimtune.tasks import get_task
 from slimtune.training import distributed
+from slimtune.data.eda import EmbeddingSynonyms
+from slimtune.errors import SlimtuneError
+from slimtune.training.augmented_batches import AugmentedBatches
 from slimtune.training.batch_source import FeatureBatches
 from slimtune.training.trainer import TrainConfig
 
@@ -55,6 +58,14 @@ class PeakMemory:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
+def check_task_options(task, config: TrainConfig) -> None:
+    """--adversarial and --augment only where the task can take them."""
+    if config.adversarial and not task.adversarial:
+        raise SlimtuneError(f"--adversarial does not apply to task {task.name}")
+    if config.augment and not task.augmentable:
+        raise SlimtuneError(f"--augment does not apply to task {task.name}")
+
+
 class SingleTask:
     """The `RunKind` of a one-task run."""
 
@@ -64,6 +75,7 @@ class SingleTask:
         self.initial = read_initial_adapter(request) if request.init_adapter else None
 
     def create_method(self):
+        check_task_options(self.task, self.request.config)
         method = create_method(self.request.method, self.request.options, self.task.name)
         self.task.check_method(method)
         return method
@@ -86,10 +98,17 @@ class SingleTask:
         return attach(model, method)
 
     def encode(self, backbone):
+        self.backbone = backbone  # the tokenizer and embeddings of --augment
         return tuple(self.task.encode(rows, backbone.tokenizer, self.labels, backbone.max_length)
                      for rows in (self.train_rows, self.dev_rows))
 
     def batch_source(self, train_features, config: TrainConfig, pad_id: int):
+        if config.augment:
+            b = self.backbone
+            synonyms = EmbeddingSynonyms(b.tokenizer, b.model.get_input_embeddings().weight)
+            return AugmentedBatches(self.train_rows, lambda rows: self.task.encode(rows, b.tokenizer, self.labels,
+                                                                                   b.max_length),
+                                    synonyms, config.augment_rate, config.batch_size, config.seed, pad_id)
         return FeatureBatches(train_features, config.batch_size, config.seed, pad_id)
 
 

@@ -54,6 +54,8 @@ class Task(ABC):
     primary_metric: str  # higher is better; drives early stopping and best-weight selection
     kind: str  # CLASSIFICATION, TAGGING or GENERATION
     mixable: bool = False  # can share one encoder base with other tasks in a multi-task run
+    adversarial: bool = False  # can train with input-embedding perturbations (--adversarial)
+    augmentable: bool = False  # its rows are texts EDA can rewrite (--augment): `row.text`, replaced by dataclasses
 
     @property
     def generates_text(self) -> bool:
@@ -150,6 +152,8 @@ class Task(ABC):
 
 class LabellingTask(Task):
     """A task whose predictions label the input: features from texts, one forward pass, labels decoded."""
+
+    adversarial = True
 
     @abstractmethod
     def encode_texts(self, texts: list[str], tokenizer, max_length: int) -> list[dict]:
