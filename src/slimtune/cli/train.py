@@ -38,7 +38,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model with a PEFT method", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="classify",
-                   help="task: classify (default), ner (CoNLL files), causal-lm (JSONL instructions or chats), "
+                   help="task: classify (default), multilabel (labels \"a|b\" or a JSONL list), ner (CoNLL files), "
+                        "causal-lm (JSONL instructions or chats), "
                         "or multi (several --tasks)")
     p.add_argument("--method", required=True, help="PEFT method (see `slimtune methods`)")
     p.add_argument("--train", metavar="PATH", help="training data (.tsv, .csv, .jsonl; CoNLL for ner; .gz ok)")

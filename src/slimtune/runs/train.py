@@ -133,6 +133,10 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     trainer = prepared.trainer(work, ranks, [peak_rss, *step_callbacks])
     trainer.run_settings = settings
     summary = trainer.fit(prepared.source, prepared.dev_features, resume=request.resume)
+    tuned = task.tuned_settings(lambda: trainer.evaluation_outputs(prepared.dev_features), prepared.dev_features,
+                                kind.labels)
+    config.update(tuned)
+    summary.update(tuned)
     built.model.cpu()
     summary.update(built.parameter_counts)
     summary.update(model_weight_bytes=built.model_weight_bytes, train_peak_rss_bytes=peak_rss.peak,

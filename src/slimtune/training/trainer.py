@@ -164,11 +164,14 @@ class Trainer:
                                 f"settings ({type(e).__name__}: {first})") from None
         return progress, best_state
 
+    def evaluation_outputs(self, dev_features) -> list:
+        """The model's outputs on dev; with several ranks each computes its share and all get every output."""
+        return self.task.gathered_outputs(self.model, dev_features, self.pad_id, self.config.batch_size * 2,
+                                          self._on_shares)
+
     def evaluate(self, dev_features) -> dict:
-        """Dev metrics; with several ranks each runs its share of the rows and all score the gathered outputs."""
-        outputs = self.task.gathered_outputs(self.model, dev_features, self.pad_id, self.config.batch_size * 2,
-                                             self._on_shares)
-        return self.task.score(outputs, dev_features, self.labels)
+        """Dev metrics, scored from `evaluation_outputs`."""
+        return self.task.score(self.evaluation_outputs(dev_features), dev_features, self.labels)
 
     def _on_shares(self, rows: list, compute: Callable[[list], list]) -> list:
         """`compute` of all `rows`: each rank computes its share, then every rank has all the outputs in order."""
