@@ -35,3 +35,11 @@ def test_refusals_are_one_line_exit_2(tiny_model, toy_ner_data, tmp_path, capsys
     assert _train(toy_ner_data, tiny_model, tmp_path / "run", *extra, task="ner") == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert message in err[-1] and not (tmp_path / "run").exists()
+
+
+def test_adversarial_refuses_a_model_that_skips_the_embeddings(tiny_model, toy_data, tmp_path, capsys):
+    """`features` trains a head on sentence features computed once: there are no embeddings to perturb."""
+    assert main(["train", "--method", "features", "--set", "reducer=tfidf", "--train", toy_data["train"],
+                 "--dev", toy_data["dev"], "--model", tiny_model, "--epochs", "1", "--adversarial", "fgm",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "--adversarial needs a backbone with input embeddings" in capsys.readouterr().err

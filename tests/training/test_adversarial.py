@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.tasks import get_task
-from slimtune.training.adversarial import AdversarialConfig, project, unit_per_example
+from slimtune.training.adversarial import AdversarialConfig, Adversary, project, unit_per_example
 from slimtune.training.batch_source import FeatureBatches
 from slimtune.training.trainer import TrainConfig, Trainer
 from tests.conftest import build_classifier, make_tiny_bert, sentiment_rows
@@ -98,3 +98,10 @@ def test_perturbation_helpers():
 def test_bad_settings_are_one_line_errors(config, message):
     with pytest.raises(SlimtuneError, match=message):
         config.validate()
+
+
+def test_a_pass_that_skips_the_embeddings_is_refused():
+    weight = torch.nn.Parameter(torch.ones(3))
+    adversary = Adversary(AdversarialConfig("fgm"), torch.nn.Embedding(5, 3))
+    with pytest.raises(SlimtuneError, match="nothing to perturb"):
+        adversary.backward(None, None, lambda model: weight.sum(), 1.0, torch.ones(2, 4))

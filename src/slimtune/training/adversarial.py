@@ -79,11 +79,20 @@ class Adversary:
     @contextlib.contextmanager
     def _perturbed(self, delta: torch.Tensor):
         """Forward passes inside see the input embeddings [B, T, H] plus `delta` [B, T, H]."""
-        handle = self.embeddings.register_forward_hook(lambda module, args, output: output + delta)
+        used = []
+
+        def add_delta(module, args, output):
+            used.append(True)
+            return output + delta
+
+        handle = self.embeddings.register_forward_hook(add_delta)
         try:
             yield
         finally:
             handle.remove()
+        if not used:
+            raise SlimtuneError("--adversarial: this model's training pass does not go through the input embeddings "
+                                "(features computed once?), so there is nothing to perturb")
 
     def backward(self, training_model: nn.Module, model: nn.Module, loss_of: Callable[[nn.Module], torch.Tensor],
                  weight: float, mask: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
