@@ -30,7 +30,7 @@ ADVERSARIAL_KINDS = ("fgm", "pgd")
 @dataclass(frozen=True)
 class AdversarialConfig:
     kind: str  # "fgm" or "pgd"
-    epsilon: float = 1.0  # the L2 norm of each example's perturbation [T, H]
+    epsilon: float = 0.1  # the L2 norm of each example's perturbation [T, H] (docs/results.md, "Remedies")
     steps: int = 3  # PGD's ascent steps (FGM takes one)
 
     def validate(self) -> None:

@@ -46,7 +46,7 @@ class TrainConfig:
     seed: int = 42
     log_to: tuple[str, ...] = ()  # experiment logs beside metrics.jsonl (training/loggers.py)
     adversarial: str | None = None  # "fgm" or "pgd": adversarial training on the input embeddings (adversarial.py)
-    adv_epsilon: float = 1.0
+    adv_epsilon: float = 0.1
     adv_steps: int = 3
     augment: str | None = None  # "eda": training texts augmented afresh each epoch (training/augmented_batches.py)
     augment_rate: float = 0.1
