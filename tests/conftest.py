@@ -19,7 +19,8 @@ FILLER = ["the", "film", "was", "a", "plot", "and", "very", "story", "acting", "
 # NER entities: not in the tiny vocabulary, so each splits into several word pieces.
 PEOPLE = [["anna"], ["bob", "marley"], ["carla"], ["dirk", "van", "dam"]]
 PLACES = [["paris"], ["oslo"], ["new", "york"], ["rome"]]
-TASK_LABELS = {"classify": ["neg", "pos"], "ner": ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"], "causal-lm": []}
+TASK_LABELS = {"classify": ["neg", "pos"], "ner": ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"], "causal-lm": [],
+               "multilabel": ["a", "b", "c"]}
 
 
 def _vocab() -> list[str]:

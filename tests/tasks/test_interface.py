@@ -7,10 +7,10 @@ import pytest
 from slimtune.cli.formatting import format_prediction, format_report
 from slimtune.runs.export import EXPORTS
 from slimtune.tasks import TASK_TYPES, get_task
-from slimtune.tasks.base import CLASSIFICATION, GENERATION, TAGGING, LabellingTask, Objective, Task
+from slimtune.tasks.base import CLASSIFICATION, GENERATION, MULTI_LABEL, TAGGING, LabellingTask, Objective, Task
 from slimtune.tasks.multitask.objective import LossWeights, MultiTask
 
-KINDS = {CLASSIFICATION, TAGGING, GENERATION}
+KINDS = {CLASSIFICATION, TAGGING, GENERATION, MULTI_LABEL}
 
 
 @pytest.mark.parametrize("name", TASK_TYPES)
@@ -36,7 +36,11 @@ def test_every_kind_is_printed_and_exported():
                 "ner": ({"f1": 1.0, "precision": 1.0, "recall": 1.0, "token_accuracy": 1.0, "loss": 0.1,
                          "sentences": 1, "words": 2, "per_type": {}}, {"entities": []}),
                 "causal-lm": ({"loss": 1.0, "perplexity": 2.7, "token_accuracy": 0.5, "exact_match": 0.5,
-                               "examples": 1, "response_tokens": 3}, {"response": "yes"})}
+                               "examples": 1, "response_tokens": 3}, {"response": "yes"}),
+                "multilabel": ({"micro_f1": 1.0, "macro_f1": 1.0, "subset_accuracy": 1.0, "loss": 0.1,
+                                "threshold": 0.5, "examples": 1, "per_label": {}},
+                               {"labels": ["a"], "scores": {"a": 0.9, "b": 0.1}})}
+    assert set(examples) == set(TASK_TYPES)
     for name, (metrics, prediction) in examples.items():
         task = get_task(name)
         assert format_report(task, metrics) and format_prediction(task, "a text", prediction)

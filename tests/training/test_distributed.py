@@ -85,6 +85,8 @@ def two_ranks(data) -> dict:
     """Every case trained by 2 torchrun ranks in one launch (start-up is the slow part), run dirs by name."""
     cases = [_case(data, f"{name}-{i}", "classify", name, options) for i, (name, options) in enumerate(VARIANTS)]
     cases.append(_case(data, "ner-lora", "ner", "lora", {}, epochs=2))
+    cases.append(_case(data, "adv-fgm", "classify", "lora", {}, adversarial="fgm", adv_epsilon=0.5))
+    cases.append(_case(data, "adv-pgd-ner", "ner", "lora", {}, adversarial="pgd", adv_steps=2))
     # stopped at step 5 of 16 after a checkpoint at step 4; LoRA dropout checks that each rank's RNG comes back
     resume = {"epochs": 2, "checkpoint_every": 4}
     cases.append(_case(data, "whole", "classify", "lora", {"dropout": "0.1"}, **resume))
@@ -146,6 +148,13 @@ def test_ner_loss_is_weighted_by_labelled_tokens_across_ranks(two_ranks, tmp_pat
     f1 = [json.loads(l)["dev_f1"] for l in (Path(case["out"]) / "metrics.jsonl").read_text().splitlines()]
     expected = [json.loads(l)["dev_f1"] for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     assert f1 == expected
+
+
+@pytest.mark.parametrize("name", ["adv-fgm", "adv-pgd-ner"])
+def test_adversarial_training_under_ddp_as_in_one_process(two_ranks, tmp_path, name):
+    """Each example's perturbation is normalised on its own, so sharding the batch leaves the step as it was."""
+    case = two_ranks[name]
+    assert _max_difference(_one_process(case, tmp_path / "one"), Path(case["out"])) < TOLERANCE
 
 
 def test_a_resumed_distributed_run_equals_an_uninterrupted_one(two_ranks):

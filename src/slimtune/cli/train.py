@@ -39,7 +39,8 @@ def register(sub) -> None:
     p = sub.add_parser("train", help="fine-tune a model with a PEFT method", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="classify",
-                   help="task: classify (default), ner (CoNLL files), causal-lm (JSONL instructions or chats), "
+                   help="task: classify (default), multilabel (labels \"a|b\" or a JSONL list), ner (CoNLL files), "
+                        "causal-lm (JSONL instructions or chats), "
                         "or multi (several --tasks)")
     p.add_argument("--method", required=True, help="PEFT method (see `slimtune methods`)")
     p.add_argument("--train", metavar="PATH", help="training data (.tsv, .csv, .jsonl; CoNLL for ner; .gz ok)")
@@ -81,9 +82,27 @@ def register(sub) -> None:
                         "batch that fits); contrastive or supervised force one; off: the standard recipe, flags as "
                         "given")
     add_reader_flags(p)
+    add_remedy_flags(p)
     add_multitask_flags(p)
     add_threads_flag(p)
     p.set_defaults(handler=run)
+
+
+def add_remedy_flags(p) -> None:
+    g = p.add_argument_group("regularisation for small data")
+    g.add_argument("--adversarial", choices=("fgm", "pgd"),
+                   help="also train on input embeddings moved along the loss gradient: fgm (one step of norm "
+                        "--adv-epsilon) or pgd (--adv-steps steps inside that ball); classify, ner")
+    g.add_argument("--adv-epsilon", type=float, default=0.1, metavar="EPS",
+                   help="L2 norm of each example's embedding perturbation over all its tokens (measured on "
+                        "MiniLM, whose word embeddings have norm ~1: 0.1 helps a little, 0.3 and 1.0 stall training)")
+    g.add_argument("--adv-steps", type=int, default=3, metavar="K", help="PGD's ascent steps (default 3)")
+    g.add_argument("--augment", choices=("eda",),
+                   help="eda: each epoch, each training text is kept or rewritten by one of synonym replacement, "
+                        "random insertion, swap or deletion (synonyms: nearest whole words in the model's input "
+                        "embeddings); dev and test are never augmented; classify")
+    g.add_argument("--augment-rate", type=float, default=0.1, metavar="RATE",
+                   help="share of a text's words an EDA operation changes (default 0.1)")
 
 
 def add_multitask_flags(p) -> None:
@@ -164,7 +183,8 @@ def run(args) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
         eval_every=args.eval_every, patience=args.patience, checkpoint_every=args.checkpoint_every, seed=args.seed,
-        log_to=tuple(dict.fromkeys(args.log)),
+        log_to=tuple(dict.fromkeys(args.log)), adversarial=args.adversarial, adv_epsilon=args.adv_epsilon,
+        adv_steps=args.adv_steps, augment=args.augment, augment_rate=args.augment_rate,
     )
     config.validate()
     if args.task == MULTI:
@@ -195,7 +215,8 @@ def run_multitask(args, config) -> int:
     from slimtune.runs.multitask import MultiTrainRequest, describe, train_multitask
     from slimtune.tasks.multitask.specs import parse_task_specs, parse_weights
 
-    given = [flag for flag, value in (("--train", args.train), ("--dev", args.dev), ("--text-col", args.text_col),
+    given = [flag for flag, value in (("--adversarial", args.adversarial), ("--augment", args.augment),
+                                      ("--train", args.train), ("--dev", args.dev), ("--text-col", args.text_col),
                                       ("--label-col", args.label_col), ("--scheme", args.scheme),
                                       ("--init-adapter", args.init_adapter),
                                       ("--few-shot", args.few_shot != "auto")) if value]

@@ -21,7 +21,7 @@ LABEL_COLUMNS = ("label", "labels")
 @dataclass(frozen=True)
 class LabelledText:
     text: str
-    label: str | None
+    label: str | tuple[str, ...] | None  # a tuple: the label set of a multi-label row (`read_label_sets`)
     source: str = ""  # file and line, so later errors (an unknown label) can point at the row
     line: int = 0
 
@@ -52,6 +52,24 @@ def _label_string(value, path, line: int) -> str:
     return label
 
 
+LABEL_SEPARATOR = "|"  # between the labels of a multi-label row in TSV and CSV (JSONL may give a list)
+
+
+def _label_set(value, path, line: int) -> tuple[str, ...]:
+    """A multi-label row's labels, sorted and without repeats: a JSON list, or one string "a|b" ("" for none)."""
+    if isinstance(value, list):
+        labels = [_label_string(v, path, line) for v in value]
+    elif isinstance(value, str):
+        labels = [part.strip() for part in value.split(LABEL_SEPARATOR)]
+        if any(not label for label in labels) and value.strip():
+            raise SlimtuneError(f"{path}:{line}: empty label in {value!r} (labels are separated by "
+                                f"{LABEL_SEPARATOR!r})")
+        labels = [label for label in labels if label]
+    else:
+        labels = [_label_string(value, path, line)]
+    return tuple(sorted(set(labels)))
+
+
 def _check_text(text, path, line: int) -> str:
     if not isinstance(text, str):
         raise SlimtuneError(f"{path}:{line}: text {text!r} is not a string")
@@ -60,19 +78,19 @@ def _check_text(text, path, line: int) -> str:
     return text
 
 
-def _read_delimited(path, delimiter: str, text_col, label_col) -> list[LabelledText]:
+def _read_delimited(path, delimiter: str, text_col, label_col, parse_label) -> list[LabelledText]:
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     if csv.field_size_limit() < FIELD_LIMIT:
         csv.field_size_limit(FIELD_LIMIT)
     with open_text(path) as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         try:
-            return _delimited_rows(path, reader, text_col, label_col)
+            return _delimited_rows(path, reader, text_col, label_col, parse_label)
         except csv.Error as e:
             raise SlimtuneError(f"{path}:{reader.line_num}: {e}") from None
 
 
-def _delimited_rows(path, reader, text_col, label_col) -> list[LabelledText]:
+def _delimited_rows(path, reader, text_col, label_col, parse_label) -> list[LabelledText]:
     try:
         header = next(reader)
     except StopIteration:
@@ -91,13 +109,13 @@ def _delimited_rows(path, reader, text_col, label_col) -> list[LabelledText]:
             )
         rows.append(
             LabelledText(
-                _check_text(fields[t], path, line), _label_string(fields[l], path, line), str(path), line
+                _check_text(fields[t], path, line), parse_label(fields[l], path, line), str(path), line
             )
         )
     return rows
 
 
-def _read_jsonl(path, text_col, label_col) -> list[LabelledText]:
+def _read_jsonl(path, text_col, label_col, parse_label) -> list[LabelledText]:
     rows, text_name, label_name = [], None, None
     with open_text(path) as f:
         for line, raw in enumerate(f, start=1):
@@ -115,7 +133,7 @@ def _read_jsonl(path, text_col, label_col) -> list[LabelledText]:
             rows.append(
                 LabelledText(
                     _check_text(record[text_name], path, line),
-                    _label_string(record[label_name], path, line),
+                    parse_label(record[label_name], path, line),
                     str(path),
                     line,
                 )
@@ -123,15 +141,18 @@ def _read_jsonl(path, text_col, label_col) -> list[LabelledText]:
     return rows
 
 
-def read_labelled_texts(path: str | Path, text_col: str | None = None, label_col: str | None = None):
-    """Rows of (text, label) from a TSV, CSV or JSONL file (optionally `.gz`)."""
+def read_labelled_texts(path: str | Path, text_col: str | None = None, label_col: str | None = None,
+                        label_sets: bool = False):
+    """Rows of (text, label) from a TSV, CSV or JSONL file (optionally `.gz`); with `label_sets`, each row's label
+    is a tuple of labels: "a|b" in any format, or a JSON list in JSONL."""
     fmt = data_format(path)
+    parse_label = _label_set if label_sets else _label_string
     if fmt == "tsv":
-        rows = _read_delimited(path, "\t", text_col, label_col)
+        rows = _read_delimited(path, "\t", text_col, label_col, parse_label)
     elif fmt == "csv":
-        rows = _read_delimited(path, ",", text_col, label_col)
+        rows = _read_delimited(path, ",", text_col, label_col, parse_label)
     elif fmt == "jsonl":
-        rows = _read_jsonl(path, text_col, label_col)
+        rows = _read_jsonl(path, text_col, label_col, parse_label)
     else:
         raise SlimtuneError(f"{path}: unknown data format {Path(path).suffix!r}; use .tsv, .csv or .jsonl")
     if not rows:

@@ -10,7 +10,7 @@ class HeadOnly(Method):
     summary = "train only the task head (and the pooler when the model pools through it)"
     mergeable = True  # nothing wraps the base, so there is nothing to fold
     default_lr = 1e-2  # measured: docs/results.md, "Choosing the defaults"
-    tasks = ("classify", "ner")
+    tasks = ("classify", "ner", "multilabel")
     tasks_reason = ("causal-lm keeps the LM head frozen (in SmolLM2 and many small LMs it is the input embedding "
                     "matrix, tied), so head-only tuning would train nothing; use lora or another method")
 

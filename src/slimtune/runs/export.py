@@ -11,7 +11,7 @@ import torch
 
 from slimtune.atomic import write_json, write_safetensors
 from slimtune.errors import SlimtuneError
-from slimtune.tasks.base import CLASSIFICATION, GENERATION, TAGGING
+from slimtune.tasks.base import CLASSIFICATION, GENERATION, MULTI_LABEL, TAGGING
 
 HEAD_USAGE = (
     "model = transformers.AutoModel.from_pretrained(dir); h = model(**batch).last_hidden_state; "
@@ -20,7 +20,7 @@ HEAD_USAGE = (
 )
 
 
-def _classifier(loaded, out: Path) -> None:
+def _classifier(loaded, out: Path, head_notes: dict | None = None) -> None:
     """The encoder in transformers format, plus the pooling and head it needs (see HEAD_USAGE)."""
     backbone = loaded.model.backbone
     backbone.config.id2label = dict(enumerate(loaded.labels))
@@ -30,7 +30,13 @@ def _classifier(loaded, out: Path) -> None:
     linear = loaded.model.head[-1]
     write_safetensors(out / "classifier_head.safetensors", {"weight": linear.weight, "bias": linear.bias})
     write_json(out / "classifier_head.json",
-               {"pooling": loaded.model.pooling, "labels": loaded.labels, "usage": HEAD_USAGE})
+               {"pooling": loaded.model.pooling, "labels": loaded.labels, "usage": HEAD_USAGE, **(head_notes or {})})
+
+
+def _multi_label_classifier(loaded, out: Path) -> None:
+    """As `_classifier`, the head read through a sigmoid: each label whose probability reaches the threshold."""
+    _classifier(loaded, out, {"activation": "sigmoid", "threshold": loaded.config.get("threshold", 0.5),
+                              "multi_label": "labels = those where sigmoid(logits) >= threshold"})
 
 
 def _token_classifier(loaded, out: Path) -> None:
@@ -61,7 +67,8 @@ def _causal_lm(loaded, out: Path) -> None:
     loaded.backbone.tokenizer.save_pretrained(out)
 
 
-EXPORTS = {CLASSIFICATION: _classifier, TAGGING: _token_classifier, GENERATION: _causal_lm}
+EXPORTS = {CLASSIFICATION: _classifier, TAGGING: _token_classifier, GENERATION: _causal_lm,
+           MULTI_LABEL: _multi_label_classifier}
 
 
 def save_merged(loaded, out_dir) -> None:

@@ -83,6 +83,7 @@ def build_view_model(run: RunDirectory, view: TaskView, backbone: Backbone) -> t
     """One task view of `run` built on `backbone`: method options and size checked before any allocation."""
     config = view.config
     task = get_task(config.task)
+    task.use_settings(view.data)
     method = create_method(config.method, run.method_options())
     task.check_method(method)
     check_size(run, method, backbone.model)

@@ -50,6 +50,7 @@ class RunConfig(_Strict):
     max_length: Annotated[StrictInt, Field(ge=1, le=10_000_000)] | None = None
     labels: Labels | None = None
     scheme: Literal[SCHEMES] | None = None
+    threshold: Annotated[StrictFloat, Field(gt=0, lt=1)] | None = None  # multilabel: tuned on dev
     inference_int8: Literal["int8"] | None = None
     base_int8: Literal["int8"] | None = None
     quantize: Literal["int8"] | None = None  # inference_int8 before 0.2

@@ -7,6 +7,8 @@ from pathlib import Path
 import yaml
 
 from slimtune.atomic import write_json, write_text
+from slimtune.data.eda import EmbeddingSynonyms
+from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
 from slimtune.ownership import work_dir_for
@@ -17,6 +19,7 @@ from slimtune.runs.prepare import build_run, check_output_dir, prepare_training,
 from slimtune.runs.run_commit import commit_run, config_settings, data_identity, open_work_dir
 from slimtune.tasks import get_task
 from slimtune.training import distributed, small_data
+from slimtune.training.augmented_batches import AugmentedBatches
 from slimtune.training.contrastive import ContrastiveConfig, encoder_parameters, fit_contrastive
 from slimtune.training.trainer import TrainConfig
 
@@ -58,6 +61,14 @@ class PeakMemory:
         self.peak = max(self.peak, self.process.memory_info().rss)
 
 
+def check_task_options(task, config: TrainConfig) -> None:
+    """--adversarial and --augment only where the task can take them."""
+    if config.adversarial and not task.adversarial:
+        raise SlimtuneError(f"--adversarial does not apply to task {task.name}")
+    if config.augment and not task.augmentable:
+        raise SlimtuneError(f"--augment does not apply to task {task.name}")
+
+
 class SingleTask:
     """The `RunKind` of a one-task run."""
 
@@ -67,6 +78,7 @@ class SingleTask:
         self.initial = read_initial_adapter(request) if request.init_adapter else None
 
     def create_method(self):
+        check_task_options(self.task, self.request.config)
         method = create_method(self.request.method, self.request.options, self.task.name)
         self.task.check_method(method)
         return method
@@ -92,12 +104,14 @@ class SingleTask:
         return self.params
 
     def encode(self, backbone):
+        self.backbone = backbone  # the tokenizer and embeddings of --augment
         self.features = tuple(self.task.encode(rows, backbone.tokenizer, self.labels, backbone.max_length)
                               if rows else [] for rows in (self.train_rows, self.dev_rows))
         return self.features
 
     def batch_source(self, train_features, config: TrainConfig, pad_id: int):
-        """Batches by the recipe the data size calls for (training/small_data.py), chosen and reported here."""
+        """Batches by the recipe the data size calls for (training/small_data.py), chosen and reported here;
+        with --augment, each epoch's rows rewritten (data/eda.py) in batches of the recipe's size."""
         r, dev_features = self.request, self.features[1]
         self.recipe = small_data.choose_recipe(
             r.few_shot, self.given_rows, small_data.sentence_level(train_features),
@@ -106,6 +120,12 @@ class SingleTask:
         config.batch_size = self.recipe.batch_size
         if distributed.from_environment().is_main:
             print(self.recipe.line(), file=sys.stderr)
+        if config.augment:
+            b = self.backbone
+            synonyms = EmbeddingSynonyms(b.tokenizer, b.model.get_input_embeddings().weight)
+            return AugmentedBatches(self.train_rows, lambda rows: self.task.encode(rows, b.tokenizer, self.labels,
+                                                                                   b.max_length),
+                                    synonyms, config.augment_rate, config.batch_size, config.seed, pad_id)
         return small_data.RepeatedPasses(train_features, config.batch_size, config.seed, pad_id,
                                          self.recipe.passes_per_epoch)
 
@@ -141,6 +161,11 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
                           built.backbone.tokenizer.pad_token_id, kind.labels, cfg.batch_size)
     if chance and ranks.is_main:
         print(f"warning: {chance}", file=sys.stderr)
+    if prepared.dev_features:  # settings chosen on dev after training (multilabel's threshold)
+        tuned = task.tuned_settings(lambda: trainer.evaluation_outputs(prepared.dev_features), prepared.dev_features,
+                                    kind.labels)
+        config.update(tuned)
+        summary.update(tuned)
     built.model.cpu()
     summary.update(built.parameter_counts)
     summary.update(model_weight_bytes=built.model_weight_bytes, train_peak_rss_bytes=peak_rss.peak,

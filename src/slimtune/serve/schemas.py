@@ -87,6 +87,11 @@ class ClassPrediction(BaseModel):
     scores: dict[str, float]
 
 
+class LabelSetPrediction(BaseModel):
+    labels: list[str] = Field(description="the labels whose probability reaches the adapter's tuned threshold")
+    scores: dict[str, float]
+
+
 class Entity(BaseModel):
     type: str
     start: int = Field(description="character offset where the entity starts (a Python slice of the text)")
@@ -104,7 +109,7 @@ class EntityPrediction(BaseModel):
 class PredictResponse(BaseModel):
     adapter: str
     task: str
-    outputs: list[ClassPrediction | EntityPrediction] = Field(description="one per input, in order")
+    outputs: list[ClassPrediction | EntityPrediction | LabelSetPrediction] = Field(description="one per input, in order")
 
 
 class GeneratedText(BaseModel):

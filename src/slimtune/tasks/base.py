@@ -16,6 +16,7 @@ from slimtune.data.batching import LABEL_PAD
 from slimtune.errors import SlimtuneError
 
 CLASSIFICATION, TAGGING, GENERATION = "classification", "tagging", "generation"  # what a task's predictions are
+MULTI_LABEL = "multi-label"  # a set of labels per text
 
 
 def refuse_options(task_name: str, options: dict) -> None:
@@ -54,6 +55,8 @@ class Task(ABC):
     primary_metric: str  # higher is better; drives early stopping and best-weight selection
     kind: str  # CLASSIFICATION, TAGGING or GENERATION
     mixable: bool = False  # can share one encoder base with other tasks in a multi-task run
+    adversarial: bool = False  # can train with input-embedding perturbations (--adversarial)
+    augmentable: bool = False  # its rows are texts EDA can rewrite (--augment): `row.text`, replaced by dataclasses
 
     @property
     def generates_text(self) -> bool:
@@ -81,6 +84,14 @@ class Task(ABC):
     def run_settings(self, train_rows: list) -> dict:
         """What else adapter_config.json must record to use the adapter later (e.g. a tag scheme)."""
         return {}
+
+    def tuned_settings(self, dev_outputs: Callable[[], list], features: list[dict], labels: list[str]) -> dict:
+        """Settings tuned on the trained model's outputs on the dev `features` (a decision threshold), recorded
+        in adapter_config.json beside `run_settings`; `dev_outputs()` computes those outputs when needed."""
+        return {}
+
+    def use_settings(self, config: dict) -> None:
+        """Take up what a loaded adapter's config recorded (run_settings, tuned_settings) before scoring."""
 
     @abstractmethod
     def encode(self, rows: list, tokenizer, labels: list[str], max_length: int) -> list[dict]:
@@ -150,6 +161,8 @@ class Task(ABC):
 
 class LabellingTask(Task):
     """A task whose predictions label the input: features from texts, one forward pass, labels decoded."""
+
+    adversarial = True
 
     @abstractmethod
     def encode_texts(self, texts: list[str], tokenizer, max_length: int) -> list[dict]:

@@ -24,6 +24,7 @@ class ClassificationTask(LabellingTask):
     primary_metric = "accuracy"
     kind = CLASSIFICATION
     mixable = True
+    augmentable = True
 
     def read(self, path, text_col=None, label_col=None, label_names=None, **options):
         refuse_options(self.name, options)

@@ -22,6 +22,8 @@ from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.progress import note, progress_bar
 from slimtune.tasks.base import Objective
+from slimtune.data.eda import AUGMENTATIONS
+from slimtune.training.adversarial import AdversarialConfig, Adversary
 from slimtune.training.batch_source import BatchSource, FeatureBatches
 from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
 from slimtune.training.distributed import Ranks
@@ -43,6 +45,14 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 42
     log_to: tuple[str, ...] = ()  # experiment logs beside metrics.jsonl (training/loggers.py)
+    adversarial: str | None = None  # "fgm" or "pgd": adversarial training on the input embeddings (adversarial.py)
+    adv_epsilon: float = 0.1
+    adv_steps: int = 3
+    augment: str | None = None  # "eda": training texts augmented afresh each epoch (training/augmented_batches.py)
+    augment_rate: float = 0.1
+
+    def adversarial_config(self) -> AdversarialConfig | None:
+        return AdversarialConfig(self.adversarial, self.adv_epsilon, self.adv_steps) if self.adversarial else None
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
@@ -58,6 +68,12 @@ class TrainConfig:
                 raise SlimtuneError(f"--{name.replace('_', '-')} must be a finite number, at least 0, got {value}")
         if not (math.isfinite(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1):
             raise SlimtuneError(f"--warmup-ratio must be in [0, 1], got {self.warmup_ratio}")
+        if self.adversarial:
+            self.adversarial_config().validate()
+        if self.augment not in (None, *AUGMENTATIONS):
+            raise SlimtuneError(f"unknown --augment {self.augment!r}; choose from {list(AUGMENTATIONS)}")
+        if not (math.isfinite(self.augment_rate) and 0 < self.augment_rate <= 1):
+            raise SlimtuneError(f"--augment-rate must be in (0, 1], got {self.augment_rate}")
 
 
 def linear_warmup_then_decay(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
@@ -94,6 +110,8 @@ class Trainer:
         self.run_settings: dict = {}  # what determines the run: saved with each checkpoint (see runs/run_commit.py)
         self.checkpoint_dir = self.run_dir / "checkpoint"
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        adversarial = config.adversarial_config()
+        self.adversary = Adversary.for_model(adversarial, model) if adversarial else None
 
     def _optimizer(self):
         shared_lr = [p for p in self.params if id(p) not in self.own_lr]
@@ -146,11 +164,14 @@ class Trainer:
                                 f"settings ({type(e).__name__}: {first})") from None
         return progress, best_state
 
+    def evaluation_outputs(self, dev_features) -> list:
+        """The model's outputs on dev; with several ranks each computes its share and all get every output."""
+        return self.task.gathered_outputs(self.model, dev_features, self.pad_id, self.config.batch_size * 2,
+                                          self._on_shares)
+
     def evaluate(self, dev_features) -> dict:
-        """Dev metrics; with several ranks each runs its share of the rows and all score the gathered outputs."""
-        outputs = self.task.gathered_outputs(self.model, dev_features, self.pad_id, self.config.batch_size * 2,
-                                             self._on_shares)
-        return self.task.score(outputs, dev_features, self.labels)
+        """Dev metrics, scored from `evaluation_outputs`."""
+        return self.task.score(self.evaluation_outputs(dev_features), dev_features, self.labels)
 
     def _on_shares(self, rows: list, compute: Callable[[list], list]) -> list:
         """`compute` of all `rows`: each rank computes its share, then every rank has all the outputs in order."""
@@ -270,13 +291,22 @@ class Trainer:
         units, batch_units = self.task.loss_units(share), self.task.loss_units(rows)
         batch = to_device(source.collate(share or rows[:1]), self.ranks.device)
         skip_sync = not sync and training_model is not self.model
+        def loss_of(model) -> torch.Tensor:
+            logits = model(**batch)
+            return self.task.batch_loss(logits, batch) if units else logits.sum() * 0.0
+
         with training_model.no_sync() if skip_sync else contextlib.nullcontext():
-            logits = training_model(**batch)
-            loss = self.task.batch_loss(logits, batch) if units else logits.sum() * 0.0
-            total = loss * self.ranks.loss_scale(units, batch_units)
-            extra = self.method.extra_loss(self.model.backbone)
-            total = total + extra if extra is not None else total
-            (total / group_size).backward()
+            scale = self.ranks.loss_scale(units, batch_units)
+            if self.adversary is not None:
+                extra = self.method.extra_loss(self.model.backbone)
+                loss = self.adversary.backward(training_model, self.model, loss_of, scale / group_size,
+                                               batch["attention_mask"], extra / group_size if extra is not None else None)
+            else:
+                loss = loss_of(training_model)
+                total = loss * scale
+                extra = self.method.extra_loss(self.model.backbone)
+                total = total + extra if extra is not None else total
+                (total / group_size).backward()
         return self.ranks.sum(loss.item() * (units / batch_units))
 
     def _evaluate_and_track(self, dev_features, progress: Progress, best_state: dict) -> dict:

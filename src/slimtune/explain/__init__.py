@@ -1,0 +1,1 @@
+"""`slimtune explain`: which input tokens a prediction rests on (Integrated Gradients, through captum)."""
