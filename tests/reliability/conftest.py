@@ -44,9 +44,10 @@ def refuses(capsys):
 
 
 def train_args(model: str, train: str, out, *extra) -> list[str]:
-    """A tiny, fast `slimtune train` command line on the tiny model."""
+    """A tiny, fast `slimtune train` command line on the tiny model, with the standard recipe (its few dozen rows
+    would otherwise take the small-data one, which these checkpoint and resume checks are not about)."""
     return ["train", "--task", "classify", "--method", "lora", "--model", model, "--train", train,
-            "--out", str(out), "--epochs", "1", "--batch-size", "8", "--set", "r=2", *extra]
+            "--out", str(out), "--epochs", "1", "--batch-size", "8", "--set", "r=2", "--few-shot", "off", *extra]
 
 
 @pytest.fixture(scope="session")

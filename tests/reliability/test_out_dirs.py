@@ -26,7 +26,7 @@ def run(tiny_model, data, tmp_path_factory):
 
 def _train(tiny_model, data, out, *flags) -> list[str]:
     return ["train", "--method", "lora", "--model", tiny_model, "--train", data["train"], "--dev", data["dev"],
-            "--out", str(out), "--epochs", "1", "--batch-size", "8", "--set", "r=2", *flags]
+            "--out", str(out), "--epochs", "1", "--batch-size", "8", "--set", "r=2", "--few-shot", "off", *flags]
 
 
 def _error(capsys, argv) -> str:
@@ -75,7 +75,7 @@ def test_an_interrupted_run_is_neither_lost_nor_silently_restarted(tiny_model, d
 
     out = tmp_path / "run"
     request = TrainRequest(task="classify", method="lora", train_path=data["train"], dev_path=data["dev"],
-                           out_dir=str(out), model=tiny_model, options={"r": "2"},
+                           out_dir=str(out), model=tiny_model, options={"r": "2"}, few_shot="off",
                            config=TrainConfig(epochs=1, batch_size=8, checkpoint_every=1))
     with pytest.raises(Interrupt):
         train(request, step_callbacks=[interrupt_at(2)])

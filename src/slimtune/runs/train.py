@@ -84,11 +84,15 @@ class SingleTask:
         return method
 
     def read(self, seed: int) -> None:
-        r = self.request
-        self.train_rows, self.dev_rows = read_split(  # small data: no dev carved from a few dozen rows
-            self.task, r.train_path, r.dev_path, r.read_options, r.dev_fraction, r.max_train_examples, seed,
-            carve_dev=lambda n_rows: not small_data.is_small(n_rows, r.few_shot))
-        self.given_rows = len(self.train_rows)  # what the small-data recipe is sized by
+        r, given = self.request, {}
+
+        def carve_dev(n_rows: int) -> bool:  # small data: no dev carved from a few dozen rows
+            given["rows"] = n_rows
+            return not small_data.is_small(n_rows, r.few_shot)
+
+        self.train_rows, self.dev_rows = read_split(self.task, r.train_path, r.dev_path, r.read_options,
+                                                    r.dev_fraction, r.max_train_examples, seed, carve_dev)
+        self.given_rows = given.get("rows", len(self.train_rows))  # what the small-data recipe is sized by
         self.labels = self.task.label_names(self.train_rows)
         if self.initial:
             self.labels = self.initial.check_labels(self.labels)
