@@ -214,3 +214,23 @@ def apply_threads(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads or default_threads())
+
+
+BACKEND_CHOICES = ("pytorch", "onnxruntime", "onnxruntime-int8")  # slimtune.runs.onnx_export.BACKENDS
+
+
+def add_backend_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="pytorch",
+                        help="run the model with PyTorch, or export it (merged, with its head) to ONNX and run it "
+                             "with ONNX Runtime in fp32 or dynamic int8 (classify and ner; extra `onnx`)")
+
+
+def apply_backend(loaded, args) -> None:
+    """Switch `loaded` to --backend; ONNX Runtime's int8 and PyTorch's --inference-int8 exclude each other."""
+    if args.backend == "pytorch":
+        return
+    if getattr(args, "inference_int8", None):
+        raise SlimtuneError("--inference-int8 is PyTorch's int8; with ONNX Runtime use --backend onnxruntime-int8")
+    from slimtune.runs.onnx_export import use_backend
+
+    use_backend(loaded, args.backend)
