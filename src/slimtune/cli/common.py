@@ -122,7 +122,8 @@ def load_model_or_adapter(args):
 
 # Numeric flags that mean a count (at least 1) or an amount (at least 0), whichever command has them.
 POSITIVE_FLAGS = ("max_train_examples", "max_length", "batch_size", "epochs", "grad_accum", "seeds",
-                  "examples", "threads", "max_batch_size", "max_inputs", "max_chars", "max_new_tokens")
+                  "examples", "threads", "max_batch_size", "max_inputs", "max_chars", "max_new_tokens",
+                  "max_batch_tokens")
 NON_NEGATIVE_FLAGS = ("eval_every", "checkpoint_every", "patience", "grad_clip", "weight_decay", "warmup_ratio",
                       "top_k", "heads", "neurons", "max_wait_ms", "temperature", "loss_weights_lr")
 
