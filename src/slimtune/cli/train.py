@@ -52,7 +52,7 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
     p.add_argument("--seed", type=int, default=42, help="seeds data order, splits, initialisation and dropout")
     p.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per optimizer step")
-    p.add_argument("--max-batch-tokens", type=int, default=2048, metavar="N",
+    p.add_argument("--max-batch-tokens", type=int, default=1024, metavar="N",
                    help="padded tokens per forward pass: a longer batch runs in pieces with the same gradient, "
                         "bounding memory by N rather than by the batch's longest texts")
     p.add_argument("--warmup-ratio", type=float, default=0.06, help="share of the steps spent warming up the lr")

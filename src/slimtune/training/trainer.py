@@ -32,7 +32,7 @@ def token_pieces(rows: list[dict], budget: int) -> list[list[dict]]:
     """`rows` cut in order into pieces of at most `budget` padded tokens (rows × the piece's longest row), at least
     one row each. Activations kept for backward grow with a forward pass's padded tokens (about 0.35 MB a token
     for MiniLM with LoRA on every linear layer): CoNLL's longest length-grouped batch, 32 × 164 tokens, took 1.9 GB
-    at once, where the budget of 2048 bounds it near SST-2's longest batch."""
+    at once. Pieces of 512 to 2048 tokens trained at the same speed on this CPU (docs/results.md)."""
     pieces, piece, longest = [], [], 0
     for row in rows:
         longest_with_row = max(longest, len(row["input_ids"]))
@@ -59,7 +59,7 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 42
     log_to: tuple[str, ...] = ()  # experiment logs beside metrics.jsonl (training/loggers.py)
-    max_batch_tokens: int = 2048  # padded tokens per forward pass: a longer batch runs in pieces (`token_pieces`)
+    max_batch_tokens: int = 1024  # padded tokens per forward pass: a longer batch runs in pieces (`token_pieces`)
 
     def validate(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum", "max_batch_tokens"):
