@@ -117,6 +117,10 @@ def test_bad_inputs_give_one_clear_line(exported, tmp_path, capsys):
     (tmp_path / "taken" / "mine.txt").write_text("not slimtune's")
     assert _error(capsys, ["export", "--adapter", str(run), "--format", "onnx", "--out", str(tmp_path / "taken")])
     assert (tmp_path / "taken" / "mine.txt").read_text() == "not slimtune's"
+    assert main(["quantize", "--adapter", str(run), "--out", str(tmp_path / "int8")]) == 0
+    capsys.readouterr()
+    assert "slimtune quantize" in _error(capsys, ["predict", "--adapter", str(tmp_path / "int8"), "--backend",
+                                                  "onnxruntime", "good"])
     (tmp_path / "broken.onnx").write_bytes(b"not onnx")
     with pytest.raises(SlimtuneError, match="not a model ONNX Runtime can run"):
         OnnxRuntimeModel(tmp_path / "broken.onnx")

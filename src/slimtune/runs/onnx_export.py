@@ -14,7 +14,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.models.onnx_runtime import (OUTPUT_NAME, OnnxRuntimeModel, export_onnx, quantize_onnx_int8, require_onnx,
                                           sample_batch)
 from slimtune.models.surgery import unwrap
-from slimtune.runs.int8_keys import base_int8_of
+from slimtune.runs.int8_keys import base_int8_of, inference_int8_of
 from slimtune.tasks.base import GENERATION, TAGGING
 
 BACKENDS = ("pytorch", "onnxruntime", "onnxruntime-int8")
@@ -30,6 +30,9 @@ def _export_loaded(loaded, path: Path) -> list[str]:
     if base_int8_of(loaded.config):
         raise SlimtuneError("this adapter was trained on an int8 base, which has no ONNX form; retrain without "
                             "--base-int8 (ONNX Runtime's own int8 is --backend onnxruntime-int8)")
+    if inference_int8_of(loaded.config):
+        raise SlimtuneError("this adapter is a `slimtune quantize` output, already in PyTorch's int8; give the fp32 "
+                            "run it was made from (ONNX Runtime's own int8 is --backend onnxruntime-int8)")
     if loaded.method is not None and loaded.method.mergeable:
         loaded.method.merge(loaded.model.backbone)
         unwrap(loaded.model.backbone)
