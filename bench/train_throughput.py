@@ -3,7 +3,12 @@
 Both train the bundled all-MiniLM-L6-v2 with LoRA (same data, batch size, rank,
 targets, learning rate, epochs) and are scored on the same held-out split.
 The peer follows its usual recipe: AutoModelForSequenceClassification (CLS
-pooler), peft.get_peft_model, transformers.Trainer with dynamic padding.
+pooler), peft.get_peft_model, transformers.Trainer with dynamic padding, run twice: with
+its default random batches and with length-grouped batches (train_sampling_strategy
+"group_by_length", as slimtune batches). The same run measures the machine's fp32 GEMM
+peak (the FFN's matmul shape, best of several) and reports each trainer's share of it,
+counting 4 FLOPs per frozen linear weight per token (forward, and the input gradient in
+backward; frozen weights get no weight gradient) plus 6 per trained one.
 
     python bench/train_throughput.py                     # 8,000 SST-2 sentences, 1 epoch
     python bench/train_throughput.py --train-examples 1000
@@ -30,10 +35,10 @@ def run_slimtune(args, out_dir: str) -> dict:
         max_train_examples=args.train_examples, config=config,
         options={"r": str(args.r), "alpha": str(args.alpha), "targets": args.targets}))
     return {"examples_per_second": summary["examples_per_second"], "seconds": summary["train_seconds"],
-            "accuracy": summary["best_dev_accuracy"]}
+            "accuracy": summary["best_dev_accuracy"], "tokens_per_second": summary["tokens_per_second"]}
 
 
-def run_peft(args, out_dir: str) -> dict:
+def run_peft(args, out_dir: str, sampling: str = "random") -> dict:
     import random
 
     import numpy as np
@@ -64,7 +69,8 @@ def run_peft(args, out_dir: str) -> dict:
         output_dir=out_dir, per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
         learning_rate=args.lr, num_train_epochs=args.epochs, warmup_steps=int(0.06 * total_steps), weight_decay=0.01,
         lr_scheduler_type="linear", eval_strategy="no", save_strategy="no", logging_strategy="no",
-        report_to=[], seed=args.seed, disable_tqdm=True, use_cpu=True, dataloader_num_workers=0)
+        report_to=[], seed=args.seed, disable_tqdm=True, use_cpu=True, dataloader_num_workers=0,
+        train_sampling_strategy=sampling)
     trainer = Trainer(model=model, args=training_args, train_dataset=encode(rows),
                       data_collator=DataCollatorWithPadding(tokenizer))
     started = time.perf_counter()
@@ -72,7 +78,33 @@ def run_peft(args, out_dir: str) -> dict:
     seconds = time.perf_counter() - started
     predictions = trainer.predict(encode(test_rows))
     accuracy = float((np.argmax(predictions.predictions, -1) == predictions.label_ids).mean())
-    return {"examples_per_second": len(rows) * args.epochs / seconds, "seconds": seconds, "accuracy": accuracy}
+    tokens = sum(len(r["input_ids"]) for r in encode(rows)) * args.epochs
+    return {"examples_per_second": len(rows) * args.epochs / seconds, "seconds": seconds, "accuracy": accuracy,
+            "tokens_per_second": tokens / seconds}
+
+
+def gemm_peak_flops(repeats: int = 20) -> float:
+    """The machine's fp32 matmul FLOP/s now, on the shape of MiniLM's FFN for a batch of 32 x 32 tokens."""
+    a, b = torch.randn(1024, 384), torch.randn(384, 1536)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = min(best, (time.perf_counter() - started) / 10)
+    return 2 * 1024 * 384 * 1536 / best
+
+
+def flops_per_token() -> float:
+    """Training FLOPs per token of MiniLM with LoRA r=8 on query/value: 4 per frozen linear weight, about 6 per
+    trained one (negligible), attention scores ignored (short sentences)."""
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(resolve_model_path(None))
+    linear = sum(m.weight.numel() for n, m in model.named_modules()
+                 if isinstance(m, torch.nn.Linear) and ".layer." in n)
+    return 4.0 * linear
 
 
 def main() -> None:
@@ -91,13 +123,22 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; LoRA r={args.r} on {args.targets}, "
           f"lr {args.lr:g}, batch {args.batch_size}, {args.train_examples} examples x {args.epochs} epoch(s)")
+    peak = gemm_peak_flops()
     with tempfile.TemporaryDirectory() as ours_dir, tempfile.TemporaryDirectory() as peer_dir:
         ours = run_slimtune(args, ours_dir)
-        peer = run_peft(args, peer_dir)
-    print("| trainer | examples/s | train s | held-out accuracy |\n|---|---|---|---|")
-    for name, r in (("slimtune", ours), ("transformers + peft", peer)):
-        print(f"| {name} | {r['examples_per_second']:.1f} | {r['seconds']:.1f} | {r['accuracy']:.4f} |")
-    print(f"speed ratio slimtune / peft: {ours['examples_per_second'] / peer['examples_per_second']:.2f}x")
+        grouped = run_peft(args, f"{peer_dir}/grouped", "group_by_length")
+        default = run_peft(args, f"{peer_dir}/default")
+    peak = max(peak, gemm_peak_flops())  # measured before and after: the better is the machine's peak
+    per_token = flops_per_token()
+    print(f"fp32 GEMM peak measured: {peak / 1e9:.1f} GFLOP/s")
+    print("| trainer | examples/s | train s | held-out accuracy | share of GEMM peak |\n|---|---|---|---|---|")
+    rows = (("slimtune", ours), ("transformers + peft, length-grouped", grouped),
+            ("transformers + peft, default", default))
+    for name, r in rows:
+        print(f"| {name} | {r['examples_per_second']:.1f} | {r['seconds']:.1f} | {r['accuracy']:.4f} | "
+              f"{r['tokens_per_second'] * per_token / peak:.0%} |")
+    for name, r in rows[1:]:
+        print(f"speed ratio slimtune / ({name}): {ours['examples_per_second'] / r['examples_per_second']:.2f}x")
 
 
 if __name__ == "__main__":

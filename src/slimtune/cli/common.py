@@ -122,7 +122,8 @@ def load_model_or_adapter(args):
 
 # Numeric flags that mean a count (at least 1) or an amount (at least 0), whichever command has them.
 POSITIVE_FLAGS = ("max_train_examples", "max_length", "batch_size", "epochs", "grad_accum", "seeds",
-                  "examples", "threads", "max_batch_size", "max_inputs", "max_chars", "max_new_tokens")
+                  "examples", "threads", "max_batch_size", "max_inputs", "max_chars", "max_new_tokens",
+                  "max_batch_tokens")
 NON_NEGATIVE_FLAGS = ("eval_every", "checkpoint_every", "patience", "grad_clip", "weight_decay", "warmup_ratio",
                       "top_k", "heads", "neurons", "max_wait_ms", "temperature", "loss_weights_lr")
 
@@ -214,3 +215,23 @@ def apply_threads(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads or default_threads())
+
+
+BACKEND_CHOICES = ("pytorch", "onnxruntime", "onnxruntime-int8")  # slimtune.runs.onnx_export.BACKENDS
+
+
+def add_backend_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="pytorch",
+                        help="run the model with PyTorch, or export it (merged, with its head) to ONNX and run it "
+                             "with ONNX Runtime in fp32 or dynamic int8 (classify and ner; extra `onnx`)")
+
+
+def apply_backend(loaded, args) -> None:
+    """Switch `loaded` to --backend; ONNX Runtime's int8 and PyTorch's --inference-int8 exclude each other."""
+    if args.backend == "pytorch":
+        return
+    if getattr(args, "inference_int8", None):
+        raise SlimtuneError("--inference-int8 is PyTorch's int8; with ONNX Runtime use --backend onnxruntime-int8")
+    from slimtune.runs.onnx_export import use_backend
+
+    use_backend(loaded, args.backend)

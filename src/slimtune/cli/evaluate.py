@@ -4,7 +4,7 @@ import json
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import add_model_int8_flags, add_reader_flags, add_threads_flag
+    from slimtune.cli.common import add_backend_flag, add_model_int8_flags, add_reader_flags, add_threads_flag
 
     p = sub.add_parser("eval", help="evaluate an adapter on labelled data",
                        description="Evaluate a saved adapter: accuracy, macro-F1 and a per-class report "
@@ -19,6 +19,7 @@ def register(sub) -> None:
     p.add_argument("--max-length", type=int, help="without --adapter: token limit (longer examples are dropped)")
     p.add_argument("--batch-size", type=int, default=64)
     add_model_int8_flags(p)
+    add_backend_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object of metrics")
     add_reader_flags(p)
     add_threads_flag(p)
@@ -26,10 +27,11 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from slimtune.cli.common import load_model_or_adapter, reader_options
+    from slimtune.cli.common import apply_backend, load_model_or_adapter, reader_options
     from slimtune.cli.formatting import format_report
 
     loaded = load_model_or_adapter(args)
+    apply_backend(loaded, args)
     rows = loaded.task.read(args.data, **reader_options(args))
     features = loaded.task.encode(rows, loaded.backbone.tokenizer, loaded.labels, loaded.backbone.max_length)
     metrics = loaded.task.evaluate(loaded.model, features, loaded.backbone.tokenizer.pad_token_id,

@@ -5,7 +5,7 @@ import sys
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import INFERENCE_INT8_HELP, add_int8_flags, add_threads_flag
+    from slimtune.cli.common import INFERENCE_INT8_HELP, add_backend_flag, add_int8_flags, add_threads_flag
     from slimtune.data.tag_schemes import SCHEMES
 
     p = sub.add_parser("predict", help="predict labels for new texts",
@@ -24,6 +24,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     add_int8_flags(p, inference_help=INFERENCE_INT8_HELP, quantize_dest="inference_int8",
                    quantize_use="--inference-int8")
+    add_backend_flag(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per input")
     add_threads_flag(p)
     p.set_defaults(handler=run)
@@ -31,7 +32,7 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from slimtune.runs.adapter_files import load_adapter
-    from slimtune.cli.common import read_inputs
+    from slimtune.cli.common import apply_backend, read_inputs
     from slimtune.cli.formatting import format_prediction
     from slimtune.errors import SlimtuneError
 
@@ -42,11 +43,13 @@ def run(args) -> int:
         if args.texts or args.file:
             raise SlimtuneError("give either texts (or --file) or --conll-in, not both")
         loaded = load_adapter(args.adapter, args.model, args.inference_int8, args.task_name)
+        apply_backend(loaded, args)
         count = loaded.task.predict_file(loaded, args.conll_in, args.conll_out, args.batch_size, **options)
         print(f"tagged {count} sentences into {args.conll_out}", file=sys.stderr)
         return 0
     texts = read_inputs(args.texts, args.file)
     loaded = load_adapter(args.adapter, args.model, args.inference_int8, args.task_name)
+    apply_backend(loaded, args)
     for text, prediction in zip(texts, loaded.task.predict(loaded, texts, args.batch_size, **options)):
         if args.json:
             print(json.dumps({"text": text, **rounded(prediction)}))

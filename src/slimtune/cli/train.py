@@ -54,6 +54,9 @@ def register(sub) -> None:
     p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
     p.add_argument("--seed", type=int, default=42, help="seeds data order, splits, initialisation and dropout")
     p.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per optimizer step")
+    p.add_argument("--max-batch-tokens", type=int, default=1024, metavar="N",
+                   help="padded tokens per forward pass: a longer batch runs in pieces with the same gradient, "
+                        "bounding memory by N rather than by the batch's longest texts")
     p.add_argument("--warmup-ratio", type=float, default=0.06, help="share of the steps spent warming up the lr")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay of weight matrices")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
@@ -182,7 +185,8 @@ def run(args) -> int:
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, grad_accum=args.grad_accum,
-        eval_every=args.eval_every, patience=args.patience, checkpoint_every=args.checkpoint_every, seed=args.seed,
+        max_batch_tokens=args.max_batch_tokens, eval_every=args.eval_every, patience=args.patience,
+        checkpoint_every=args.checkpoint_every, seed=args.seed,
         log_to=tuple(dict.fromkeys(args.log)), adversarial=args.adversarial, adv_epsilon=args.adv_epsilon,
         adv_steps=args.adv_steps, augment=args.augment, augment_rate=args.augment_rate,
     )

@@ -19,7 +19,7 @@ def run_batches(
     was_training = model.training
     model.eval()
     lengths = [len(f["input_ids"]) for f in features]
-    device = next(model.parameters()).device
+    device = next(model.parameters(), torch.empty(0)).device  # no weights (ONNX Runtime): the CPU
     order = length_grouped_batches(lengths, batch_size, seed=0, epoch=0, shuffle=False)
     quiet = len(order) < MIN_BATCHES_SHOWN or os.environ.get("RANK", "0") != "0"
     try:

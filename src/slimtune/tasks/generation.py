@@ -14,6 +14,7 @@ import torch
 
 from slimtune.data.instructions import encode_text, prompt_text
 from slimtune.errors import SlimtuneError
+from slimtune.models.int8_base import dequantized_weights
 
 
 @dataclass
@@ -71,7 +72,8 @@ def generate_ids(model, prompts: list[list[int]], options: GenerationOptions, st
     was_training = model.training
     model.eval()
     try:
-        out = model.generate(ids.to(device), mask.to(device), generation_config=config, streamer=streamer)
+        with dequantized_weights(model):  # an int8 base: dequantised once per call, not per token
+            out = model.generate(ids.to(device), mask.to(device), generation_config=config, streamer=streamer)
     finally:
         model.train(was_training)
     new = []

@@ -30,6 +30,22 @@ from slimtune.training.distributed import Ranks
 from slimtune.training.loggers import open_loggers
 
 
+def token_pieces(rows: list[dict], budget: int) -> list[list[dict]]:
+    """`rows` cut in order into pieces of at most `budget` padded tokens (rows × the piece's longest row), at least
+    one row each. Activations kept for backward grow with a forward pass's padded tokens (about 0.35 MB a token
+    for MiniLM with LoRA on every linear layer): CoNLL's longest length-grouped batch, 32 × 164 tokens, took 1.9 GB
+    at once. Pieces of 512 to 2048 tokens trained at the same speed on this CPU (docs/results.md)."""
+    pieces, piece, longest = [], [], 0
+    for row in rows:
+        longest_with_row = max(longest, len(row["input_ids"]))
+        if piece and (len(piece) + 1) * longest_with_row > budget:
+            pieces.append(piece)
+            piece, longest_with_row = [], len(row["input_ids"])
+        piece.append(row)
+        longest = longest_with_row
+    return [*pieces, piece] if piece else pieces
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 3
@@ -45,6 +61,7 @@ class TrainConfig:
     log_every: int = 20
     seed: int = 42
     log_to: tuple[str, ...] = ()  # experiment logs beside metrics.jsonl (training/loggers.py)
+    max_batch_tokens: int = 1024  # padded tokens per forward pass: a longer batch runs in pieces (`token_pieces`)
     adversarial: str | None = None  # "fgm" or "pgd": adversarial training on the input embeddings (adversarial.py)
     adv_epsilon: float = 0.1
     adv_steps: int = 3
@@ -55,7 +72,7 @@ class TrainConfig:
         return AdversarialConfig(self.adversarial, self.adv_epsilon, self.adv_steps) if self.adversarial else None
 
     def validate(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum"):
+        for name in ("epochs", "batch_size", "grad_accum", "max_batch_tokens"):
             if getattr(self, name) < 1:
                 raise SlimtuneError(f"--{name.replace('_', '-')} must be at least 1")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
@@ -284,30 +301,40 @@ class Trainer:
     def _backward(self, training_model, source: BatchSource, rows: list[dict], group_size: int, sync: bool) -> float:
         """Gradients of this rank's share of the global batch `rows`; returns the global batch's mean loss.
 
-        DDP all-reduces gradients on every backward unless told not to; only the step's last micro-batch
-        (`sync`) needs it. An empty share (a last batch smaller than the world) still joins, with weight 0.
+        The share runs in pieces of at most `max_batch_tokens` padded tokens (`token_pieces`), each piece's mean
+        loss weighted by its share of the loss units, so the gradient is the share's mean loss's.
+        DDP all-reduces gradients on every backward unless told not to; only the step's last piece (`sync`)
+        needs it. An empty share (a last batch smaller than the world) still joins, with weight 0.
         """
         share = self.ranks.share(rows)
         units, batch_units = self.task.loss_units(share), self.task.loss_units(rows)
-        batch = to_device(source.collate(share or rows[:1]), self.ranks.device)
-        skip_sync = not sync and training_model is not self.model
-        def loss_of(model) -> torch.Tensor:
-            logits = model(**batch)
-            return self.task.batch_loss(logits, batch) if units else logits.sum() * 0.0
+        scale = self.ranks.loss_scale(units, batch_units)
+        pieces = token_pieces(share, self.config.max_batch_tokens) if share else [rows[:1]]
+        share_loss = 0.0
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            piece_units = self.task.loss_units(piece) if units else 0
+            weight = scale * (piece_units / units if units else 1.0)
+            batch = to_device(source.collate(piece), self.ranks.device)
+            skip_sync = not (sync and last) and training_model is not self.model
 
-        with training_model.no_sync() if skip_sync else contextlib.nullcontext():
-            scale = self.ranks.loss_scale(units, batch_units)
-            if self.adversary is not None:
-                extra = self.method.extra_loss(self.model.backbone)
-                loss = self.adversary.backward(training_model, self.model, loss_of, scale / group_size,
-                                               batch["attention_mask"], extra / group_size if extra is not None else None)
-            else:
-                loss = loss_of(training_model)
-                total = loss * scale
-                extra = self.method.extra_loss(self.model.backbone)
-                total = total + extra if extra is not None else total
-                (total / group_size).backward()
-        return self.ranks.sum(loss.item() * (units / batch_units))
+            def loss_of(model, batch=batch, piece_units=piece_units) -> torch.Tensor:
+                logits = model(**batch)
+                return self.task.batch_loss(logits, batch) if piece_units else logits.sum() * 0.0
+
+            extra = self.method.extra_loss(self.model.backbone) if last else None
+            with training_model.no_sync() if skip_sync else contextlib.nullcontext():
+                if self.adversary is not None:  # the clean and the perturbed pass, each backward (adversarial.py)
+                    loss = self.adversary.backward(training_model, self.model, loss_of, weight / group_size,
+                                                   batch["attention_mask"],
+                                                   extra / group_size if extra is not None else None)
+                else:
+                    loss = loss_of(training_model)
+                    total = loss * weight
+                    total = total + extra if extra is not None else total
+                    (total / group_size).backward()
+            share_loss += loss.item() * (piece_units / units if units else 0.0)
+        return self.ranks.sum(share_loss * (units / batch_units))
 
     def _evaluate_and_track(self, dev_features, progress: Progress, best_state: dict) -> dict:
         if not dev_features:  # small data without --dev: fixed steps, final weights (training/small_data.py)
