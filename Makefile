@@ -7,7 +7,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 LOCK := constraints.txt
-EXTRAS := dev,bench,tune,log,peft,serve-test
+EXTRAS := dev,bench,tune,log,peft,serve-test,explain,onnx
 TORCH := torch==2.13.0
 PIP_INSTALL := -m pip install -q --disable-pip-version-check
 SCRATCH := .venv-upgrade
