@@ -124,7 +124,7 @@ def run_slimtune(mode: str, train_path: str, held_path: str, out: Path, seed: in
     from slimtune.runs.adapter_files import load_adapter
     from slimtune.training.contrastive import ContrastiveConfig
     from slimtune.runs.train import TrainRequest, train
-    from slimtune.training.trainer import TrainConfig
+    from slimtune.training.config import TrainConfig
 
     contrastive = ContrastiveConfig(**({"pairs_per_row": args.pairs_per_row} if args.pairs_per_row else {}))
     options = dict(item.split("=", 1) for item in args.set or [])

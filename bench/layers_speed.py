@@ -15,7 +15,8 @@ from slimtune.methods.adaptation import attach
 from slimtune.methods.registry import create_method
 from slimtune.models.loading import load_backbone
 from slimtune.tasks import get_task
-from slimtune.training.trainer import TrainConfig, Trainer
+from slimtune.training.config import TrainConfig
+from slimtune.training.trainer import Trainer
 
 CONFIGS = {"lora": ("lora", {}), "layers": ("layers", {}), "layers+cache": ("layers", {"cache": "true"})}
 

@@ -11,7 +11,7 @@ import tempfile
 
 from slimtune.cli.common import parse_set
 from slimtune.runs.train import TrainRequest, train
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 
 
 def main() -> None:

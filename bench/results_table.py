@@ -15,7 +15,7 @@ from pathlib import Path
 from slimtune.cli.common import parse_set
 from slimtune.runs.adapter_files import load_adapter
 from slimtune.runs.train import TrainRequest, train
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 
 
 def evaluate(run_dir: str, test_path: str) -> dict:

@@ -25,7 +25,7 @@ from slimtune.data.table import read_labelled_texts
 from slimtune.models.loading import resolve_model_path
 from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks.classify import sort_labels
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 
 
 def run_slimtune(args, out_dir: str) -> dict:

@@ -83,4 +83,4 @@ def test_merging_an_int8_trained_adapter_is_refused(runs, capsys):
 def test_head_only_is_refused(runs, tmp_path, capsys):
     code = main(["train", "--task", "causal-lm", "--model", runs["model"], "--method", "head", "--train", runs["dev"],
                  "--out", str(tmp_path / "head")])
-    assert code == 2 and "head serves only task classify, ner, not causal-lm" in capsys.readouterr().err
+    assert code == 2 and "head serves only task classify, ner, multilabel, not causal-lm" in capsys.readouterr().err

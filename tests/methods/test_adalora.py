@@ -11,7 +11,7 @@ from slimtune.methods.adalora_view import final_ranks
 from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.methods.rank_budget import BudgetSchedule
 from slimtune.runs.train import TrainRequest, train
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import Interrupt, build_classifier, interrupt_at, toy_batch
 
 OPTIONS = {"r": "4", "target_rank": "2", "tinit": "0.2", "tfinal": "0.3"}  # 4 matrices: budget 16 → 8

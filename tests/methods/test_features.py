@@ -15,7 +15,7 @@ from slimtune.methods.registry import create_method
 from slimtune.runs.adapter_files import load_adapter
 from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks import get_task
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import build_classifier, sentiment_rows, toy_batch
 
 

@@ -8,7 +8,7 @@ from slimtune.methods.prefix import DecoderPrefixAttention, PrefixAttention
 from slimtune.methods.registry import create_method
 from slimtune.runs.adapter_files import save_adapter
 from slimtune.runs.train import TrainRequest, train
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import Interrupt, build_classifier, interrupt_at, tiny_llama, toy_batch
 
 REPARAM = {"length": "3", "reparam": "true", "reparam_hidden": "16"}

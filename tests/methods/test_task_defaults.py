@@ -18,7 +18,7 @@ def test_full_fine_tuning_takes_its_ner_learning_rate():
 
 def test_a_ner_run_without_lr_trains_at_the_task_default(tiny_model, toy_ner_data, tmp_path):
     from slimtune.runs.train import TrainRequest, train
-    from slimtune.training.trainer import TrainConfig
+    from slimtune.training.config import TrainConfig
 
     summary = train(TrainRequest(task="ner", method="full", train_path=toy_ner_data["train"],
                                  dev_path=toy_ner_data["dev"], out_dir=str(tmp_path / "run"), model=tiny_model,

@@ -70,7 +70,7 @@ def test_an_interrupted_run_is_neither_lost_nor_silently_restarted(tiny_model, d
     from slimtune.ownership import work_dir_for
     from slimtune.runs.train import TrainRequest, train
     from slimtune.runs.run_commit import interrupted
-    from slimtune.training.trainer import TrainConfig
+    from slimtune.training.config import TrainConfig
     from tests.conftest import Interrupt, interrupt_at
 
     out = tmp_path / "run"

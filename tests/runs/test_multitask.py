@@ -10,7 +10,7 @@ from slimtune.cli import main
 from slimtune.errors import SlimtuneError
 from slimtune.runs.multitask import MultiTrainRequest, train_multitask
 from slimtune.tasks.multitask.specs import TaskSpec
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import Interrupt, interrupt_at, ner_sentences, sentiment_rows, write_conll, write_tsv
 
 

@@ -5,7 +5,7 @@ import random
 
 from slimtune.runs.multitask import MultiTrainRequest, train_multitask
 from slimtune.tasks.multitask.specs import TaskSpec
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import sentiment_rows, write_tsv
 
 

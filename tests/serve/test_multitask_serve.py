@@ -5,7 +5,7 @@ import pytest
 from slimtune.runs.adapter_files import load_adapter
 from slimtune.runs.multitask import MultiTrainRequest, train_multitask
 from slimtune.tasks.multitask.specs import TaskSpec
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import ner_sentences, sentiment_rows, write_conll, write_tsv
 from tests.serve.conftest import running_server
 from tests.serve.test_api import assert_same

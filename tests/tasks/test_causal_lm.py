@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.errors import SlimtuneError
+from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.tasks.generation import (GenerationOptions, chat_prompt_ids, generate_ids, generation_config_for,
                                  left_padded)
 from slimtune.methods.lora import LoRALinear
@@ -147,7 +147,7 @@ def test_over_long_examples_are_dropped_and_reported(tiny_lm, tmp_path, capsys):
 
 
 def test_head_only_is_refused_with_the_reason():
-    with pytest.raises(SlimtuneError, match="head serves only task classify, ner, not causal-lm: .*tied"):
+    with pytest.raises(SlimtuneError, match="head serves only task classify, ner, multilabel, not causal-lm: .*tied"):
         get_task("causal-lm").check_method(create_method("head", {}))
 
 

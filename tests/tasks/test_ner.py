@@ -6,7 +6,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.models.loading import load_backbone
 from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks import get_task
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import ner_sentences, write_conll
 
 NER = get_task("ner")

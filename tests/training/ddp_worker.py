@@ -18,7 +18,7 @@ import torch
 from slimtune.cli import main as cli_main
 from slimtune.runs.train import TrainRequest, train
 from slimtune.training import distributed
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import Interrupt, build_classifier, interrupt_at
 
 

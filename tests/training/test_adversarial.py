@@ -9,7 +9,8 @@ from slimtune.errors import SlimtuneError
 from slimtune.tasks import get_task
 from slimtune.training.adversarial import AdversarialConfig, Adversary, project, unit_per_example
 from slimtune.training.batch_source import FeatureBatches
-from slimtune.training.trainer import TrainConfig, Trainer
+from slimtune.training.config import TrainConfig
+from slimtune.training.trainer import Trainer
 from tests.conftest import build_classifier, make_tiny_bert, sentiment_rows
 
 

@@ -3,7 +3,7 @@
 from slimtune.runs.prepare import build_run, prepare_training
 from slimtune.runs.train import SingleTask, TrainRequest
 from slimtune.training.augmented_batches import AugmentedBatches
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 
 
 def _prepared(tiny_model, toy_data, tmp_path, seed=3):

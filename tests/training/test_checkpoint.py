@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from slimtune.errors import SlimtuneError
 from slimtune.ownership import work_dir_for
 from slimtune.runs.train import TrainRequest, train
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import Interrupt, interrupt_at, sentiment_rows, write_tsv
 
 SRC = Path(__file__).resolve().parents[2] / "src"

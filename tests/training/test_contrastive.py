@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from slimtune.runs.adapter_files import load_adapter
 from slimtune.cli import main
 from slimtune.errors import SlimtuneError
-from slimtune.training.contrastive import ContrastiveConfig, fit_head
+from slimtune.runs.adapter_files import load_adapter
 from slimtune.runs.train import TrainRequest, train
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
+from slimtune.training.contrastive import ContrastiveConfig, fit_head
 from tests.conftest import sentiment_rows, write_tsv
 
 

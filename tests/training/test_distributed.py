@@ -22,8 +22,8 @@ from slimtune.errors import SlimtuneError
 from slimtune.methods.registry import available_methods
 from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks import get_task
+from slimtune.training.config import TrainConfig
 from slimtune.training.distributed import Ranks
-from slimtune.training.trainer import TrainConfig
 from tests.conftest import (TASK_LABELS, build_classifier, make_tiny_bert, ner_sentences, sentiment_rows, write_conll,
                             write_tsv)
 

@@ -7,8 +7,8 @@ import pytest
 from slimtune.cli import main
 from slimtune.errors import SlimtuneError
 from slimtune.runs.train import TrainRequest, train
+from slimtune.training.config import TrainConfig
 from slimtune.training.small_data import MIN_STEPS, SMALL_DATA_ROWS, RepeatedPasses, choose_recipe
-from slimtune.training.trainer import TrainConfig
 from tests.conftest import sentiment_rows, write_tsv
 
 

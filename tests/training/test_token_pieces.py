@@ -5,7 +5,9 @@ import torch
 
 from slimtune.tasks import get_task
 from slimtune.training.batch_source import FeatureBatches
-from slimtune.training.trainer import TrainConfig, Trainer, token_pieces
+from slimtune.training.batch_source import token_pieces
+from slimtune.training.config import TrainConfig
+from slimtune.training.trainer import Trainer
 from tests.conftest import TASK_LABELS, build_classifier, ner_sentences, sentiment_rows, write_conll, write_tsv
 
 

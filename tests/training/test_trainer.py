@@ -3,7 +3,7 @@ import torch
 from safetensors.torch import load_file
 
 from slimtune.runs.train import TrainRequest, train
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from tests.conftest import Interrupt, build_classifier, interrupt_at, toy_batch
 
 

@@ -180,7 +180,7 @@ def run(args) -> int:
     from slimtune.tasks import get_task
     from slimtune.tasks.multitask.files import MULTI
     from slimtune.training import distributed
-    from slimtune.training.trainer import TrainConfig
+    from slimtune.training.config import TrainConfig
 
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,

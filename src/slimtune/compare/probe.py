@@ -26,7 +26,7 @@ from slimtune.runs.prepare import build_run, prepare_training
 from slimtune.tasks import get_task
 from slimtune.tasks.base import TAGGING
 from slimtune.training.batch_source import FeatureBatches
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 
 
 def matched_modules(backbone: torch.nn.Module) -> list[str]:

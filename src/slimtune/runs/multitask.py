@@ -19,8 +19,8 @@ from slimtune.tasks.multitask.files import MULTI
 from slimtune.tasks.multitask.model import MultiTaskModel, PerTaskMethods, attach_all
 from slimtune.tasks.multitask.objective import LOSS_WEIGHTINGS, LossWeights, MultiTask
 from slimtune.tasks.multitask.specs import TaskSpec
+from slimtune.training.config import TrainConfig
 from slimtune.training.task_sampling import MultiTaskBatches, task_probabilities
-from slimtune.training.trainer import TrainConfig
 
 WEIGHTS_PLOT = "task_weights.png"
 

@@ -21,8 +21,9 @@ from slimtune.models.int8_base import BASE_INT8_CHOICES, quantize_frozen_linears
 from slimtune.models.loading import Backbone, fingerprint
 from slimtune.runs.run_commit import check_run_out
 from slimtune.training.batch_source import BatchSource
+from slimtune.training.config import TrainConfig
 from slimtune.training.distributed import Ranks
-from slimtune.training.trainer import TrainConfig, Trainer
+from slimtune.training.trainer import Trainer
 
 
 class RunKind(Protocol):

@@ -20,8 +20,8 @@ from slimtune.runs.run_commit import commit_run, config_settings, data_identity,
 from slimtune.tasks import get_task
 from slimtune.training import distributed, small_data
 from slimtune.training.augmented_batches import AugmentedBatches
+from slimtune.training.config import TrainConfig
 from slimtune.training.contrastive import ContrastiveConfig, encoder_parameters, fit_contrastive
-from slimtune.training.trainer import TrainConfig
 
 
 @dataclass
@@ -122,7 +122,7 @@ class SingleTask:
             bool(encoder_parameters(self.model, self.params)), bool(dev_features), config,
             distributed=distributed.from_environment().world_size > 1, resume=r.resume, classes=len(self.labels))
         config.batch_size = self.recipe.batch_size
-        if distributed.from_environment().is_main:
+        if distributed.from_environment().is_main and r.few_shot != "off":  # off: the flags as given, unannounced
             print(self.recipe.line(), file=sys.stderr)
         if config.augment:
             b = self.backbone

@@ -11,7 +11,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,75 +21,12 @@ from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import adapter_state, load_adapter_state
 from slimtune.progress import note, progress_bar
 from slimtune.tasks.base import Objective
-from slimtune.data.eda import AUGMENTATIONS
-from slimtune.training.adversarial import AdversarialConfig, Adversary
-from slimtune.training.batch_source import BatchSource, FeatureBatches
+from slimtune.training.adversarial import Adversary
+from slimtune.training.batch_source import BatchSource, FeatureBatches, token_pieces
 from slimtune.training.checkpoint import Progress, has_checkpoint, load_checkpoint, save_checkpoint
+from slimtune.training.config import TrainConfig
 from slimtune.training.distributed import Ranks
 from slimtune.training.loggers import open_loggers
-
-
-def token_pieces(rows: list[dict], budget: int) -> list[list[dict]]:
-    """`rows` cut in order into pieces of at most `budget` padded tokens (rows × the piece's longest row), at least
-    one row each. Activations kept for backward grow with a forward pass's padded tokens (about 0.35 MB a token
-    for MiniLM with LoRA on every linear layer): CoNLL's longest length-grouped batch, 32 × 164 tokens, took 1.9 GB
-    at once. Pieces of 512 to 2048 tokens trained at the same speed on this CPU (docs/results.md)."""
-    pieces, piece, longest = [], [], 0
-    for row in rows:
-        longest_with_row = max(longest, len(row["input_ids"]))
-        if piece and (len(piece) + 1) * longest_with_row > budget:
-            pieces.append(piece)
-            piece, longest_with_row = [], len(row["input_ids"])
-        piece.append(row)
-        longest = longest_with_row
-    return [*pieces, piece] if piece else pieces
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float | None = None  # None: the method's measured default
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    grad_clip: float = 1.0
-    grad_accum: int = 1
-    eval_every: int = 0  # optimizer steps between dev evaluations; 0 = once per epoch
-    patience: int = 3  # evaluations without improvement before stopping; 0 = never stop early
-    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0 = only at epoch ends
-    log_every: int = 20
-    seed: int = 42
-    log_to: tuple[str, ...] = ()  # experiment logs beside metrics.jsonl (training/loggers.py)
-    max_batch_tokens: int = 1024  # padded tokens per forward pass: a longer batch runs in pieces (`token_pieces`)
-    adversarial: str | None = None  # "fgm" or "pgd": adversarial training on the input embeddings (adversarial.py)
-    adv_epsilon: float = 0.1
-    adv_steps: int = 3
-    augment: str | None = None  # "eda": training texts augmented afresh each epoch (training/augmented_batches.py)
-    augment_rate: float = 0.1
-
-    def adversarial_config(self) -> AdversarialConfig | None:
-        return AdversarialConfig(self.adversarial, self.adv_epsilon, self.adv_steps) if self.adversarial else None
-
-    def validate(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "max_batch_tokens"):
-            if getattr(self, name) < 1:
-                raise SlimtuneError(f"--{name.replace('_', '-')} must be at least 1")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise SlimtuneError(f"--lr must be a positive finite number, got {self.lr}")
-        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
-            raise SlimtuneError(f"--grad-clip must be a positive finite number, got {self.grad_clip}")
-        for name in ("weight_decay", "eval_every", "patience", "checkpoint_every"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise SlimtuneError(f"--{name.replace('_', '-')} must be a finite number, at least 0, got {value}")
-        if not (math.isfinite(self.warmup_ratio) and 0 <= self.warmup_ratio <= 1):
-            raise SlimtuneError(f"--warmup-ratio must be in [0, 1], got {self.warmup_ratio}")
-        if self.adversarial:
-            self.adversarial_config().validate()
-        if self.augment not in (None, *AUGMENTATIONS):
-            raise SlimtuneError(f"unknown --augment {self.augment!r}; choose from {list(AUGMENTATIONS)}")
-        if not (math.isfinite(self.augment_rate) and 0 < self.augment_rate <= 1):
-            raise SlimtuneError(f"--augment-rate must be in (0, 1], got {self.augment_rate}")
 
 
 def linear_warmup_then_decay(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:

@@ -18,7 +18,7 @@ from pathlib import Path
 from slimtune.errors import SlimtuneError
 from slimtune.runs.train import TrainRequest, train
 from slimtune.tasks import get_task
-from slimtune.training.trainer import TrainConfig
+from slimtune.training.config import TrainConfig
 from slimtune.tuning.space import suggest
 
 STUDY_FILE = "study.db"
