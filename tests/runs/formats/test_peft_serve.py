@@ -34,3 +34,22 @@ def test_served_peft_adapters_batch_with_slimtune_ones(tmp_path, tiny_model, tin
         assert generated.status_code == 200, generated.text
     loaded = load_adapter(tmp_path / "peft")
     assert [o["tags"] for o in served] == [p["tags"] for p in loaded.task.predict(loaded, TEXTS, batch_size=8)]
+
+
+def test_the_adapter_store_serves_a_peft_directory_on_first_use(tmp_path, tiny_model, monkeypatch):
+    from slimtune.runs.adapter_files import load_adapter
+
+    monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))
+    store = tmp_path / "store"
+    own = make_adapter(store / "own", tiny_model, "ner", "lora", {"r": "3"}, seed=2)
+    make_peft_adapter(tiny_model, "ner", "lora", store / "peft")
+    argv = ["--model", tiny_model, "--adapter-dir", str(store), "--max-loaded-adapters", "1",
+            "--allowed-dir", str(tmp_path)]
+    with running_server(argv) as client:
+        for name in ("peft", "own", "peft"):  # one slot: each request evicts the other adapter
+            response = client.post("/v1/predict", json={"adapter": name, "inputs": TEXTS})
+            assert response.status_code == 200, response.text
+            loaded = load_adapter(store / name)
+            assert [o["tags"] for o in response.json()["outputs"]] == [
+                p["tags"] for p in loaded.task.predict(loaded, TEXTS, batch_size=8)]
+    assert (store / "own" / "adapter.safetensors").is_file() and own  # eviction unloads, never deletes
