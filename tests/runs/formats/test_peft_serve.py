@@ -41,7 +41,7 @@ def test_the_adapter_store_serves_a_peft_directory_on_first_use(tmp_path, tiny_m
 
     monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))
     store = tmp_path / "store"
-    own = make_adapter(store / "own", tiny_model, "ner", "lora", {"r": "3"}, seed=2)
+    make_adapter(store / "own", tiny_model, "ner", "lora", {"r": "3"}, seed=2)
     make_peft_adapter(tiny_model, "ner", "lora", store / "peft")
     argv = ["--model", tiny_model, "--adapter-dir", str(store), "--max-loaded-adapters", "1",
             "--allowed-dir", str(tmp_path)]
@@ -52,4 +52,4 @@ def test_the_adapter_store_serves_a_peft_directory_on_first_use(tmp_path, tiny_m
             loaded = load_adapter(store / name)
             assert [o["tags"] for o in response.json()["outputs"]] == [
                 p["tags"] for p in loaded.task.predict(loaded, TEXTS, batch_size=8)]
-    assert (store / "own" / "adapter.safetensors").is_file() and own  # eviction unloads, never deletes
+    assert (store / "own" / "adapter.safetensors").is_file()  # eviction unloads, never deletes
