@@ -33,3 +33,19 @@ def test_block_linears_match_bert_and_llama_layer_names():
                  "layers.3.self_attn.q_proj", "layers.0.mlp.down_proj"):
         assert re.fullmatch(ALL_BLOCK_LINEARS, name)
     assert not re.fullmatch(ALL_BLOCK_LINEARS, "pooler.dense")
+
+
+def test_the_cli_takes_the_task_batch_size_unless_given(tiny_model, toy_ner_data, toy_data, tmp_path):
+    import yaml
+
+    from slimtune.cli import main
+
+    common = ["--method", "lora", "--model", tiny_model, "--epochs", "1", "--few-shot", "off"]
+    runs = {"ner": ["--task", "ner", "--train", toy_ner_data["train"], "--dev", toy_ner_data["dev"]],
+            "classify": ["--task", "classify", "--train", toy_data["train"], "--dev", toy_data["dev"]],
+            "given": ["--task", "ner", "--train", toy_ner_data["train"], "--dev", toy_ner_data["dev"],
+                      "--batch-size", "8"]}
+    for name, flags in runs.items():
+        assert main(["train", *common, *flags, "--out", str(tmp_path / name)]) == 0
+    batch = {name: yaml.safe_load((tmp_path / name / "train_config.yaml").read_text())["batch-size"] for name in runs}
+    assert batch == {"ner": 16, "classify": 32, "given": 8}

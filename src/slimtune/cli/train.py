@@ -10,6 +10,8 @@ from slimtune.cli.run_config import add_config_flag, resolved_flags
 from slimtune.errors import SlimtuneError
 from slimtune.training.loggers import LOGGERS
 
+DEFAULT_BATCH_SIZE = 32
+
 HELP = """Fine-tune a pretrained model on labelled data with one method.
 
 Only the method's parameters and the task head are trained; the run directory
@@ -50,7 +52,8 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option, repeatable (e.g. r=16)")
     p.add_argument("--epochs", type=int, default=3, help="passes over the training data")
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a seeded sample of N rows")
-    p.add_argument("--batch-size", type=int, default=32, help="examples per step, over all processes together")
+    p.add_argument("--batch-size", type=int, help=f"examples per step, over all processes together (default: "
+                   f"{DEFAULT_BATCH_SIZE}, or the method's measured one for the task: `slimtune methods`)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
     p.add_argument("--seed", type=int, default=42, help="seeds data order, splits, initialisation and dropout")
     p.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per optimizer step")
@@ -182,6 +185,10 @@ def run(args) -> int:
     from slimtune.training import distributed
     from slimtune.training.config import TrainConfig
 
+    if args.batch_size is None:  # the method's measured batch size for the task, else the general default
+        from slimtune.methods.registry import get_method_class
+
+        args.batch_size = get_method_class(args.method).batch_size_for(args.task, DEFAULT_BATCH_SIZE)
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, grad_clip=args.grad_clip, grad_accum=args.grad_accum,

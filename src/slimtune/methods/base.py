@@ -66,7 +66,7 @@ class Method:
     # How Hugging Face PEFT writes this method's adapter (a methods.peft_mappings.PeftMapping), None if it cannot.
     peft_mapping: ClassVar[type | None] = None
     # Where a task needs other defaults than `default_lr` and the Options' own, measured on that task's dev split:
-    # {task name: {"lr": float, "options": {option: --set value}}}. `slimtune methods` lists them.
+    # {task name: {"lr": float, "batch_size": int, "options": {option: --set value}}}. `slimtune methods` lists them.
     task_defaults: ClassVar[dict[str, dict]] = {}
 
     def __init__(self, options=None, task_name: str | None = None):
@@ -77,6 +77,11 @@ class Method:
     def option_defaults_for(cls, task_name: str | None) -> dict[str, str]:
         """Option values (as `--set` strings) this method starts from on `task_name`, where they differ."""
         return dict(cls.task_defaults.get(task_name, {}).get("options", {}))
+
+    @classmethod
+    def batch_size_for(cls, task_name: str | None, fallback: int) -> int:
+        """Examples per step when none is given: the task's measured one, else `fallback` (the CLI's default)."""
+        return cls.task_defaults.get(task_name, {}).get("batch_size", fallback)
 
     def learning_rate(self) -> float:
         """The peak learning rate a run uses when none is given: the task's measured one, else `default_lr`."""

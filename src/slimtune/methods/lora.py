@@ -161,7 +161,7 @@ class LoRA(Method):
     default_lr = 2e-3  # measured: docs/results.md, "Choosing the defaults"
     # Tagging every token needs more capacity than one label per text: every linear layer of the blocks
     # (measured: docs/results.md, "Per-task defaults").
-    task_defaults = {"ner": {"options": {"targets": ALL_BLOCK_LINEARS}}}
+    task_defaults = {"ner": {"batch_size": 16, "options": {"targets": ALL_BLOCK_LINEARS}}}
     mergeable = True
     layer_type: type[LowRankLinear] = LoRALinear
 
