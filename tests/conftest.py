@@ -2,15 +2,20 @@
 for both tasks (sentiment rows for classify, CoNLL sentences for ner)."""
 
 import gzip
+import os
 import random
 import string
 
-import pytest
-import torch
-from transformers import BertConfig, BertModel, BertTokenizerFast
+# Tiny models gain nothing from intra-op threads, and on a shared two-core machine two threads per step run
+# 10-70x slower than one (measured: 1 s against 15 ms per step). Said through the environment too, before torch is
+# imported: `slimtune`'s in-process commands then default to one thread (`--threads`), so OpenMP never starts a
+# thread pool here, which a test's forked child (tests/reliability/test_crash.py) would wait on forever.
+os.environ["OMP_NUM_THREADS"] = "1"
 
-# Tiny models gain nothing from intra-op threads, and on a shared two-core machine two threads
-# per step run 10-70x slower than one (measured: 1 s against 15 ms per step).
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from transformers import BertConfig, BertModel, BertTokenizerFast  # noqa: E402
+
 torch.set_num_threads(1)
 
 POSITIVE = ["good", "great", "fun", "lovely", "superb", "moving", "bright", "warm"]

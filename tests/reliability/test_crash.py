@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from slimtune.cli import main
 from tests.conftest import sentiment_rows, write_tsv
 
+CHILD_SECONDS = 300  # a forked training run of the tiny model takes a few seconds
 RUN_FILES = {".slimtune", "adapter.safetensors", "adapter_config.json", "metrics.json", "metrics.jsonl",
              "train_config.json", "train_config.yaml", "checkpoint"}
 
@@ -102,7 +103,14 @@ def _run_child(argv, kill=None, delay=None, no_exchange=False) -> int:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    _, status = os.waitpid(pid, 0)
+    deadline = time.monotonic() + CHILD_SECONDS  # a child stuck (a lock held at fork time) fails, never hangs CI
+    while (waited := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"slimtune {' '.join(argv[:3])} ... still running after {CHILD_SECONDS} s")
+        time.sleep(0.02)
+    status = waited[1]
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
