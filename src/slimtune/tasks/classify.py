@@ -41,17 +41,13 @@ class ClassificationTask(LabellingTask):
 
     def encode(self, rows, tokenizer, labels, max_length):
         index = {name: i for i, name in enumerate(labels)}
-        encoded = tokenizer([r.text for r in rows], truncation=True, max_length=max_length)
-        features = []
-        for i, row in enumerate(rows):
-            feature = {k: encoded[k][i] for k in ("input_ids", "token_type_ids") if k in encoded}
-            if row.label is not None:
-                if row.label not in index:
-                    where = f"{row.source}:{row.line}: " if row.source else ""
-                    raise SlimtuneError(f"{where}label {row.label!r} is not one of the model's labels {labels}")
-                feature["labels"] = index[row.label]
-            features.append(feature)
-        return features
+
+        def label_id(row):
+            if row.label not in index:
+                raise unknown_label(row, row.label, labels)
+            return index[row.label]
+
+        return encode_texts(rows, tokenizer, max_length, label_id)
 
     def build_model(self, backbone, labels):
         return SequenceClassifier(backbone.model, len(labels), backbone.pooling)
@@ -87,6 +83,25 @@ class ClassificationTask(LabellingTask):
             out.append({"label": labels[best], "probability": float(row[best]),
                         "scores": {name: float(p) for name, p in zip(labels, row)}})
         return out
+
+
+def encode_texts(rows, tokenizer, max_length: int, label_of) -> list[dict]:
+    """Each row's token ids (and token type ids) and, where the row has a label, `labels` = label_of(row):
+    the one encoding of classify and multilabel, which differ only in what a label becomes."""
+    encoded = tokenizer([r.text for r in rows], truncation=True, max_length=max_length)
+    features = []
+    for i, row in enumerate(rows):
+        feature = {k: encoded[k][i] for k in ("input_ids", "token_type_ids") if k in encoded}
+        if row.label is not None:
+            feature["labels"] = label_of(row)
+        features.append(feature)
+    return features
+
+
+def unknown_label(row, label: str, labels: list[str]) -> SlimtuneError:
+    """The one-line error for a data row whose label the model does not have, pointing at the row."""
+    where = f"{row.source}:{row.line}: " if row.source else ""
+    return SlimtuneError(f"{where}label {label!r} is not one of the model's labels {labels}")
 
 
 def class_scores(gold: list[int], predicted: list[int], classes: int) -> list[dict]:

@@ -14,7 +14,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.models.inference import predict_logits
 from slimtune.models.task_models import SequenceClassifier
 from slimtune.tasks.base import MULTI_LABEL, LabellingTask, refuse_options
-from slimtune.tasks.classify import sort_labels
+from slimtune.tasks.classify import encode_texts, sort_labels, unknown_label
 
 DEFAULT_THRESHOLD = 0.5
 THRESHOLD_GRID = [round(0.05 * i, 2) for i in range(1, 20)]  # 0.05 … 0.95
@@ -66,21 +66,17 @@ class MultiLabelTask(LabellingTask):
 
     def encode(self, rows, tokenizer, labels, max_length):
         index = {name: i for i, name in enumerate(labels)}
-        encoded = tokenizer([r.text for r in rows], truncation=True, max_length=max_length)
-        features = []
-        for i, row in enumerate(rows):
-            feature = {k: encoded[k][i] for k in ("input_ids", "token_type_ids") if k in encoded}
-            if row.label is not None:
-                unknown = [label for label in row.label if label not in index]
-                if unknown:
-                    where = f"{row.source}:{row.line}: " if row.source else ""
-                    raise SlimtuneError(f"{where}label {unknown[0]!r} is not one of the model's labels {labels}")
-                hot = [0.0] * len(labels)
-                for label in row.label:
-                    hot[index[label]] = 1.0
-                feature["labels"] = tuple(hot)  # a tuple: pad_batch stacks it [B, L], it pads only token lists
-            features.append(feature)
-        return features
+
+        def label_vector(row):
+            unknown = [label for label in row.label if label not in index]
+            if unknown:
+                raise unknown_label(row, unknown[0], labels)
+            hot = [0.0] * len(labels)
+            for label in row.label:
+                hot[index[label]] = 1.0
+            return tuple(hot)  # a tuple: pad_batch stacks it [B, L], it pads only token lists
+
+        return encode_texts(rows, tokenizer, max_length, label_vector)
 
     def build_model(self, backbone, labels):
         return SequenceClassifier(backbone.model, len(labels), backbone.pooling)
