@@ -144,6 +144,14 @@ def work_dir_for(final: Path) -> Path:
     return Path(final).with_name(f".{Path(final).name}{_WORK}")
 
 
+def final_name(directory: Path) -> str:
+    """The name a run directory will have once committed: "run" for both "run" and its work dir ".run.slimtune-work"."""
+    name = Path(directory).name
+    if name.startswith(".") and name.endswith(_WORK):
+        return name[1:-len(_WORK)]
+    return name
+
+
 def recover(final: Path) -> None:
     """Finish a commit that a kill interrupted, or drop the old output an exchange already swapped out.
 

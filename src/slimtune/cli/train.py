@@ -79,7 +79,8 @@ def register(sub) -> None:
                    quantize_use="--base-int8")
     p.add_argument("--pooling", choices=("mean", "cls", "pooler"), help="sentence pooling (default: the checkpoint's)")
     p.add_argument("--log", action="append", choices=LOGGERS, default=[],
-                   help="also log to: tensorboard (event files in RUN/tensorboard), repeatable")
+                   help="also log to: tensorboard (event files in RUN/tensorboard) or mlflow (the tracking store MLflow is "
+                        "configured for: MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME), repeatable")
     add_config_flag(p)
     p.add_argument("--few-shot", choices=("auto", "contrastive", "supervised", "off"), default="auto",
                    help="small data (< 500 training rows, no dev carved from them): auto (default) trains classify "

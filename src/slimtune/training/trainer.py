@@ -8,6 +8,7 @@ the same result as an uninterrupted run.
 
 import contextlib
 import json
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -151,7 +152,7 @@ class Trainer:
             self.metrics_path.unlink()
 
         if self.ranks.is_main:
-            self.loggers = open_loggers(cfg.log_to, self.run_dir)
+            self.loggers = open_loggers(cfg.log_to, self.run_dir, {**dataclasses.asdict(cfg), **self.run_settings})
         self.model.train()
         training_model = self.ranks.wrap(self.model)
         bar = progress_bar(batches_per_epoch * cfg.epochs, "train",
