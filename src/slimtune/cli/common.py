@@ -220,10 +220,10 @@ def apply_threads(args) -> None:
 BACKEND_CHOICES = ("pytorch", "onnxruntime", "onnxruntime-int8")  # slimtune.runs.onnx_export.BACKENDS
 
 
-def add_backend_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="pytorch",
-                        help="run the model with PyTorch, or export it (merged, with its head) to ONNX and run it "
-                             "with ONNX Runtime in fp32 or dynamic int8 (classify and ner; extra `onnx`)")
+def add_backend_flag(parser: argparse.ArgumentParser, help: str = "run the model with PyTorch, or export it (merged, "
+                     "with its head) to ONNX and run it with ONNX Runtime in fp32 or dynamic int8 (classify and ner; "
+                     "extra `onnx`)") -> None:
+    parser.add_argument("--backend", choices=BACKEND_CHOICES, default="pytorch", help=help + " (default: pytorch)")
 
 
 def apply_backend(loaded, args) -> None:

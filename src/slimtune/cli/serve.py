@@ -42,7 +42,7 @@ examples:
 
 
 def register(sub) -> None:
-    from slimtune.cli.common import add_int8_flags, add_threads_flag
+    from slimtune.cli.common import add_backend_flag, add_int8_flags, add_threads_flag
 
     p = sub.add_parser("serve", help="serve adapters over HTTP", description=HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -70,6 +70,9 @@ def register(sub) -> None:
     add_int8_flags(p, quantize_dest="inference_int8", quantize_use="--inference-int8",
                    inference_help="CPU dynamic int8 linear layers: the shared base (LoRA deltas stay fp32, mixed "
                                   "batches still work) and every own copy (merged first where the method allows)")
+    add_backend_flag(p, "run classify and ner adapters with PyTorch (shared base, mixed batches), or each merged, "
+                        "exported to ONNX and run by ONNX Runtime in fp32 or dynamic int8 (extra `onnx`); "
+                        "causal-lm adapters always run with PyTorch")
     p.add_argument("--adapter-dir", metavar="DIR", help="serve any adapter directory inside DIR by its name, "
                                                          "loaded on first use (the adapter store)")
     p.add_argument("--max-loaded-adapters", type=int, metavar="N",
@@ -133,7 +136,7 @@ def build_server(args):
     allowed = Path(args.allowed_dir)
     if not allowed.is_dir():
         raise SlimtuneError(f"--allowed-dir {args.allowed_dir}: no such directory")
-    registry = AdapterRegistry(args.model, args.inference_int8)
+    registry = AdapterRegistry(args.model, args.inference_int8, args.backend)
     served = [(served_name, task_name, directory) for name, directory in adapters
               for served_name, task_name in registry.served_tasks(name, directory)]
     taken = [served_name for served_name, _, _ in served]

@@ -22,7 +22,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.serve import openai_schemas as oa
 from slimtune.serve.decoding import Sampling
 from slimtune.serve.engine import Job
-from slimtune.serve.registry import UnknownAdapter
+from slimtune.serve.registry import ONNX, UnknownAdapter
 
 OPENAI_PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings",
                           "/v1/load_lora_adapter", "/v1/unload_lora_adapter"})
@@ -96,6 +96,10 @@ def add_openai_routes(app: FastAPI, server, require_admin) -> None:
             if target.generates:
                 raise SlimtuneError(f"model {body.model!r} is a causal-lm adapter: embeddings come from the encoder "
                                     "base and its adapters")
+            if target.serving == ONNX:
+                raise SlimtuneError(f"model {body.model!r} runs in ONNX Runtime as one merged graph that ends in its "
+                                    "task head: it gives predictions, not sentence vectors (serve with --backend "
+                                    "pytorch for those)")
         features = [_encoder_features(target.tokenizer, text, target.max_length) for text in texts]
         async with store.held(target):
             vectors = await server.batcher.submit(Job(target, features, pooled=True), len(features))

@@ -45,6 +45,7 @@ from slimtune.models.loading import DEFAULT_MODEL, Backbone, context_window, fin
 from slimtune.runs.adapter_files import load_adapter, read_config
 from slimtune.runs.formats.peft_import import resolve_adapter_dir
 from slimtune.runs.int8_keys import base_int8_of, inference_int8_of
+from slimtune.runs.onnx_export import BACKENDS, use_backend
 from slimtune.serve.bases import LMBase, LMBases, build_over_meta, check_servable
 from slimtune.serve.multi_adapter import BASE_SLOT, SharedBase
 from slimtune.tasks.causal_lm import CausalLMTask
@@ -53,6 +54,7 @@ from slimtune.tasks.multitask.files import check_task_name, is_multi, task_confi
 SHARED = "shared"  # rows run in the shared base pass, each with its own adapter's row updates
 OWN = "own copy"  # rows run through the adapter's own copy of the base
 MERGED = "merged"  # an own copy with the adapter folded into its weights
+ONNX = "merged, ONNX Runtime"  # a merged own copy exported to ONNX and run by ONNX Runtime (--backend onnxruntime*)
 
 
 class AdapterConflict(SlimtuneError):
@@ -110,12 +112,18 @@ class AdapterRegistry:
     """Loaded adapters by name. Only the event loop changes the name table; weights change in the model thread
     (see `MicroBatcher.exclusive`), so batches never see a half-loaded adapter."""
 
-    def __init__(self, base_spec: str | None, inference_int8: str | None = None):
-        """`base_spec`: the encoder base, loaded now; None: the base the first classify/ner adapter records."""
+    def __init__(self, base_spec: str | None, inference_int8: str | None = None, backend: str = "pytorch"):
+        """`base_spec`: the encoder base, loaded now; None: the base the first classify/ner adapter records.
+        `backend`: "onnxruntime" or "onnxruntime-int8" run every classify/ner adapter merged in ONNX Runtime
+        (causal-lm adapters stay on PyTorch, which generates)."""
         if inference_int8 not in (None, *INFERENCE_INT8_CHOICES):
             raise SlimtuneError(f"unknown --inference-int8 {inference_int8!r}; "
                                 f"choose from {list(INFERENCE_INT8_CHOICES)}")
-        self.inference_int8 = inference_int8
+        if backend not in BACKENDS:
+            raise SlimtuneError(f"unknown --backend {backend!r}; choose from {list(BACKENDS)}")
+        if backend != "pytorch" and inference_int8:
+            raise SlimtuneError("--inference-int8 is PyTorch's int8; with ONNX Runtime use --backend onnxruntime-int8")
+        self.inference_int8, self.backend = inference_int8, backend
         self.base_spec = base_spec
         self.base: Backbone | None = None
         self.shared: SharedBase | None = None
@@ -209,6 +217,8 @@ class AdapterRegistry:
             return self._shared_causal(name, run_dir, full_config, config, spec, task_name)
         if self.base is None and confine is not None:
             confine(config.get("base_model") or DEFAULT_MODEL)
+        if self.backend != "pytorch":
+            return self._onnx_copy(name, run_dir, config, task_name)
         base = self._encoder_base(config.get("base_model"))
         if config["base_fingerprint"] != self.base_fingerprint:
             raise SlimtuneError(f"{run_dir} was trained on another base model (fingerprint "
@@ -265,6 +275,15 @@ class AdapterRegistry:
         return ServedAdapter(name, run_dir, config, loaded.task, MERGED if merge else OWN, loaded.model,
                              loaded.backbone.tokenizer, max_length, base_model, scheme,
                              base_int8=base_int8_of(config))
+
+    def _onnx_copy(self, name: str, run_dir: Path, config: dict, task_name: str | None) -> ServedAdapter:
+        """The adapter merged into its own copy of the base (`--model`, else the one it records), exported to ONNX
+        and run by ONNX Runtime in fp32 or dynamic int8."""
+        loaded = load_adapter(run_dir, self.base_spec, None, task_name=task_name)  # checks the base's fingerprint
+        use_backend(loaded, self.backend)
+        base_model = self.base_spec or config.get("base_model") or DEFAULT_MODEL
+        return ServedAdapter(name, run_dir, config, loaded.task, ONNX, loaded.model, loaded.backbone.tokenizer,
+                             loaded.backbone.max_length, base_model, "int8" if self.backend.endswith("int8") else None)
 
     def install(self, adapter: ServedAdapter) -> None:
         """Put a shared adapter's updates into a free slot of its base (model thread: no batch runs meanwhile).

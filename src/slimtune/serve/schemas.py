@@ -127,7 +127,8 @@ class AdapterInfo(BaseModel):
     method: str
     labels: list[str]
     serving: str = Field(description="shared (rows join one base pass with other adapters' rows, each with its own "
-                                     "row updates), own copy (its own copy of the base) or merged")
+                                     "row updates), own copy (its own copy of the base), merged, or merged, "
+                                     "ONNX Runtime (--backend onnxruntime*)")
     base_model: str
     inference_int8: str | None = Field(description="int8: served with dynamic int8 linear layers")
     base_int8: str | None = Field(description="int8: trained on, and served with, a weight-only int8 frozen base")

@@ -12,6 +12,7 @@ trial again), best/ (the best trial's run directory) and report.json / report.ht
 
 import math
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def storage_for(request: TuneRequest):
 
     url = request.storage or f"sqlite:///{Path(request.out_dir).resolve() / STUDY_FILE}"
     if url.startswith(("sqlite:", "postgresql", "mysql")):
+        # heartbeats are "experimental" in Optuna's words since 2.9; their warning would reach every user
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(
             url, heartbeat_interval=30, grace_period=120,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
