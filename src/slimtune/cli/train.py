@@ -60,6 +60,9 @@ def register(sub) -> None:
     p.add_argument("--max-batch-tokens", type=int, default=1024, metavar="N",
                    help="padded tokens per forward pass: a longer batch runs in pieces with the same gradient, "
                         "bounding memory by N rather than by the batch's longest texts")
+    p.add_argument("--pack", type=int, default=0, metavar="TOKENS",
+                   help="causal-lm: pack several examples into each row of up to TOKENS tokens, attention kept "
+                        "inside each example; --batch-size then counts rows (default 0: one example a row)")
     p.add_argument("--warmup-ratio", type=float, default=0.06, help="share of the steps spent warming up the lr")
     p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay of weight matrices")
     p.add_argument("--grad-clip", type=float, default=1.0, help="clip the gradient norm to this")
@@ -196,7 +199,7 @@ def run(args) -> int:
         max_batch_tokens=args.max_batch_tokens, eval_every=args.eval_every, patience=args.patience,
         checkpoint_every=args.checkpoint_every, seed=args.seed,
         log_to=tuple(dict.fromkeys(args.log)), adversarial=args.adversarial, adv_epsilon=args.adv_epsilon,
-        adv_steps=args.adv_steps, augment=args.augment, augment_rate=args.augment_rate,
+        adv_steps=args.adv_steps, augment=args.augment, augment_rate=args.augment_rate, pack=args.pack,
     )
     config.validate()
     if args.task == MULTI:

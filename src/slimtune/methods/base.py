@@ -68,6 +68,9 @@ class Method:
     # Where a task needs other defaults than `default_lr` and the Options' own, measured on that task's dev split:
     # {task name: {"lr": float, "batch_size": int, "options": {option: --set value}}}. `slimtune methods` lists them.
     task_defaults: ClassVar[dict[str, dict]] = {}
+    # Whether examples packed into one row (`train --pack`) stay apart under the method: False where it adds
+    # positions of its own to every row (a soft prompt, prefixes), which all of a row's examples would share.
+    keeps_packed_examples_apart: ClassVar[bool] = True
 
     def __init__(self, options=None, task_name: str | None = None):
         self.options = options if options is not None else self.Options()

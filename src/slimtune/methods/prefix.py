@@ -277,6 +277,7 @@ class Prefix(Method):
     summary = "trained key/value prefixes every query attends to, in every layer"
     Options = PrefixOptions
     default_lr = 1e-2
+    keeps_packed_examples_apart = False
 
     def inject(self, backbone: nn.Module) -> None:
         found = attention_modules(backbone)

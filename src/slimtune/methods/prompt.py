@@ -113,6 +113,7 @@ class Prompt(Method):
     summary = "trained soft-prompt vectors put before every input (removed again from the outputs)"
     Options = PromptOptions
     default_lr = 3e-2
+    keeps_packed_examples_apart = False
 
     def inject(self, backbone: nn.Module) -> None:
         if "inputs_embeds" not in inspect.signature(backbone.forward).parameters:

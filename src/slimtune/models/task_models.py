@@ -84,7 +84,8 @@ class CausalLM(nn.Module):
     (`self.lm`, kept outside the module tree so its weights are not listed twice) sees
     the adapted layers because they are replaced in place, which is what `generate` uses.
 
-    forward: input_ids, attention_mask [B, T] → logits [B, T, V]. With `labels` [B, T]
+    forward: input_ids, attention_mask [B, T] → logits [B, T, V]; with `position_ids` [B, T] restarting at every
+    example (packed rows, training/packing.py) the mask is left to the model. With `labels` [B, T]
     (LABEL_PAD where no loss applies) only the positions that predict a labelled token
     are projected: logits [N, V], N = the number of labelled tokens after the first
     position, in row-major order. The vocabulary projection is the largest matmul of a
@@ -101,8 +102,11 @@ class CausalLM(nn.Module):
     def head_modules(self) -> list[nn.Module]:
         return []
 
-    def forward(self, input_ids, attention_mask, labels=None, **_) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    def forward(self, input_ids, attention_mask, labels=None, position_ids=None, **_) -> torch.Tensor:
+        if position_ids is not None:  # packed rows: attention kept inside each example by its positions
+            attention_mask = None
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state
         if labels is None:
             return self.head(hidden)
         predicts_label = labels[:, 1:] != LABEL_PAD  # [B, T-1]: position t predicts token t+1

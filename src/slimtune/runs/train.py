@@ -22,6 +22,7 @@ from slimtune.training import distributed, small_data
 from slimtune.training.augmented_batches import AugmentedBatches
 from slimtune.training.config import TrainConfig
 from slimtune.training.contrastive import ContrastiveConfig, encoder_parameters, fit_contrastive
+from slimtune.training.packing import PackedBatches, check_packable, check_packed_attention
 
 
 @dataclass
@@ -81,6 +82,8 @@ class SingleTask:
         check_task_options(self.task, self.request.config)
         method = create_method(self.request.method, self.request.options, self.task.name)
         self.task.check_method(method)
+        if self.request.config.pack:
+            check_packable(self.task, method)
         return method
 
     def read(self, seed: int) -> None:
@@ -124,6 +127,9 @@ class SingleTask:
         config.batch_size = self.recipe.batch_size
         if distributed.from_environment().is_main and r.few_shot != "off":  # off: the flags as given, unannounced
             print(self.recipe.line(), file=sys.stderr)
+        if config.pack:
+            check_packed_attention(self.model, self.model.lm.config.vocab_size)
+            return PackedBatches(train_features, config.pack, config.batch_size, config.seed, pad_id)
         if config.augment:
             b = self.backbone
             synonyms = EmbeddingSynonyms(b.tokenizer, b.model.get_input_embeddings().weight)

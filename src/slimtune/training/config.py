@@ -29,6 +29,7 @@ class TrainConfig:
     adv_steps: int = 3
     augment: str | None = None  # "eda": training texts augmented afresh each epoch (training/augmented_batches.py)
     augment_rate: float = 0.1
+    pack: int = 0  # causal-lm: tokens per packed row of several examples (training/packing.py); 0 = no packing
 
     def adversarial_config(self) -> AdversarialConfig | None:
         return AdversarialConfig(self.adversarial, self.adv_epsilon, self.adv_steps) if self.adversarial else None
@@ -41,6 +42,8 @@ class TrainConfig:
             raise SlimtuneError(f"--lr must be a positive finite number, got {self.lr}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise SlimtuneError(f"--grad-clip must be a positive finite number, got {self.grad_clip}")
+        if self.pack and self.pack < 16:
+            raise SlimtuneError(f"--pack must be at least 16 tokens (or 0: no packing), got {self.pack}")
         for name in ("weight_decay", "eval_every", "patience", "checkpoint_every"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):

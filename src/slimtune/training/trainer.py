@@ -181,7 +181,7 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                     progress.step += 1
                 progress.batch_in_epoch = b + 1
-                progress.examples_seen += len(rows)
+                progress.examples_seen += sum(row.get("examples", 1) for row in rows)  # packed rows hold several
                 progress.tokens_seen += sum(len(f["input_ids"]) for f in rows)  # global batch
                 progress.train_seconds += time.perf_counter() - started
                 speed = progress.examples_seen / max(progress.train_seconds, 1e-9)
