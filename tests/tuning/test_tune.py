@@ -59,13 +59,18 @@ def test_best_yaml_reproduces_the_best_trial(study_dir, tmp_path):
     assert metrics["best_dev_accuracy"] == report["best"]["value"]
 
 
-def test_rerunning_continues_the_study(data, tiny_model, tmp_path):
+def test_rerunning_continues_the_study(data, tiny_model, tmp_path, capsys):
     out = tmp_path / "resumed"
     assert main(tune_args(data, tiny_model, out, 2)) == 0
     first = [t.params for t in load_study(out).trials]
+    capsys.readouterr()
     assert main(tune_args(data, tiny_model, out, 3)) == 0  # one more trial, not three
     trials = load_study(out).trials
     assert len(trials) == 3 and [t.params for t in trials[:2]] == first
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trial ")]
+    best = max(t.value for t in trials if t.value is not None)
+    assert len(lines) == 1 and lines[0].startswith("trial 3 of 3: ") and f"(best {best:.4f}, trial" in lines[0]
+    assert f"lr={trials[2].params['lr']:.3g}" in lines[0]
 
 
 def test_a_study_of_other_settings_is_refused(data, tiny_model, tmp_path, capsys):

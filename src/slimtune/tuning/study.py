@@ -12,6 +12,7 @@ trial again), best/ (the best trial's run directory) and report.json / report.ht
 
 import math
 import shutil
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -178,11 +179,37 @@ def tune(request: TuneRequest) -> dict:
     if remaining > 0:
         study.optimize(make_objective(request, task.primary_metric, n_train), n_trials=remaining,
                        timeout=request.timeout, catch=(SlimtuneError,), gc_after_trial=True,
-                       callbacks=[optuna.study.MaxTrialsCallback(request.trials, states=done), KeepBest(request)])
+                       callbacks=[optuna.study.MaxTrialsCallback(request.trials, states=done), KeepBest(request),
+                                  TrialLine(request.trials, task.primary_metric)])
     if best_trial(study) is None:
         raise SlimtuneError("no trial finished; see the errors above")
     ensure_best_run(study, request, n_train)
     return write_report(study, request, task.primary_metric)
+
+
+class TrialLine:
+    """After each trial, one line on stderr: its outcome and settings, and the best so far.
+
+        trial 4 of 20: dev accuracy 0.8520 (best 0.8610, trial 1); lr=0.0021 batch_size=16 epochs=2 r=8 alpha=16
+    """
+
+    def __init__(self, trials: int, metric: str):
+        self.trials, self.metric = trials, metric
+
+    def __call__(self, study, trial) -> None:
+        import optuna
+
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            outcome = f"dev {self.metric} {trial.value:.4f}"
+        elif trial.state == optuna.trial.TrialState.PRUNED:
+            outcome = f"pruned at step {trial.last_step} (dev {self.metric} behind the median)"
+        else:
+            outcome = "failed"
+        best = best_trial(study)
+        best_text = f" (best {best.value:.4f}, trial {best.number})" if best is not None else ""
+        params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
+        print(f"trial {trial.number + 1} of {self.trials}: {outcome}{best_text}; {params}", file=sys.stderr,
+              flush=True)
 
 
 class KeepBest:
