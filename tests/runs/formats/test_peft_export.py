@@ -13,7 +13,8 @@ from tests.runs.formats.conftest import PROMPT_LENGTH, make_run, slimtune_logits
 
 peft = pytest.importorskip("peft")
 
-EXPORTABLE = ("lora", "adalora", "prompt")
+EXPORTABLE = ("lora", "lora-rslora", "lora-pissa", "lora-olora", "dora", "adalora", "prompt", "ia3", "vera", "loha",
+              "lokr")
 
 
 def peft_logits(adapter_dir, base_dir: str, task: str, method: str, batch: dict) -> torch.Tensor:
