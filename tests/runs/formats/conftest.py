@@ -16,6 +16,7 @@ PROMPT_LENGTH = 3
 CASE_OPTIONS = {"prompt": {"length": str(PROMPT_LENGTH)}, "lora": {"r": "4"}, "adalora": {"r": "4", "target_rank": "2"},
                 "lora-rslora": {"r": "4", "use_rslora": "true"}, "lora-pissa": {"r": "4", "init": "pissa"},
                 "lora-olora": {"r": "2", "init": "olora", "use_rslora": "true"}, "dora": {"r": "4"},
+                "dora-pissa": {"r": "2", "init": "pissa"},
                 "vera": {"r": "8", "seed": "3"}, "loha": {"r": "2", "alpha": "4"}, "lokr": {"r": "2", "alpha": "4"}}
 
 
