@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from slimtune.methods.lora import LoRA, LowRankLinear, target_layers
+from slimtune.methods.peft_mappings import DoRAPeftMapping
 
 
 class DoRALinear(LowRankLinear):
@@ -51,6 +52,7 @@ class DoRALinear(LowRankLinear):
 
 class DoRA(LoRA):
     name = "dora"
+    peft_mapping = DoRAPeftMapping
     summary = "weight-decomposed LoRA: a trained magnitude per output times the LoRA-updated direction (mergeable)"
     default_lr = 2e-3  # LoRA's measured rate; not swept for DoRA
     needs_float_base_weights = True  # the direction's norm is taken over the fp32 weight matrix

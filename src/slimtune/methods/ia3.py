@@ -14,6 +14,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.methods.peft_mappings_scaling import IA3PeftMapping
 from slimtune.models.folding import FoldableWrapper
 from slimtune.models.surgery import find_linear_targets, replace_module, transformer_blocks
 
@@ -76,6 +77,7 @@ class IA3Options:
 
 class IA3(Method):
     name = "ia3"
+    peft_mapping = IA3PeftMapping
     summary = "learned vectors rescaling attention keys, values and the feed-forward input (mergeable)"
     Options = IA3Options
     mergeable = True

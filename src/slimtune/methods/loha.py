@@ -13,6 +13,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.methods.peft_mappings_lycoris import LoHaPeftMapping
 from slimtune.methods.lora import target_layers
 from slimtune.models.folding import DenseDeltaWrapper
 from slimtune.models.surgery import replace_module
@@ -50,6 +51,7 @@ class LoHaOptions:
 
 class LoHa(Method):
     name = "loha"
+    peft_mapping = LoHaPeftMapping
     summary = "Hadamard product of two low-rank updates on chosen linear layers (mergeable)"
     Options = LoHaOptions
     mergeable = True

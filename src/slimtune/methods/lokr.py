@@ -15,6 +15,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.methods.peft_mappings_lycoris import LoKrPeftMapping
 from slimtune.methods.lora import target_layers
 from slimtune.models.folding import DenseDeltaWrapper
 from slimtune.models.surgery import replace_module
@@ -84,6 +85,7 @@ class LoKrOptions:
 
 class LoKr(Method):
     name = "lokr"
+    peft_mapping = LoKrPeftMapping
     summary = "Kronecker product of a small full and a low-rank factor on chosen linear layers (mergeable)"
     Options = LoKrOptions
     mergeable = True

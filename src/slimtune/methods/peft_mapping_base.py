@@ -76,18 +76,21 @@ def target_option(backbone: nn.Module, paths: list[str]) -> str:
     return ",".join(short if selected == set(paths) else (re.escape(p) for p in sorted(paths)))
 
 
-def group_by_module(tensors: dict[str, torch.Tensor], parts: tuple[str, ...], suffix: str) -> dict[str, dict]:
-    """{peft module name: {part: tensor}} for keys TUNER_PREFIX + module + "." + part + suffix; any other key is refused."""
-    pattern = re.compile(rf"{re.escape(TUNER_PREFIX)}(.+)\.({'|'.join(parts)}){re.escape(suffix)}")
+def group_by_module(tensors: dict[str, torch.Tensor], parts: tuple[str, ...], suffix: str,
+                    optional: tuple[str, ...] = ()) -> dict[str, dict]:
+    """{peft module name: {part: tensor}} for keys TUNER_PREFIX + module + "." + part + suffix; any other key is
+    refused, and so is a module without every one of `parts` (`optional` parts may be there or not)."""
+    names = "|".join(re.escape(p) for p in (*parts, *optional))
+    pattern = re.compile(rf"{re.escape(TUNER_PREFIX)}(.+)\.({names}){re.escape(suffix)}")
     grouped: dict[str, dict] = {}
     for key, tensor in tensors.items():
         found = pattern.fullmatch(key)
         if not found:
             raise SlimtuneError(f"unexpected tensor {key} in the peft adapter (expected "
-                                f"{TUNER_PREFIX}<module>.{{{','.join(parts)}}}{suffix})")
+                                f"{TUNER_PREFIX}<module>.{{{','.join((*parts, *optional))}}}{suffix})")
         grouped.setdefault(found.group(1), {})[found.group(2)] = tensor
     for module, found in grouped.items():
-        if set(found) != set(parts):
+        if not set(parts) <= set(found):
             raise SlimtuneError(f"the peft adapter has {sorted(found)} for {module} but needs {list(parts)}")
     if not grouped:
         raise SlimtuneError("the peft adapter holds no adapter tensors")
@@ -102,14 +105,27 @@ class Imported:
     state: dict[str, torch.Tensor]
 
 
+def refuse_patterns(rank: int, alpha: float, rank_pattern: dict | None, alpha_pattern: dict | None, where: str) -> None:
+    """Per-module ranks or alphas other than the common ones have no slimtune form."""
+    if any(v != rank for v in (rank_pattern or {}).values()) or any(v != alpha for v in (alpha_pattern or {}).values()):
+        raise SlimtuneError(f"{where}: per-module ranks or alphas (rank_pattern, alpha_pattern) have no slimtune "
+                            "form; one r and alpha for every layer are needed")
+
+
 class PeftMapping:
     peft_type: ClassVar[str]
     prompt_learning: ClassVar[bool] = False  # head tensors sit under PROMPT_PREFIX rather than TUNER_PREFIX
 
+    @classmethod
+    def accepts(cls, fields: dict) -> bool:
+        """Whether this mapping reads an adapter_config.json (several methods may share one peft_type)."""
+        return fields.get("peft_type") == cls.peft_type
+
     @staticmethod
-    def export(method, state: dict[str, torch.Tensor], layout, total_steps: int | None = None
+    def export(method, state: dict[str, torch.Tensor], layout, backbone: nn.Module, total_steps: int | None = None
                ) -> tuple[dict, dict[str, torch.Tensor]]:
-        """(the method's adapter_config.json fields, its tensors by peft key) from `method` and its exported state;
+        """(the method's adapter_config.json fields, its tensors by peft key) from `method`, its exported state
+        and the backbone it is attached to (for what the state does not hold: frozen factors, layer kinds);
         `total_steps`, the run's optimizer steps when known, for fields that describe a training schedule."""
         raise NotImplementedError
 

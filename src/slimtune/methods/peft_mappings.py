@@ -1,21 +1,27 @@
 """The peft mappings of slimtune's methods (the interface and helpers: peft_mapping_base.py).
 
-LoRA → LORA, AdaLoRA → ADALORA, prompt tuning → PROMPT_TUNING; a method names its mapping in
-`Method.peft_mapping`. A new one (IA3, LoHa, ...) is one more class here, or in a file of its own.
+LoRA (rsLoRA, PiSSA, OLoRA) → LORA, DoRA → LORA with use_dora, AdaLoRA → ADALORA, prompt tuning →
+PROMPT_TUNING; a method names its mapping in `Method.peft_mapping`. IA3 and VeRA: peft_mappings_scaling.py;
+LoHa and LoKr: peft_mappings_lycoris.py.
 """
 
 import math
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.peft_mapping_base import (TUNER_PREFIX, Imported, PeftFields, PeftMapping, check_shape,
-                                                group_by_module, linear, refuse_unmapped, target_option, validated)
+                                                group_by_module, linear, refuse_patterns, refuse_unmapped, target_option,
+                                                validated)
 
 
 def _defaults(method) -> dict:
     return method.Options().__dict__
+
+
+BASE_CHANGING_INITS = ("pissa", "olora", "corda", "loftq")  # peft inits that also rewrite the base weights
 
 
 class LoRAFields(PeftFields):
@@ -26,7 +32,8 @@ class LoRAFields(PeftFields):
     lora_alpha: float = Field(gt=0)
     lora_dropout: float = Field(default=0.0, ge=0, lt=1)
     use_rslora: bool = False
-    use_dora: Literal[False] = False
+    use_dora: bool = False
+    init_lora_weights: bool | str = True
     bias: Literal["none"] = "none"
     fan_in_fan_out: Literal[False] = False
     lora_bias: Literal[False] = False
@@ -37,45 +44,76 @@ class LoRAFields(PeftFields):
 
 
 class LoRAPeftMapping(PeftMapping):
-    """slimtune's lora_A [r, in] and lora_B [out, r], scale α/r, are peft's LoRA exactly.
+    """slimtune's lora_A [r, in] and lora_B [out, r], scale α/r (rsLoRA: α/√r), are peft's LoRA exactly.
 
-    An rsLoRA adapter from peft (scale α/√r) is read as LoRA with α' = α·√r, the same update.
+    PiSSA and OLoRA keep the update s·(B A − B₀A₀) over the original base; peft users load them as a plain LoRA
+    of rank 2r over that base, A' = [A; A₀] [2r, in], B' = [B, −B₀] [out, 2r], with α doubled (α·√2 for rsLoRA)
+    so the scale stays s: what peft's `path_initial_model_for_weight_conversion` writes. Read back, that is a
+    plain LoRA of rank 2r.
     """
 
     peft_type = "LORA"
+    KNOWN = {"r", "alpha", "dropout", "targets", "use_rslora", "init"}
+    MAGNITUDE = None  # DoRA's per-row magnitude: (slimtune's name, peft's)
 
-    @staticmethod
-    def export(method, state, layout, total_steps=None):
+    @classmethod
+    def accepts(cls, fields):
+        return fields.get("peft_type") == cls.peft_type and bool(fields.get("use_dora")) == (cls.MAGNITUDE is not None)
+
+    @classmethod
+    def export(cls, method, state, layout, backbone, total_steps=None):
         o = method.options
-        refuse_unmapped(method.name, method.options_dict(), _defaults(method), {"r", "alpha", "dropout", "targets"})
-        paths = sorted({k.rsplit(".", 1)[0] for k in state})
-        fields = {"peft_type": "LORA", "r": o.r, "lora_alpha": o.alpha, "lora_dropout": o.dropout,
+        refuse_unmapped(method.name, method.options_dict(), _defaults(method), cls.KNOWN)
+        paths = sorted(k.removesuffix(".lora_A") for k in state if k.endswith(".lora_A"))
+        principal = o.init in ("pissa", "olora")
+        tensors = {}
+        for p in paths:
+            a, b, prefix = state[f"{p}.lora_A"], state[f"{p}.lora_B"], f"{TUNER_PREFIX}{layout.peft_module(p)}"
+            if principal:  # the frozen factors, rebuilt from the base when the run was loaded
+                layer = backbone.get_submodule(p)
+                a, b = torch.cat([a, layer.init_A]), torch.cat([b, -layer.init_B], dim=1)
+            tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"] = a, b
+            if cls.MAGNITUDE:
+                tensors[f"{prefix}.{cls.MAGNITUDE[1]}"] = state[f"{p}.{cls.MAGNITUDE[0]}"]
+        r, alpha = o.r, o.alpha
+        if principal:
+            r, alpha = 2 * o.r, o.alpha * (math.sqrt(2) if o.use_rslora else 2)
+        fields = {"peft_type": "LORA", "r": r, "lora_alpha": alpha, "lora_dropout": o.dropout,
                   "target_modules": layout.target_modules(paths), "bias": "none", "fan_in_fan_out": False,
-                  "use_rslora": False, "use_dora": False, "init_lora_weights": True, "rank_pattern": {},
-                  "alpha_pattern": {}}
-        tensors = {f"{TUNER_PREFIX}{layout.peft_module(p)}.{part}.weight": state[f"{p}.{part}"]
-                   for p in paths for part in ("lora_A", "lora_B")}
+                  "use_rslora": o.use_rslora, "use_dora": cls.MAGNITUDE is not None, "init_lora_weights": True,
+                  "rank_pattern": {}, "alpha_pattern": {}}
         return fields, tensors
 
-    @staticmethod
-    def import_(fields, tensors, layout, backbone, where):
+    @classmethod
+    def import_(cls, fields, tensors, layout, backbone, where):
         f = validated(LoRAFields, fields, where)
-        if any(v != f.r for v in (f.rank_pattern or {}).values()) or any(
-                v != f.lora_alpha for v in (f.alpha_pattern or {}).values()):
-            raise SlimtuneError(f"{where}: per-module ranks or alphas (rank_pattern, alpha_pattern) have no slimtune "
-                                "LoRA form; one r and lora_alpha for every layer are needed")
+        refuse_patterns(f.r, f.lora_alpha, f.rank_pattern, f.alpha_pattern, where)
+        if isinstance(f.init_lora_weights, str) and f.init_lora_weights.lower().startswith(BASE_CHANGING_INITS):
+            raise SlimtuneError(f"{where}: init_lora_weights={f.init_lora_weights!r} holds the update over a base peft "
+                                "rewrote; save it with peft's path_initial_model_for_weight_conversion to get one "
+                                "over the original base")
+        parts = ("lora_A.weight", "lora_B.weight") + ((cls.MAGNITUDE[1],) if cls.MAGNITUDE else ())
         state, paths = {}, []
-        for module, parts in sorted(group_by_module(tensors, ("lora_A", "lora_B"), ".weight").items()):
+        for module, found in sorted(group_by_module(tensors, parts, "").items()):
             path = layout.backbone_module(module)
             layer = linear(backbone, path, layout)
-            check_shape(parts["lora_A"], (f.r, layer.in_features), f"{TUNER_PREFIX}{module}.lora_A.weight")
-            check_shape(parts["lora_B"], (layer.out_features, f.r), f"{TUNER_PREFIX}{module}.lora_B.weight")
-            state[f"{path}.lora_A"], state[f"{path}.lora_B"] = parts["lora_A"], parts["lora_B"]
+            key = f"{TUNER_PREFIX}{module}"
+            check_shape(found["lora_A.weight"], (f.r, layer.in_features), f"{key}.lora_A.weight")
+            check_shape(found["lora_B.weight"], (layer.out_features, f.r), f"{key}.lora_B.weight")
+            state[f"{path}.lora_A"], state[f"{path}.lora_B"] = found["lora_A.weight"], found["lora_B.weight"]
+            if cls.MAGNITUDE:
+                check_shape(found[cls.MAGNITUDE[1]], (layer.out_features,), f"{key}.{cls.MAGNITUDE[1]}")
+                state[f"{path}.{cls.MAGNITUDE[0]}"] = found[cls.MAGNITUDE[1]]
             paths.append(path)
-        alpha = f.lora_alpha * math.sqrt(f.r) if f.use_rslora else f.lora_alpha  # α/√r = (α√r)/r
-        options = {"r": str(f.r), "alpha": repr(alpha), "dropout": repr(f.lora_dropout),
-                   "targets": target_option(backbone, paths)}
+        options = {"r": str(f.r), "alpha": repr(f.lora_alpha), "dropout": repr(f.lora_dropout),
+                   "use_rslora": str(f.use_rslora).lower(), "targets": target_option(backbone, paths)}
         return Imported(options, state)
+
+
+class DoRAPeftMapping(LoRAPeftMapping):
+    """DoRA is peft's LoRA with `use_dora`: the same factors plus the magnitude [out], `lora_magnitude_vector`."""
+
+    MAGNITUDE = ("magnitude", "lora_magnitude_vector")
 
 
 class AdaLoRAFields(PeftFields):
@@ -96,7 +134,7 @@ class AdaLoRAPeftMapping(PeftMapping):
     peft_type = "ADALORA"
 
     @staticmethod
-    def export(method, state, layout, total_steps=None):
+    def export(method, state, layout, backbone, total_steps=None):
         o = method.options
         refuse_unmapped(method.name, method.options_dict(), _defaults(method),
                         {"r", "target_rank", "alpha", "dropout", "targets", "tinit", "tfinal", "beta1", "beta2",
@@ -166,7 +204,7 @@ class PromptPeftMapping(PeftMapping):
                       "so prompt tuning through the pooler has no peft form")
 
     @staticmethod
-    def export(method, state, layout, total_steps=None):
+    def export(method, state, layout, backbone, total_steps=None):
         refuse_unmapped(method.name, method.options_dict(), _defaults(method), {"length", "init"})
         if layout.task_type == "SEQ_CLS":
             raise SlimtuneError(PromptPeftMapping.POOLER_DIFFERS)

@@ -14,6 +14,7 @@ from torch import nn
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
+from slimtune.methods.peft_mappings_scaling import VeRAPeftMapping
 from slimtune.methods.lora import target_layers
 from slimtune.models.folding import FoldableWrapper
 from slimtune.models.surgery import replace_module
@@ -85,6 +86,7 @@ class VeRAOptions:
 
 class VeRA(Method):
     name = "vera"
+    peft_mapping = VeRAPeftMapping
     summary = "a frozen random low-rank pair shared by all layers, scaled per layer by two trained vectors (mergeable)"
     Options = VeRAOptions
     mergeable = True

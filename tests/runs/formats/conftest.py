@@ -13,13 +13,20 @@ from tests.conftest import TASK_BATCHES, TASK_LABELS
 PROMPT_LENGTH = 3
 
 
-def method_options(method: str) -> dict:
-    return {"prompt": {"length": str(PROMPT_LENGTH)}, "lora": {"r": "4"}, "adalora": {"r": "4", "target_rank": "2"}
-            }.get(method, {})
+CASE_OPTIONS = {"prompt": {"length": str(PROMPT_LENGTH)}, "lora": {"r": "4"}, "adalora": {"r": "4", "target_rank": "2"},
+                "lora-rslora": {"r": "4", "use_rslora": "true"}, "lora-pissa": {"r": "4", "init": "pissa"},
+                "lora-olora": {"r": "2", "init": "olora", "use_rslora": "true"}, "dora": {"r": "4"},
+                "dora-pissa": {"r": "2", "init": "pissa"},
+                "vera": {"r": "8", "seed": "3"}, "loha": {"r": "2", "alpha": "4"}, "lokr": {"r": "2", "alpha": "4"}}
 
 
-def make_run(model_dir: str, task: str, method: str, out: Path, seed: int = 0, pooling: str | None = None) -> Path:
-    """A run directory for `method` on `model_dir`, every trained weight moved off its initial value."""
+def method_options(case: str) -> dict:
+    return CASE_OPTIONS.get(case, {})
+
+
+def make_run(model_dir: str, task: str, case: str, out: Path, seed: int = 0, pooling: str | None = None) -> Path:
+    """A run directory for `case` (a method, or method-variant such as lora-pissa) on `model_dir`, every trained
+    weight moved off its initial value."""
     from slimtune.methods.adaptation import attach
     from slimtune.runs.adapter_files import run_config, save_adapter
     from slimtune.methods.registry import create_method
@@ -30,7 +37,8 @@ def make_run(model_dir: str, task: str, method: str, out: Path, seed: int = 0, p
     base_fingerprint = fingerprint(task_obj.load_backbone(model_dir).model)
     backbone = task_obj.load_backbone(model_dir, pooling=pooling)
     torch.manual_seed(seed)
-    model, m = task_obj.build_model(backbone, list(TASK_LABELS[task])), create_method(method, method_options(method))
+    method = case.split("-")[0]
+    model, m = task_obj.build_model(backbone, list(TASK_LABELS[task])), create_method(method, method_options(case))
     params = attach(model, m)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

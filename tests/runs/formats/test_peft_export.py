@@ -13,7 +13,8 @@ from tests.runs.formats.conftest import PROMPT_LENGTH, make_run, slimtune_logits
 
 peft = pytest.importorskip("peft")
 
-EXPORTABLE = ("lora", "adalora", "prompt")
+EXPORTABLE = ("lora", "lora-rslora", "lora-pissa", "lora-olora", "dora", "dora-pissa", "adalora", "prompt", "ia3", "vera", "loha",
+              "lokr")
 
 
 def peft_logits(adapter_dir, base_dir: str, task: str, method: str, batch: dict) -> torch.Tensor:
@@ -56,7 +57,7 @@ def test_peft_reproduces_slimtune_logits(tmp_path, base_dirs, task, method, caps
     assert expected.abs().max() > 0.01  # a real output, not an empty comparison
 
 
-@pytest.mark.parametrize("method", ["lora", "adalora"])
+@pytest.mark.parametrize("method", ["lora", "adalora", "dora", "ia3", "vera", "lokr"])
 def test_classify_through_the_pooler_is_peft_sequence_classification(tmp_path, base_dirs, method):
     """pooling=pooler is BERT's own sequence classifier: AutoModelForSequenceClassification + PeftModel."""
     from transformers import AutoModelForSequenceClassification

@@ -25,9 +25,22 @@ def peft_config(kind: str, task_type: str, task: str):
         return peft.LoraConfig(task_type=task_type, r=4, lora_alpha=8, target_modules=targets)
     if kind == "rslora":
         return peft.LoraConfig(task_type=task_type, r=4, lora_alpha=8, target_modules=targets, use_rslora=True)
+    if kind == "dora":
+        return peft.LoraConfig(task_type=task_type, r=4, lora_alpha=8, target_modules=targets, use_dora=True)
     if kind == "adalora":
         return peft.AdaLoraConfig(task_type=task_type, init_r=4, target_r=2, lora_alpha=8, total_step=10,
                                   target_modules=targets)
+    if kind in ("ia3", "ia3-no-feedforward"):
+        keys, feedforward = (["k_proj", "v_proj"], ["down_proj"]) if task == "causal-lm" else (
+            ["key", "value"], ["output.dense"])
+        feedforward = [] if kind == "ia3-no-feedforward" else feedforward
+        return peft.IA3Config(task_type=task_type, target_modules=keys + feedforward, feedforward_modules=feedforward)
+    if kind == "vera":
+        return peft.VeraConfig(task_type=task_type, r=8, projection_prng_key=5, target_modules=targets)
+    if kind == "loha":
+        return peft.LoHaConfig(task_type=task_type, r=2, alpha=4, target_modules=targets)
+    if kind == "lokr":
+        return peft.LoKrConfig(task_type=task_type, r=2, alpha=4, target_modules=targets)
     return peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=PROMPT_LENGTH)
 
 
@@ -59,7 +72,10 @@ def make_peft_adapter(base_dir: str, task: str, kind: str, out) -> torch.nn.Modu
 
 
 @pytest.mark.parametrize("task,kind", [("ner", "lora"), ("ner", "rslora"), ("ner", "prompt"), ("causal-lm", "lora"),
-                                       ("causal-lm", "adalora"), ("causal-lm", "prompt")])
+                                       ("causal-lm", "adalora"), ("causal-lm", "prompt"), ("ner", "dora"),
+                                       ("causal-lm", "dora"), ("ner", "ia3"), ("causal-lm", "ia3"),
+                                       ("ner", "ia3-no-feedforward"), ("ner", "vera"), ("causal-lm", "vera"),
+                                       ("ner", "loha"), ("causal-lm", "loha"), ("ner", "lokr"), ("causal-lm", "lokr")])
 def test_slimtune_gives_peft_outputs(tmp_path, tiny_model, tiny_lm, task, kind):
     from slimtune.runs.adapter_files import load_adapter
 
@@ -137,6 +153,7 @@ def test_an_exported_run_checks_its_base_by_fingerprint(tmp_path, tiny_model, ot
 
 
 def refusal(capsys, argv) -> str:
+    capsys.readouterr()  # what building the adapter printed (transformers' progress bars) is not the refusal
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "Traceback" not in err
@@ -149,10 +166,12 @@ def test_malformed_peft_config_is_refused(tmp_path, tiny_lm, capsys):
     config = json.loads(path.read_text())
     path.write_text(json.dumps({**config, "r": "four"}))
     assert "r: Input should be a valid integer" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
-    path.write_text(json.dumps({**config, "peft_type": "LOHA"}))
-    assert "peft_type 'LOHA' has no slimtune method" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
-    path.write_text(json.dumps({**config, "use_dora": True}))
-    assert "use_dora" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
+    path.write_text(json.dumps({**config, "peft_type": "BOFT"}))
+    assert "peft_type 'BOFT' has no slimtune method" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
+    path.write_text(json.dumps({**config, "use_dora": True}))  # DoRA without its magnitude vectors
+    assert "lora_magnitude_vector" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
+    path.write_text(json.dumps({**config, "init_lora_weights": "pissa"}))
+    assert "path_initial_model_for_weight_conversion" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
     path.write_text("{not json")
     assert "not valid JSON" in refusal(capsys, ["inspect", str(tmp_path / "peft")])
 
@@ -194,19 +213,29 @@ BROKEN = {
     "pickled weights only": (lambda d: ((d / "adapter_model.safetensors").rename(d / "adapter_model.bin")),
                              "pickle, which slimtune never loads"),
     "a factor missing": (lambda d: _rewrite_tensors(d, lambda t: t.pop(next(k for k in t if "lora_B" in k))),
-                         "needs ['lora_A', 'lora_B']"),
+                         "needs ['lora_A.weight', 'lora_B.weight']"),
     "a stray tensor": (lambda d: _rewrite_tensors(d, lambda t: t.update(extra=torch.zeros(1))), "unexpected tensor extra"),
     "rank zero": (lambda d: _rewrite_config(d, r=0), "r: Input should be greater than 0"),
     "a missing base": (lambda d: _rewrite_config(d, base_model_name_or_path="/no/such/model"), "does not exist"),
     "per-module ranks": (lambda d: _rewrite_config(d, rank_pattern={"q_proj": 2}), "rank_pattern"),
     "an unknown task type": (lambda d: _rewrite_config(d, task_type="SEQ_2_SEQ_LM"), "has no slimtune task"),
+    "an ia3 vector of the wrong width": (lambda d: _rewrite_tensors(d, lambda t: t.update(
+        {k: torch.ones(5, 1) for k in t if "k_proj" in k})), "k_proj.ia3_l has shape (5, 1)", "ia3"),
+    "vera projections from another key": (lambda d: _rewrite_config(d, projection_prng_key=6),
+                                          "not the projection projection_prng_key=6 draws", "vera"),
+    "vera projections missing": (lambda d: _rewrite_tensors(d, lambda t: t.pop("base_model.vera_B")),
+                                 "lacks base_model.vera_A or vera_B", "vera"),
+    "a full lokr factor where it is low-rank": (lambda d: _rewrite_tensors(d, lambda t: t.update(
+        {k.replace("w2_a", "w2"): torch.ones(2, 2) for k in list(t) if k.endswith("w2_a")})), "this layer needs", "lokr"),
+    "lokr with both factors decomposed": (lambda d: _rewrite_config(d, decompose_both=True), "decompose_both", "lokr"),
+    "loha per-module alphas": (lambda d: _rewrite_config(d, alpha_pattern={"q_proj": 1}), "alpha_pattern", "loha"),
 }
 
 
 @pytest.mark.parametrize("case", BROKEN)
 def test_broken_peft_directories_are_one_line_errors(tmp_path, tiny_lm, capsys, case):
-    break_it, message = BROKEN[case]
-    make_peft_adapter(tiny_lm, "causal-lm", "lora", tmp_path / "peft")
+    break_it, message, *kind = BROKEN[case]
+    make_peft_adapter(tiny_lm, "causal-lm", kind[0] if kind else "lora", tmp_path / "peft")
     break_it(tmp_path / "peft")
     assert message in refusal(capsys, ["inspect", str(tmp_path / "peft")])
     assert not list((tmp_path / "cache" / "peft-imports").glob("*/adapter_config.json"))  # nothing half-converted

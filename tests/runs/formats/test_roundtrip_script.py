@@ -13,7 +13,7 @@ pytest.importorskip("peft")
 SCRIPT = Path(__file__).parents[3] / "scripts" / "peft_roundtrip_smollm2.py"
 
 
-@pytest.mark.parametrize("method", ["lora", "prompt"])
+@pytest.mark.parametrize("method", ["lora", "prompt", "dora", "ia3", "lokr"])
 def test_greedy_answers_agree(tmp_path, tiny_lm, method, capsys):
     spec = importlib.util.spec_from_file_location("peft_roundtrip", SCRIPT)
     script = importlib.util.module_from_spec(spec)

@@ -67,7 +67,8 @@ def peft_directory(loaded, run_dir: Path, model_spec: str | None = None) -> dict
         raise SlimtuneError("an adapter tied to an int8 base has no peft form; export the fp32 run it came from")
     model, labels = loaded.model, loaded.labels
     layout = peft_layout(loaded.task.name, loaded.backbone.model.config, len(labels), getattr(model, "pooling", None))
-    fields, tensors = mapping.export(method, method.export_state_dict(model.backbone), layout, run_steps(run_dir))
+    fields, tensors = mapping.export(method, method.export_state_dict(model.backbone), layout, model.backbone,
+                                    run_steps(run_dir))
     prefix = PROMPT_PREFIX if mapping.prompt_learning else TUNER_PREFIX
     files: dict[str, object] = {}
     modules_to_save = []

@@ -2,7 +2,7 @@
 
 `resolve_adapter_dir` leaves a slimtune run directory as it is and turns a peft directory (its
 adapter_config.json has `peft_type`) into a slimtune run directory, once: the peft config is validated,
-the method whose `peft_mapping` has that `peft_type` is attached to the base model, the peft tensors are
+the method whose `peft_mapping` accepts that config is attached to the base model, the peft tensors are
 converted by the mapping and checked against the base's module names and shapes (an adapter made for
 another model is refused; one slimtune exported is also checked by its base's fingerprint), and the result is saved as slimtune saves a run, under
 $SLIMTUNE_CACHE/peft-imports/<hash of the peft files and the base>/. Everything downstream (eval, predict,
@@ -141,15 +141,16 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise SlimtuneError(f"{path}: cannot read tensors ({e})") from None
 
 
-def mapping_method(peft_type: str, where: Path):
-    """The slimtune method class whose peft mapping reads `peft_type`."""
+def mapping_method(fields: dict, where: Path):
+    """The slimtune method class whose peft mapping reads this adapter_config.json."""
     from slimtune.methods.registry import available_methods
 
-    readers = {cls.peft_mapping.peft_type: cls for cls in available_methods().values() if cls.peft_mapping}
-    if peft_type not in readers:
-        raise SlimtuneError(f"{where}: peft_type {peft_type!r} has no slimtune method; slimtune reads "
-                            f"{', '.join(sorted(readers))}")
-    return readers[peft_type]
+    mapped = [cls for _, cls in sorted(available_methods().items()) if cls.peft_mapping]
+    readers = [cls for cls in mapped if cls.peft_mapping.accepts(fields)]
+    if not readers:
+        raise SlimtuneError(f"{where}: peft_type {fields.get('peft_type')!r} has no slimtune method; slimtune reads "
+                            f"{', '.join(sorted({cls.peft_mapping.peft_type for cls in mapped}))}")
+    return readers[0]
 
 
 def _task_and_labels(config: PeftConfigFile, sidecar: Sidecar | None, head: HeadFile | None, where: Path):
@@ -216,13 +217,14 @@ def convert_peft_dir(peft_dir: Path, model_spec: str | None, out: Path) -> None:
     where = peft_dir / PEFT_CONFIG
     raw = _read_json(where)
     config = validated(PeftConfigFile, raw, str(where))
-    method_cls = mapping_method(config.peft_type, where)
+    method_cls = mapping_method(raw, where)
     sidecar, head_file = _optional(Sidecar, peft_dir / SLIMTUNE_SIDECAR), _optional(HeadFile, peft_dir / CLASSIFIER_HEAD_JSON)
     task_name, labels = _task_and_labels(config, sidecar, head_file, where)
     spec = model_spec or config.base_model_name_or_path or (sidecar.base_model if sidecar else None)
     if not spec:
         raise SlimtuneError(f"{where}: no base_model_name_or_path; pass --model")
     task = get_task(task_name)
+    tensors = _read_tensors(peft_dir / PEFT_WEIGHTS)  # before the base loads: a broken file fails fast
     pooling = ((sidecar.pooling if sidecar else None) or (head_file.pooling if head_file else None)
                or ("pooler" if config.task_type == POOLER_TASK_TYPE else None))
     backbone = task.load_backbone(spec, pooling=pooling, max_length=sidecar.max_length if sidecar else None)
@@ -231,7 +233,6 @@ def convert_peft_dir(peft_dir: Path, model_spec: str | None, out: Path) -> None:
         raise SlimtuneError(f"{peft_dir} was trained on another base model (fingerprint {sidecar.base_fingerprint}); "
                             f"{spec} does not match it")
     layout = peft_layout(task_name, backbone.model.config, len(labels), backbone.pooling)
-    tensors = _read_tensors(peft_dir / PEFT_WEIGHTS)
     prefix = PROMPT_PREFIX if method_cls.peft_mapping.prompt_learning else TUNER_PREFIX
 
     model = task.build_model(backbone, labels)
