@@ -4,7 +4,7 @@ from safetensors.torch import load_file
 
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import adapter_state, load_adapter_state
-from slimtune.methods.prefix import DecoderPrefixAttention, PrefixAttention
+from slimtune.methods.prefix_attention import DecoderPrefixAttention, PrefixAttention
 from slimtune.methods.registry import create_method
 from slimtune.runs.adapter_files import save_adapter
 from slimtune.runs.train import TrainRequest, train

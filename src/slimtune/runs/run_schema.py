@@ -11,7 +11,6 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from slimtune.data.tag_schemes import SCHEMES
-from slimtune.errors import SlimtuneError
 from slimtune.tasks.multitask.files import MULTI
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
