@@ -48,7 +48,7 @@ def test_heatmap_goes_into_the_adapter_directory_by_default(adalora_run, capsys)
 
 
 def test_other_methods_get_a_summary_and_no_heatmap(tiny_model, tmp_path, capsys):
-    run = _train(tiny_model, tmp_path, "lora", "r=2")
+    run = _train(tiny_model, tmp_path, "lora", "r=2", "targets=query,value")
     assert main(["inspect", run]) == 0
     out = capsys.readouterr().out
     assert "method      lora" in out and "r=2" in out

@@ -5,9 +5,10 @@ from slimtune.methods.lora import ALL_BLOCK_LINEARS
 from slimtune.methods.registry import create_method
 
 
-def test_ner_lora_adapts_every_block_linear_and_classify_keeps_query_value():
+def test_encoder_lora_adapts_every_block_linear():
     assert create_method("lora", {}, "ner").options.targets == (ALL_BLOCK_LINEARS,)
-    assert create_method("lora", {}, "classify").options.targets == ()
+    assert create_method("lora", {}, "classify").options.targets == (ALL_BLOCK_LINEARS,)
+    assert create_method("lora", {}, "causal-lm").options.targets == ()  # every projection, found by structure
     assert create_method("lora", {"targets": "query"}, "ner").options.targets == ("query",)  # --set wins
 
 
