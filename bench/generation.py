@@ -6,8 +6,9 @@ has before its end token. slimtune goes through `generate_texts` (what `slimtune
 batches, decoding); the peer is the usual transformers recipe: `apply_chat_template`, a left-padding tokenizer,
 `AutoModelForCausalLM.generate(max_new_tokens=..., do_sample=False)`, `batch_decode`. Two prompt sets: open-ended
 requests (answers run to `--new-tokens`) and the SST-2 instruction prompts `eval` scores by exact match (answers
-of a word or two; max new tokens as eval sets them), whose prompts differ more in length. Each figure is the best
-of `--repeats` passes; the answers must be the same token for token.
+of a word or two; max new tokens as eval sets them), whose prompts differ more in length. The two run in turn,
+`--repeats` passes each; each figure is the fastest pass (wall clock, and this process's CPU time, the steadier
+of the two on a shared machine); the answers must be the same token for token.
 
     PYTHONPATH=src python bench/generation.py                       # 16 prompts, 32 new tokens, 1 thread
     PYTHONPATH=src python bench/generation.py --threads 2 --prompts 32
@@ -68,14 +69,11 @@ def add_lora(model, lm, rank: int, seed: int):
     return peer.eval()
 
 
-def best_of(repeats: int, run) -> tuple[float, list[str], int]:
-    """(best tokens/s, answers, new tokens) over `repeats` calls of `run`, which returns (answers, new tokens)."""
-    best = 0.0
-    for _ in range(repeats):
-        started = time.perf_counter()
-        answers, tokens = run()
-        best = max(best, tokens / (time.perf_counter() - started))
-    return best, answers, tokens
+def timed(run) -> tuple[float, float, list[str], int]:
+    """(wall seconds, this process's CPU seconds, answers, new tokens) of one call of `run`."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    answers, tokens = run()
+    return time.perf_counter() - wall, time.process_time() - cpu, answers, tokens
 
 
 def slimtune_generate(model, prompts: list[str], batch: int, new_tokens: int):
@@ -145,12 +143,17 @@ def compare(model, lm, tokenizer, args, instructions: list[str], eval_tokens: in
         ours = slimtune_generate(model, prompts, args.batch, new_tokens)
         theirs = transformers_generate(lm, tokenizer, prompts, args.batch, new_tokens)
         ours(), theirs()  # warm-up
-        peer, peer_answers, _ = best_of(args.repeats, theirs)
-        speed, answers, tokens = best_of(args.repeats, ours)
+        passes = [(timed(theirs), timed(ours)) for _ in range(args.repeats)]  # in turn, so drift meets both
+        peer_wall, peer_cpu = min(p[0][0] for p in passes), min(p[0][1] for p in passes)
+        wall, cpu = min(p[1][0] for p in passes), min(p[1][1] for p in passes)
+        (*_, peer_answers, peer_tokens), (*_, answers, tokens) = passes[-1]
         print(f"{label}, {name} prompts, up to {new_tokens} new tokens ({tokens} generated):")
-        print(f"  transformers generate: {peer:8.1f} tokens/s")
-        print(f"  slimtune generate:     {speed:8.1f} tokens/s  ({speed / peer:.2f}x)")
+        print(f"  transformers generate: {peer_wall:7.2f} s ({peer_cpu:6.2f} s CPU), {peer_tokens / peer_wall:7.1f} "
+              f"tokens/s")
+        print(f"  slimtune generate:     {wall:7.2f} s ({cpu:6.2f} s CPU), {tokens / wall:7.1f} tokens/s  "
+              f"({peer_wall / wall:.2f}x; CPU {peer_cpu / cpu:.2f}x)")
         print(f"  same answers: {answers == peer_answers}")
+
 
 if __name__ == "__main__":
     main()
