@@ -112,7 +112,7 @@ def generate_texts(model, prompts: list[str], options: GenerationOptions | None 
 def generate_answer_ids(model, encoded: list[list[int]], options: GenerationOptions | None = None,
                         batch_size: int = 8, on_text: Callable[[str], None] | None = None) -> list[list[int]]:
     """The new token ids for each rendered prompt (`chat_prompt_ids`), `batch_size` prompts per `generate` call
-    (one with `on_text`, which streams, in the order given); what `generate_texts` decodes and the server counts.
+    (one with `on_text`, which streams, in the order given); what `generate_texts` decodes.
 
     Batches are made of prompts of similar length, so that little of each batch is left padding; the answers come
     back in the prompts' order."""
