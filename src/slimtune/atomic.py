@@ -8,9 +8,10 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from safetensors.torch import save_file
+if TYPE_CHECKING:
+    import torch
 
 
 def _temp_path(final: Path) -> Path:
@@ -43,5 +44,7 @@ def write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def write_safetensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
+def write_safetensors(path: Path, tensors: dict[str, "torch.Tensor"], metadata: dict | None = None) -> None:
+    from safetensors.torch import save_file  # here, so that writing JSON needs no torch
+
     _write(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata))

@@ -44,3 +44,15 @@ def test_greedy_generation_equals_a_hand_written_loop_alone_and_batched(tiny_lm)
     assert all(expected), "the random tiny LM should say something before its end token"
     assert [generate_ids(model, [p], options)[0] for p in prompts] == expected
     assert generate_ids(model, prompts, options) == expected
+
+
+def test_prompts_are_batched_by_length_and_answered_in_their_own_order(tiny_lm):
+    from slimtune.tasks.generation import generate_answer_ids
+
+    model, _, _, _ = build_classifier(tiny_lm, "lora", task="causal-lm")
+    model.eval()
+    prompts = [[5 + (i * 7 + j) % 40 for j in range(length)] for i, length in enumerate([9, 3, 7, 5, 11])]
+    options = GenerationOptions(max_new_tokens=5)
+    alone = [generate_ids(model, [p], options)[0] for p in prompts]
+    assert len(set(map(tuple, alone))) > 1, "the prompts should get different answers, or order is not checked"
+    assert generate_answer_ids(model, prompts, options, batch_size=2) == alone

@@ -20,16 +20,16 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from slimtune.methods.registry import available_methods, option_help
+    from slimtune.methods.catalogue import method_catalogue
 
     print(WHERE_TO_START)
-    for name, cls in available_methods().items():
-        merge = "mergeable" if cls.mergeable else "not mergeable"
-        peft = f"; peft {cls.peft_mapping.peft_type}" if cls.peft_mapping else ""
-        print(f"{name:<12} {cls.summary}  [default lr {cls.default_lr:g}; {merge}{peft}]")
-        for option, default, text in option_help(cls):
+    for method in method_catalogue():
+        merge = "mergeable" if method["mergeable"] else "not mergeable"
+        peft = f"; peft {method['peft_type']}" if method["peft_type"] else ""
+        print(f"{method['name']:<12} {method['summary']}  [default lr {method['default_lr']:g}; {merge}{peft}]")
+        for option, default, text in method["options"]:
             print(f"    --set {f'{option}={default}':<24} {text}")
-        for task, chosen in cls.task_defaults.items():
+        for task, chosen in method["task_defaults"].items():
             shown = ([f"lr {chosen['lr']:g}"] if "lr" in chosen else []) + (
                 [f"batch {chosen['batch_size']}"] if "batch_size" in chosen else []) + [
                 f"{option}={value}" for option, value in chosen.get("options", {}).items()]

@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 
-_SKIP = {"adaptation", "base", "registry"}
+_SKIP = {"adaptation", "base", "catalogue", "registry"}
 
 
 def _discover() -> dict[str, type[Method]]:
@@ -109,3 +109,12 @@ def option_help(cls: type[Method]) -> list[tuple[str, str, str]]:
             default = ",".join(map(str, default))
         rows.append((f.name, str(default), f.metadata.get("help", "")))
     return rows
+
+
+def describe_methods() -> list[dict]:
+    """What `slimtune methods` prints about every registered method, as plain JSON values (cached by
+    methods/catalogue.py so that listing them needs no torch)."""
+    return [{"name": name, "summary": cls.summary, "default_lr": cls.default_lr, "mergeable": cls.mergeable,
+             "peft_type": cls.peft_mapping.peft_type if cls.peft_mapping else None,
+             "options": [list(row) for row in option_help(cls)], "task_defaults": cls.task_defaults}
+            for name, cls in available_methods().items()]

@@ -112,11 +112,18 @@ def generate_texts(model, prompts: list[str], options: GenerationOptions | None 
 def generate_answer_ids(model, encoded: list[list[int]], options: GenerationOptions | None = None,
                         batch_size: int = 8, on_text: Callable[[str], None] | None = None) -> list[list[int]]:
     """The new token ids for each rendered prompt (`chat_prompt_ids`), `batch_size` prompts per `generate` call
-    (one with `on_text`, which streams); what `generate_texts` decodes and the server counts."""
+    (one with `on_text`, which streams, in the order given); what `generate_texts` decodes.
+
+    Batches are made of prompts of similar length, so that little of each batch is left padding; the answers come
+    back in the prompts' order."""
     options = options or GenerationOptions()
-    answers = []
-    step = 1 if on_text else batch_size
-    for start in range(0, len(encoded), step):
-        streamer = text_streamer(model.tokenizer, on_text) if on_text else None
-        answers += generate_ids(model, encoded[start : start + step], options, streamer)
+    if on_text:
+        return [generate_ids(model, [prompt], options, text_streamer(model.tokenizer, on_text))[0]
+                for prompt in encoded]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    answers: list[list[int]] = [[] for _ in encoded]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        for i, ids in zip(chunk, generate_ids(model, [encoded[i] for i in chunk], options)):
+            answers[i] = ids
     return answers
