@@ -26,6 +26,8 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--task-name", metavar="NAME", help="the task to use of a multi-task adapter")
     p.add_argument("--steps", type=int, default=50, help="steps of the path integral")
+    p.add_argument("--target", metavar="LABEL", help="explain this label instead of the predicted one(s) "
+                                                     "(classify, multilabel)")
     p.add_argument("--json", action="store_true", help="print one JSON object per text")
     p.add_argument("--html", metavar="FILE", help="also write a page with the tokens highlighted")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -57,7 +59,7 @@ def run(args) -> int:
     from slimtune.runs.adapter_files import load_adapter
 
     loaded = load_adapter(args.adapter, args.model, None, args.task_name)
-    results = explain(loaded, texts, args.steps)
+    results = explain(loaded, texts, args.steps, args.target)
     colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     for result in results:
         print(as_json(result) if args.json else report(result, colour))
