@@ -2,6 +2,7 @@
 shared-base LoRA adapters and an own-copy one; every bad body is a 4xx with one message."""
 
 import json
+import sys
 
 import pytest
 
@@ -106,3 +107,16 @@ def test_bad_bodies_are_4xx_with_a_message(client, body, status, words):
 def test_not_json_is_a_4xx(client):
     response = client.post("/v1/explain", content=b"{", headers={"content-type": "application/json"})
     assert 400 <= response.status_code < 500
+
+
+def test_a_server_without_captum_says_so_with_a_4xx(client, monkeypatch):
+    monkeypatch.setitem(sys.modules, "captum", None)  # `import captum` now raises ImportError
+    response = client.post("/v1/explain", json={"adapter": "sst-qv", "inputs": ["x"]})
+    assert response.status_code == 422 and "captum is not installed" in response.json()["detail"]
+
+
+def test_an_int8_served_adapter_is_refused_with_a_4xx(adapter_dirs):
+    with running_server(["--adapter", f"sst-qv={adapter_dirs['sst-qv']}", "--inference-int8", "int8",
+                         "--quiet"]) as int8_client:
+        response = int8_client.post("/v1/explain", json={"adapter": "sst-qv", "inputs": ["x"]})
+    assert response.status_code == 422 and "int8" in response.json()["detail"]
