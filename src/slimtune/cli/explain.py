@@ -7,6 +7,7 @@ HELP = """Explain predictions: how much each input token moved the predicted lab
 multilabel) or each entity's score (ner), by Integrated Gradients from a baseline that replaces every word
 piece by the padding token. The attributions of a target sum to its score minus the baseline's, up to the
 integration error printed as "IG delta" (more --steps, smaller delta). Needs captum: pip install 'slimtune[explain]'.
+`slimtune serve` gives the same numbers at POST /v1/explain and in its playground.
 
 examples:
   slimtune explain --adapter runs/sst2 "a gripping, funny film"

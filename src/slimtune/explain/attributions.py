@@ -16,6 +16,10 @@ from slimtune.data import tag_schemes
 from slimtune.errors import SlimtuneError
 from slimtune.tasks.base import CLASSIFICATION, MULTI_LABEL, TAGGING
 
+# Rows × tokens of one pass along the path: bounds the activations kept for the backward pass (one 512-token text at
+# 200 steps in a single pass would hold gigabytes); short texts still run all their steps in one pass.
+TOKENS_PER_PASS = 4096
+
 # A target: its name, and the score it explains from the model's logits ([B, C] or [B, T, C]) → [B].
 Target = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
 
@@ -115,7 +119,8 @@ def integrated_gradients(model: Explainable, feature: dict, baseline: list[int],
 
         ig = LayerIntegratedGradients(forward, model.embeddings)
         attributions, delta = ig.attribute(ids, baselines=reference, additional_forward_args=(mask, types),
-                                           n_steps=steps, return_convergence_delta=True, internal_batch_size=steps)
+                                           n_steps=steps, return_convergence_delta=True,
+                                           internal_batch_size=max(1, min(steps, TOKENS_PER_PASS // ids.shape[1])))
         with torch.no_grad():
             score, baseline_score = forward(ids, mask, types).item(), forward(reference, mask, types).item()
         out.append((attributions.sum(-1)[0].tolist(), score, baseline_score, delta.item()))
