@@ -12,6 +12,7 @@ from slimtune.cli import main
 from slimtune.explain.attributions import explain
 from slimtune.runs.adapter_files import load_adapter
 from tests.serve.conftest import make_adapter, running_server
+from tests.serve.test_multitask_serve import multi_dirs  # noqa: F401  (fixture: multi-task runs)
 
 TEXT = "bob marley is of new york , and anna of paris"
 
@@ -120,3 +121,15 @@ def test_an_int8_served_adapter_is_refused_with_a_4xx(adapter_dirs):
                          "--quiet"]) as int8_client:
         response = int8_client.post("/v1/explain", json={"adapter": "sst-qv", "inputs": ["x"]})
     assert response.status_code == 422 and "int8" in response.json()["detail"]
+
+
+def test_each_task_of_a_multi_task_adapter_explains_as_loaded_alone(multi_dirs):  # noqa: F811
+    argv = [a for name, d in multi_dirs.items() for a in ("--adapter", f"{name}={d}")] + ["--quiet"]
+    texts = ["the film was good", "anna went to paris"]
+    with running_server(argv) as multi_client:
+        for name, directory in multi_dirs.items():
+            for task in ("sst", "conll"):
+                body = explain_over_http(multi_client, {"adapter": f"{name}.{task}", "inputs": texts, "n_steps": 8})
+                want = [{**r, "explanations": [e.as_dict() for e in r["explanations"]]}
+                        for r in explain(load_adapter(directory, task_name=task), texts, 8)]
+                assert_same_explanations(body["outputs"], want)
