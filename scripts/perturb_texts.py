@@ -1,9 +1,14 @@
-"""A seeded, noisy copy of a TSV text file's first N rows, for robustness measurements (docs/results.md, "Remedies").
+"""A seeded, noisy copy of a TSV text file's first N rows, or of a CoNLL file's first N sentences, for robustness
+measurements (docs/results.md, "Remedies"); N = 0: all of them.
 
 Each sentence gets character typos in about 15% of its words of four letters or more (swap two adjacent letters,
-drop one, or double one, chosen at random) and one swap of two adjacent words; the label column is kept.
+drop one, or double one, chosen at random) and one swap of two adjacent words; the label column is kept. In a
+CoNLL file (--conll) every word keeps its line, so its tags stay aligned: typos change the word column only
+(entity words included), and the swap exchanges two adjacent words both tagged O (none: no swap), so the gold
+tags stay a valid sequence. -DOCSTART- lines are left alone.
 
     python scripts/perturb_texts.py data/sst2/heldout_2k.tsv.gz 500 clean.tsv typos.tsv --seed 0
+    python scripts/perturb_texts.py --conll ../shared/data/conll2003/valid.txt 0 clean.conll typos.conll --seed 0
 """
 
 import argparse
@@ -30,6 +35,24 @@ def perturb(sentence: str, rng: random.Random, rate: float = 0.15) -> str:
     return " ".join(words)
 
 
+def perturb_conll(block: list[str], rng: random.Random, rate: float = 0.15) -> list[str]:
+    """One CoNLL sentence (one "word tag..." line per word) with typos in its words and one swap of two adjacent
+    O-tagged words; every line keeps its tag columns."""
+    split = [line.split(" ", 1) if " " in line else [line, ""] for line in block]
+    if split[0][0] == "-DOCSTART-":
+        return block
+    words = [typo(w, rng) if len(w) >= 4 and w.isalpha() and rng.random() < rate else w for w, _ in split]
+    outside = [i for i in range(len(split) - 1) if split[i][1].split()[-1:] == ["O"] == split[i + 1][1].split()[-1:]]
+    if outside:
+        i = rng.choice(outside)
+        words[i], words[i + 1] = words[i + 1], words[i]
+    return [f"{word} {rest}" if rest else word for word, (_, rest) in zip(words, split)]
+
+
+def conll_sentences(text: str) -> list[list[str]]:
+    return [block.splitlines() for block in text.strip("\n").split("\n\n") if block.strip()]
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("source")
@@ -37,12 +60,22 @@ def main() -> None:
     p.add_argument("clean_out")
     p.add_argument("noisy_out")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--conll", action="store_true", help="the source is CoNLL: one word per line, blank between "
+                                                        "sentences, the tags after the word")
     args = p.parse_args()
     opener = gzip.open if args.source.endswith(".gz") else open
     with opener(args.source, "rt", encoding="utf-8") as f:
-        header, *rows = f.read().splitlines()
-    rows = rows[: args.n]
+        text = f.read()
     rng = random.Random(args.seed)
+    if args.conll:
+        sentences = conll_sentences(text)[: args.n or None]
+        noisy_sentences = [perturb_conll(block, rng) for block in sentences]
+        for path, blocks in ((args.clean_out, sentences), (args.noisy_out, noisy_sentences)):
+            with open(path, "w", encoding="utf-8") as f:
+                f.write("\n\n".join("\n".join(block) for block in blocks) + "\n")
+        return
+    header, *rows = text.splitlines()
+    rows = rows[: args.n or None]
     text_col = header.split("\t").index("sentence")
     noisy = []
     for row in rows:

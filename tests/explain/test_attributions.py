@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("captum")
 
 from slimtune.cli import main
+from slimtune.errors import SlimtuneError
 from slimtune.explain.attributions import baseline_ids, explain
 from slimtune.explain.render import terminal_line
 from slimtune.runs.adapter_files import load_adapter
@@ -88,3 +89,26 @@ def test_bad_inputs_are_one_line_exit_2(adapters, argv, message, capsys):
         assert main(["explain", "--adapter", adapters["classify"], *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
+
+
+def test_long_texts_run_the_path_in_bounded_passes_with_the_same_result(adapters, monkeypatch):
+    from slimtune.explain import attributions
+
+    loaded = load_adapter(adapters["classify"])
+    [whole] = explain(loaded, ["the film was good and the acting was lovely"], steps=24)
+    monkeypatch.setattr(attributions, "TOKENS_PER_PASS", 30)  # 2 or 3 rows of this text per pass
+    [chunked] = explain(loaded, ["the film was good and the acting was lovely"], steps=24)
+    a, b = whole["explanations"][0], chunked["explanations"][0]
+    assert b.attributions == pytest.approx(a.attributions, abs=1e-6)
+    assert b.delta == pytest.approx(a.delta, abs=1e-6)
+
+
+def test_a_chosen_target_label_is_explained_and_an_unknown_one_refused(adapters):
+    loaded = load_adapter(adapters["classify"])
+    for label in loaded.labels:
+        [result] = explain(loaded, ["the film was good"], steps=8, target=label)
+        assert [e.target for e in result["explanations"]] == [label]
+    with pytest.raises(SlimtuneError, match="not a label of this adapter"):
+        explain(loaded, ["the film was good"], steps=8, target="joy")
+    with pytest.raises(SlimtuneError, match="ner explains each entity"):
+        explain(load_adapter(adapters["ner"]), ["anna went to paris"], steps=8, target="PER")

@@ -7,6 +7,7 @@ HELP = """Explain predictions: how much each input token moved the predicted lab
 multilabel) or each entity's score (ner), by Integrated Gradients from a baseline that replaces every word
 piece by the padding token. The attributions of a target sum to its score minus the baseline's, up to the
 integration error printed as "IG delta" (more --steps, smaller delta). Needs captum: pip install 'slimtune[explain]'.
+`slimtune serve` gives the same numbers at POST /v1/explain and in its playground.
 
 examples:
   slimtune explain --adapter runs/sst2 "a gripping, funny film"
@@ -26,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: the one recorded in the adapter)")
     p.add_argument("--task-name", metavar="NAME", help="the task to use of a multi-task adapter")
     p.add_argument("--steps", type=int, default=50, help="steps of the path integral")
+    p.add_argument("--target", metavar="LABEL", help="explain this label instead of the predicted one(s) "
+                                                     "(classify, multilabel)")
     p.add_argument("--json", action="store_true", help="print one JSON object per text")
     p.add_argument("--html", metavar="FILE", help="also write a page with the tokens highlighted")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto",
@@ -57,7 +60,7 @@ def run(args) -> int:
     from slimtune.runs.adapter_files import load_adapter
 
     loaded = load_adapter(args.adapter, args.model, None, args.task_name)
-    results = explain(loaded, texts, args.steps)
+    results = explain(loaded, texts, args.steps, args.target)
     colour = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     for result in results:
         print(as_json(result) if args.json else report(result, colour))

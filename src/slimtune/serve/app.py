@@ -1,6 +1,6 @@
-"""The HTTP API: predictions with classify/ner adapters, generation with causal-LM adapters and bases, the
-OpenAI-compatible endpoints, adapter management behind a bearer token, health, metrics, offline docs and a
-playground page.
+"""The HTTP API: predictions with classify/ner adapters and their explanations, generation with causal-LM adapters
+and bases, the OpenAI-compatible endpoints, adapter management behind a bearer token, health, metrics, offline docs
+and a playground page.
 
 Every route group is added by its own function over one `Server`; predictions
 and generation each have their own engine, and share the registry, the adapter
@@ -28,6 +28,7 @@ from slimtune.serve import schemas
 from slimtune.serve.batcher import MicroBatcher
 from slimtune.serve.decoding import ContinuousBatcher, Sampling
 from slimtune.serve.engine import Engine, Job
+from slimtune.serve.explaining import check_explainable, explain_served
 from slimtune.serve.generator import Answering
 from slimtune.serve.guards import BodyGuard
 from slimtune.serve.metrics import CONTENT_TYPE, ServerMetrics
@@ -94,6 +95,7 @@ def build_app(registry: AdapterRegistry, settings: ServeSettings) -> FastAPI:
     _add_error_handlers(app)
     require_admin = _admin_check(settings)
     _add_predict_routes(app, server)
+    _add_explain_routes(app, server)
     _add_generate_routes(app, server)
     _add_admin_routes(app, server, require_admin)
     add_openai_routes(app, server, require_admin)
@@ -173,6 +175,22 @@ def _add_predict_routes(app: FastAPI, server: Server) -> None:
             outputs = await server.batcher.submit(Job(adapter, features), len(features))
         predictions = adapter.task.decode(body.inputs, features, outputs, adapter.labels, adapter.config)
         return {"adapter": adapter.name, "task": adapter.task.name, "outputs": predictions}
+
+
+def _add_explain_routes(app: FastAPI, server: Server) -> None:
+    ExplainRequest = schemas.explain_request_model(server.settings.limits)
+
+    @app.post("/v1/explain", response_model=schemas.ExplainResponse, responses=schemas.ERRORS,
+              summary="Per-token Integrated Gradients of the predicted label(s) (classify, multilabel) or of each "
+                      "entity (ner), one per input: what `slimtune explain --json` prints")
+    async def explain(body: ExplainRequest, request: Request):
+        request.state.adapter = body.adapter
+        adapter = await server.store.resolve(body.adapter)
+        check_explainable(adapter)
+        async with server.store.held(adapter):
+            results = await server.batcher.exclusive(explain_served, adapter, body.inputs, body.n_steps, body.target)
+        outputs = [{**result, "explanations": [e.as_dict() for e in result["explanations"]]} for result in results]
+        return {"adapter": adapter.name, "task": adapter.task.name, "n_steps": body.n_steps, "outputs": outputs}
 
 
 def _add_generate_routes(app: FastAPI, server: Server) -> None:

@@ -15,6 +15,8 @@ class Limits:
     max_inputs: int = 64  # texts (or prompts) per request
     max_chars: int = 2000  # characters per text
     max_new_tokens: int = 256  # tokens a generate request may ask for, per prompt
+    max_explain_inputs: int = 8  # texts per explain request (each costs n_steps forward and backward passes)
+    max_explain_steps: int = 200  # n_steps an explain request may ask for
 
     @property
     def max_body_bytes(self) -> int:
@@ -42,6 +44,24 @@ def predict_request_model(limits: Limits) -> type[BaseModel]:
                                    description=f"1 to {limits.max_inputs} texts of 1 to {limits.max_chars} characters")
 
     return PredictRequest
+
+
+def explain_request_model(limits: Limits) -> type[BaseModel]:
+    Text = _text(limits)
+
+    class ExplainRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+        adapter: AdapterName = Field(description="name of a loaded classify, multilabel or ner adapter")
+        inputs: list[Text] = Field(min_length=1, max_length=limits.max_explain_inputs,
+                                   description=f"1 to {limits.max_explain_inputs} texts of 1 to {limits.max_chars} "
+                                               "characters, each within one model window")
+        n_steps: int = Field(default=min(50, limits.max_explain_steps), ge=1, le=limits.max_explain_steps,
+                             description="steps of the Integrated Gradients path integral (more: smaller delta)")
+        target: str | None = Field(default=None, min_length=1, max_length=200,
+                                   description="classify and multilabel: explain this label instead of the "
+                                               "predicted one(s)")
+
+    return ExplainRequest
 
 
 # Sampling bounds: a temperature near 0 or a huge one overflows the softmax (use greedy decoding instead).
@@ -110,6 +130,31 @@ class PredictResponse(BaseModel):
     adapter: str
     task: str
     outputs: list[ClassPrediction | EntityPrediction | LabelSetPrediction] = Field(description="one per input, in order")
+
+
+class TokenAttributions(BaseModel):
+    target: str = Field(description="the label, or the entity (\"PER: anna\") whose score is explained")
+    tokens: list[str] = Field(description="the tokenizer's pieces, special tokens included")
+    attributions: list[float] = Field(description="per token; they sum to score - baseline_score, up to delta")
+    score: float = Field(description="the target's score (a logit, or an entity's summed tag logits)")
+    baseline_score: float = Field(description="the same score with every word piece replaced by padding")
+    delta: float = Field(description="Integrated Gradients' convergence error: sum(attributions) - (score - "
+                                     "baseline_score)")
+
+
+class ExplainedText(BaseModel):
+    text: str
+    prediction: ClassPrediction | EntityPrediction | LabelSetPrediction = Field(
+        description="as /v1/predict gives it (ner tags in IOB2)")
+    explanations: list[TokenAttributions] = Field(description="one per predicted label or entity")
+
+
+class ExplainResponse(BaseModel):
+    adapter: str
+    task: str
+    n_steps: int
+    outputs: list[ExplainedText] = Field(description="one per input, in order; each equal to a line of "
+                                                     "`slimtune explain --json`")
 
 
 class GeneratedText(BaseModel):
