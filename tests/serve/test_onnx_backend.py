@@ -40,6 +40,12 @@ def test_embeddings_of_an_onnx_adapter_are_refused(client):
     assert response.status_code == 400 and "ONNX Runtime" in response.text
 
 
+def test_explaining_an_onnx_adapter_is_refused(client):
+    pytest.importorskip("captum")
+    response = client.post("/v1/explain", json={"adapter": "sst-qv", "inputs": ["good"]})
+    assert response.status_code == 422 and "computes no gradients" in response.json()["detail"]
+
+
 def test_backend_and_pytorch_int8_exclude_each_other(adapter_dirs):
     from slimtune.errors import SlimtuneError
     from slimtune.serve.registry import AdapterRegistry

@@ -9,7 +9,7 @@ way the work runs in the model thread (`MicroBatcher.exclusive`), so no batch us
 
 from slimtune.errors import SlimtuneError
 from slimtune.explain.attributions import Explainable, explain, of_task_model
-from slimtune.serve.registry import SHARED, ServedAdapter, UnknownAdapter
+from slimtune.serve.registry import ONNX, SHARED, ServedAdapter, UnknownAdapter
 
 
 class CannotExplain(SlimtuneError):
@@ -21,6 +21,9 @@ def check_explainable(adapter: ServedAdapter) -> None:
     if adapter.generates:
         raise CannotExplain(f"adapter {adapter.name!r} is a causal-lm adapter: POST /v1/explain serves classify, "
                             "multilabel and ner adapters")
+    if adapter.serving == ONNX:
+        raise CannotExplain(f"adapter {adapter.name!r} runs in ONNX Runtime, which computes no gradients; explain it "
+                            "from a server with --backend pytorch (or with `slimtune explain`)")
     if adapter.inference_int8:
         raise CannotExplain(f"adapter {adapter.name!r} is served with dynamic int8 layers, which have no gradients; "
                             "explain it from a server without --inference-int8 (or with `slimtune explain`)")
