@@ -206,7 +206,7 @@ class TrialLine:
         else:
             outcome = "failed"
         best = best_trial(study)
-        best_text = f" (best {best.value:.4f}, trial {best.number})" if best is not None else ""
+        best_text = f" (best {best.value:.4f}, trial {best.number + 1})" if best is not None else ""
         params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
         print(f"trial {trial.number + 1} of {self.trials}: {outcome}{best_text}; {params}", file=sys.stderr,
               flush=True)
