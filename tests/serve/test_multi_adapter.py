@@ -3,10 +3,11 @@
 import pytest
 import torch
 
+from slimtune.models.inference import feature_outputs
 from slimtune.runs.adapter_files import load_adapter
 from slimtune.serve.engine import Engine, Job
-from slimtune.serve.registry import OWN, SHARED, AdapterRefused, AdapterRegistry
-from slimtune.models.inference import feature_outputs
+from slimtune.serve.registry import AdapterRegistry
+from slimtune.serve.served import OWN, SHARED, AdapterRefused
 from tests.conftest import sentiment_rows
 from tests.serve.conftest import make_adapter
 

@@ -23,7 +23,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
 
 from slimtune.errors import SlimtuneError
-from slimtune.tasks.generation import chat_prompt_ids
 from slimtune.serve import schemas
 from slimtune.serve.batcher import MicroBatcher
 from slimtune.serve.decoding import ContinuousBatcher, Sampling
@@ -35,8 +34,10 @@ from slimtune.serve.metrics import CONTENT_TYPE, ServerMetrics
 from slimtune.serve.middleware import OfflinePages, RequestMetrics, SafeJSONResponse
 from slimtune.serve.openai_api import OPENAI_PATHS, ModelNotFound, add_openai_routes, openai_error
 from slimtune.serve.paths import allowed_base, allowed_path
-from slimtune.serve.registry import AdapterConflict, AdapterRefused, AdapterRegistry, PathRefused, UnknownAdapter
+from slimtune.serve.registry import AdapterRegistry
+from slimtune.serve.served import AdapterConflict, AdapterRefused, PathRefused, UnknownAdapter
 from slimtune.serve.store import AdapterStore
+from slimtune.tasks.generation import chat_prompt_ids
 
 
 class WrongEndpoint(SlimtuneError):

@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from slimtune.runs.adapter_files import build_adapter_model
 from slimtune.errors import SlimtuneError
 from slimtune.models.loading import Backbone, context_window, fingerprint, load_backbone
+from slimtune.runs.adapter_files import build_adapter_model
 from slimtune.serve.multi_adapter import SharedBase
 
 

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 import torch
 
 from slimtune.data.batching import pad_batch
-from slimtune.serve.registry import SHARED, AdapterRegistry, ServedAdapter, UnknownAdapter
 from slimtune.models.inference import unpad_rows
+from slimtune.serve.registry import AdapterRegistry
+from slimtune.serve.served import SHARED, ServedAdapter, UnknownAdapter
 
 
 @dataclass

@@ -9,7 +9,7 @@ way the work runs in the model thread (`MicroBatcher.exclusive`), so no batch us
 
 from slimtune.errors import SlimtuneError
 from slimtune.explain.attributions import Explainable, explain, of_task_model
-from slimtune.serve.registry import ONNX, SHARED, ServedAdapter, UnknownAdapter
+from slimtune.serve.served import ONNX, SHARED, ServedAdapter, UnknownAdapter
 
 
 class CannotExplain(SlimtuneError):

@@ -13,11 +13,11 @@ that may be the start of a stop string, and ending at the first stop string.
 import asyncio
 from dataclasses import dataclass, field
 
-from slimtune.tasks.generation import GenerationOptions, generate_ids
 from slimtune.serve.bases import LMBase
 from slimtune.serve.decoding import ContinuousBatcher, Sampling, Sequence
 from slimtune.serve.multi_adapter import BASE_SLOT
-from slimtune.serve.registry import ServedAdapter, UnknownAdapter
+from slimtune.serve.served import ServedAdapter, UnknownAdapter
+from slimtune.tasks.generation import GenerationOptions, generate_ids
 
 
 @dataclass(eq=False)

@@ -22,7 +22,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.serve import openai_schemas as oa
 from slimtune.serve.decoding import Sampling
 from slimtune.serve.engine import Job
-from slimtune.serve.registry import ONNX, UnknownAdapter
+from slimtune.serve.served import ONNX, UnknownAdapter
 
 OPENAI_PATHS = frozenset({"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/embeddings",
                           "/v1/load_lora_adapter", "/v1/unload_lora_adapter"})

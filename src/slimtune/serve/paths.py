@@ -4,7 +4,8 @@ confined to the allowed directory, and refused with an answer that is the same w
 from pathlib import Path
 
 from slimtune.models.loading import DEFAULT_MODEL
-from slimtune.serve.registry import AdapterRegistry, PathRefused
+from slimtune.serve.registry import AdapterRegistry
+from slimtune.serve.served import PathRefused
 
 
 def allowed_path(allowed_dir: Path, given: str) -> Path:

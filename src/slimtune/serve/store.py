@@ -16,8 +16,9 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from slimtune.serve.registry import AdapterRegistry, ServedAdapter
+from slimtune.serve.registry import AdapterRegistry
 from slimtune.serve.schemas import NAME_PATTERN
+from slimtune.serve.served import ServedAdapter
 
 
 class AdapterStore:
