@@ -69,7 +69,7 @@ def test_rerunning_continues_the_study(data, tiny_model, tmp_path, capsys):
     assert len(trials) == 3 and [t.params for t in trials[:2]] == first
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("trial ")]
     best = max(t.value for t in trials if t.value is not None)
-    assert len(lines) == 1 and lines[0].startswith("trial 3 of 3: ") and f"(best {best:.4f}, trial" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("trial 3 (3 of 3 done): ") and f"(best {best:.4f}, trial" in lines[0]
     assert f"lr={trials[2].params['lr']:.3g}" in lines[0]
 
 

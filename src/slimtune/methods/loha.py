@@ -55,7 +55,7 @@ class LoHa(Method):
     summary = "Hadamard product of two low-rank updates on chosen linear layers (mergeable)"
     Options = LoHaOptions
     mergeable = True
-    default_lr = 2e-3  # LoRA's measured rate; not swept for LoHa
+    default_lr = 4e-3  # measured: docs/results.md, "Learning rates of the methods of issue 21"
 
     def inject(self, backbone: nn.Module) -> None:
         for name in target_layers(backbone, self.options.targets):

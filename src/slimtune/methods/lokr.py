@@ -89,7 +89,7 @@ class LoKr(Method):
     summary = "Kronecker product of a small full and a low-rank factor on chosen linear layers (mergeable)"
     Options = LoKrOptions
     mergeable = True
-    default_lr = 2e-3  # LoRA's measured rate; not swept for LoKr
+    default_lr = 8e-3  # measured: docs/results.md, "Learning rates of the methods of issue 21"
 
     def inject(self, backbone: nn.Module) -> None:
         o = self.options

@@ -91,7 +91,7 @@ class VeRA(Method):
     Options = VeRAOptions
     mergeable = True
     # Reasoned, not yet swept: the VeRA paper trains its vectors at rates around 1e-2 (4e-3 to 1e-2 on GLUE).
-    default_lr = 1e-2
+    default_lr = 1e-2  # measured: docs/results.md, "Learning rates of the methods of issue 21"
 
     def inject(self, backbone: nn.Module) -> None:
         names = target_layers(backbone, self.options.targets)

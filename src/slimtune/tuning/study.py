@@ -190,7 +190,7 @@ def tune(request: TuneRequest) -> dict:
 class TrialLine:
     """After each trial, one line on stderr: its outcome and settings, and the best so far.
 
-        trial 4 of 20: dev accuracy 0.8520 (best 0.8610, trial 1); lr=0.0021 batch_size=16 epochs=2 r=8 alpha=16
+        trial 4 (4 of 20 done): dev accuracy 0.8520 (best 0.8610, trial 2); lr=0.0021 batch_size=16 epochs=2 r=8
     """
 
     def __init__(self, trials: int, metric: str):
@@ -208,8 +208,10 @@ class TrialLine:
         best = best_trial(study)
         best_text = f" (best {best.value:.4f}, trial {best.number + 1})" if best is not None else ""
         params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial.params.items())
-        print(f"trial {trial.number + 1} of {self.trials}: {outcome}{best_text}; {params}", file=sys.stderr,
-              flush=True)
+        done = sum(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+                   for t in study.get_trials(deepcopy=False))
+        print(f"trial {trial.number + 1} ({done} of {self.trials} done): {outcome}{best_text}; {params}",
+              file=sys.stderr, flush=True)
 
 
 class KeepBest:
