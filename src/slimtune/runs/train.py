@@ -159,6 +159,9 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
                                   prepared.dev_features, cfg, built.backbone.tokenizer.pad_token_id, kind.labels,
                                   trainer.metrics_path, request.contrastive, trainer.step_callbacks)
     else:
+        if kind.recipe.head_start and not (request.resume or kind.initial):
+            small_data.start_head(built.model, prepared.train_features, built.backbone.tokenizer.pad_token_id,
+                                  len(kind.labels), cfg.seed)
         summary = trainer.fit(prepared.source, prepared.dev_features, resume=request.resume)
     summary["recipe"] = kind.recipe.as_dict()
     chance = check_chance(task, built.model, summary, prepared.train_features, prepared.dev_features,
