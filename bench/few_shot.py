@@ -141,7 +141,7 @@ def run_slimtune(mode: str, train_path: str, held_path: str, out: Path, seed: in
     metrics = loaded.task.evaluate(loaded.model, features, loaded.backbone.tokenizer.pad_token_id, 128, loaded.labels)
     return {"accuracy": metrics["accuracy"], "train_seconds": summary["train_seconds"] + summary["prepare_seconds"],
             "wall_seconds": wall, "model_bytes": summary["adapter_bytes"], "steps": summary["steps"],
-            "recipe": summary["recipe"]["name"]}
+            "recipe": summary["recipe"]["name"], "head_start": summary["recipe"].get("head_start", "")}
 
 
 def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> dict:

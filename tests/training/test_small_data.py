@@ -57,6 +57,7 @@ def test_train_chooses_reports_and_records_the_recipe(tiny_model, tmp_path, caps
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["recipe"]["name"] == "small-data" and metrics["recipe"]["head_start"] == "logistic"
     assert "head started from a logistic regression" in recipe_lines[0]
+    assert 0 < metrics["head_start_seconds"] <= metrics["train_seconds"]
     assert metrics["steps"] >= MIN_STEPS and metrics["train_examples"] == 40 and metrics["dev_examples"] == 0
     assert metrics["best_dev_accuracy"] is None and "train_accuracy" in metrics
 
