@@ -169,12 +169,20 @@ def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> d
             "steps": trainer.state.global_step if hasattr(trainer, "state") else None, "recipe": "setfit"}
 
 
+def system_label(run: dict) -> str:
+    """The system's name; supervised runs recorded before the recipe's logistic head start (runs without the
+    `head_start` field) are labelled apart, since the recipe changed."""
+    if run["system"] == "slimtune-supervised" and "head_start" not in run:
+        return "slimtune-supervised (random head, earlier recipe)"
+    return run["system"]
+
+
 def table(results: list[dict]) -> str:
     """Markdown: one row per (task, k, system), mean ± std over seeds; load: the 1-minute load average at the end
     of the runs (the machine's two cores are shared)."""
     groups = defaultdict(list)
     for r in results:
-        groups[r["task"], r["shots"], r["system"]].append(r)
+        groups[r["task"], r["shots"], system_label(r)].append(r)
     lines = ["| task | k/class | system | accuracy (mean ± std) | seeds | train s (mean) | saved model | load |",
              "|---|---|---|---|---|---|---|---|"]
     for (task, k, system), runs in groups.items():
