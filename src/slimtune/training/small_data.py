@@ -12,8 +12,8 @@ gives a few optimizer steps and a dev set of a handful of rows: a few dozen rows
   takes a batch of at most an eighth of the rows (at least 4), so a pass has ≥ 8 batches, and makes several
   passes over the data in each epoch so the run makes at least MIN_STEPS optimizer steps whatever --epochs says;
   with one label per text its head starts as a logistic regression fitted on the untrained encoder's pooled
-  vectors (`start_head`, a linear probe before fine-tuning) instead of at random, which measured +0.03 to +0.04
-  dev accuracy at 64 per class (docs/results.md, "Few-shot").
+  vectors (`start_head`, a linear probe before fine-tuning) instead of at random, which measured better on a dev
+  split carved from the training pool at 8, 16 and 64 per class (docs/results.md, "Few-shot").
 
 `--few-shot off` keeps the standard recipe whatever the size: the flags as given, dev carved when --dev is missing.
 `train()` prints `Recipe.line()` once, and records the recipe in metrics.json.
