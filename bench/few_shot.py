@@ -97,13 +97,15 @@ def read_entity_mentions(path: str) -> list[tuple[str, str]]:
     return sorted((spelling[key], next(iter(seen))) for key, seen in types.items() if len(seen) == 1)
 
 
-def split_samples(rows, shots: list[int], seeds: list[int], heldout: int):
-    """(held-out rows, {(k, seed): training rows}): held-out first, training samples from the rest only."""
+def split_samples(rows, shots: list[int], seeds: list[int], heldout: int, dev: int = 0):
+    """(held-out rows, dev rows, {(k, seed): training rows}): held-out first, then `dev` rows to choose recipes on,
+    training samples from the rest only (with dev=0 the samples are those of earlier runs)."""
     order = list(range(len(rows)))
     random.Random(12345).shuffle(order)
     held = [rows[i] for i in order[:heldout]]
+    dev_rows = [rows[i] for i in order[heldout:heldout + dev]]
     pool = defaultdict(list)
-    for i in order[heldout:]:
+    for i in order[heldout + dev:]:
         pool[rows[i][1]].append(rows[i])
     samples = {}
     for seed in seeds:
@@ -112,7 +114,7 @@ def split_samples(rows, shots: list[int], seeds: list[int], heldout: int):
             chosen = [row for label in sorted(pool) for row in rng.sample(pool[label], k)]
             rng.shuffle(chosen)
             samples[k, seed] = chosen
-    return held, samples
+    return held, dev_rows, samples
 
 
 def write_tsv(path: Path, rows) -> str:
@@ -139,7 +141,7 @@ def run_slimtune(mode: str, train_path: str, held_path: str, out: Path, seed: in
     metrics = loaded.task.evaluate(loaded.model, features, loaded.backbone.tokenizer.pad_token_id, 128, loaded.labels)
     return {"accuracy": metrics["accuracy"], "train_seconds": summary["train_seconds"] + summary["prepare_seconds"],
             "wall_seconds": wall, "model_bytes": summary["adapter_bytes"], "steps": summary["steps"],
-            "recipe": summary["recipe"]["name"]}
+            "recipe": summary["recipe"]["name"], "head_start": summary["recipe"].get("head_start", "")}
 
 
 def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> dict:
@@ -167,12 +169,20 @@ def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> d
             "steps": trainer.state.global_step if hasattr(trainer, "state") else None, "recipe": "setfit"}
 
 
+def system_label(run: dict) -> str:
+    """The system's name; supervised runs recorded before the recipe's logistic head start (runs without the
+    `head_start` field) are labelled apart, since the recipe changed."""
+    if run["system"] == "slimtune-supervised" and "head_start" not in run:
+        return "slimtune-supervised (random head, earlier recipe)"
+    return run["system"]
+
+
 def table(results: list[dict]) -> str:
     """Markdown: one row per (task, k, system), mean ± std over seeds; load: the 1-minute load average at the end
     of the runs (the machine's two cores are shared)."""
     groups = defaultdict(list)
     for r in results:
-        groups[r["task"], r["shots"], r["system"]].append(r)
+        groups[r["task"], r["shots"], system_label(r)].append(r)
     lines = ["| task | k/class | system | accuracy (mean ± std) | seeds | train s (mean) | saved model | load |",
              "|---|---|---|---|---|---|---|---|"]
     for (task, k, system), runs in groups.items():
@@ -198,6 +208,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads for every system")
     p.add_argument("--score-on", metavar="PATH", help="score on this TSV instead of a held-out sample (to tune "
                    "defaults on the bundled dev split, data/sst2/dev_1k.tsv.gz, never on the held-out rows)")
+    p.add_argument("--dev", type=int, default=0, metavar="N",
+                   help="score on N rows carved from the training pool (after the held-out rows, before any "
+                   "training sample) instead of the held-out rows: to choose recipes without touching the held-out")
     p.add_argument("--pairs-per-row", type=int, help="slimtune-contrastive: pairs per training row (default: its own)")
     p.add_argument("--lr", type=float, help="slimtune: peak learning rate (default: LoRA's)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="slimtune: a LoRA option, repeatable")
@@ -223,7 +236,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="few-shot-") as tmp:
         tmp = Path(tmp)
         for task in args.tasks.split(","):
-            held, samples = split_samples(readers[task](), shots, seeds, args.heldout)
+            held, dev, samples = split_samples(readers[task](), shots, seeds, args.heldout, args.dev)
+            if args.dev:
+                held = dev
             if args.score_on:
                 from slimtune.data.table import read_labelled_texts
 
@@ -241,7 +256,8 @@ def main(argv=None) -> int:
                         r = run_slimtune(system.removeprefix("slimtune-"), train_path,
                                          held_path, out, seed, args)
                     r.update(task=task, shots=k, seed=seed, system=system, train_rows=len(rows),
-                             heldout_rows=len(held), threads=args.threads, load=os.getloadavg()[0])
+                             heldout_rows=len(held), threads=args.threads,
+                             scored_on="dev" if args.dev else args.score_on or "heldout", load=os.getloadavg()[0])
                     results.append(r)
                     print(json.dumps(r), flush=True)
                     if args.json:

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from slimtune.cli import main
 from slimtune.errors import SlimtuneError
@@ -54,7 +55,9 @@ def test_train_chooses_reports_and_records_the_recipe(tiny_model, tmp_path, caps
     recipe_lines = [line for line in err.splitlines() if line.startswith("recipe:")]
     assert len(recipe_lines) == 1 and "small-data (40 training rows < 500)" in recipe_lines[0]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["recipe"]["name"] == "small-data"
+    assert metrics["recipe"]["name"] == "small-data" and metrics["recipe"]["head_start"] == "logistic"
+    assert "head started from a logistic regression" in recipe_lines[0]
+    assert 0 < metrics["head_start_seconds"] <= metrics["train_seconds"]
     assert metrics["steps"] >= MIN_STEPS and metrics["train_examples"] == 40 and metrics["dev_examples"] == 0
     assert metrics["best_dev_accuracy"] is None and "train_accuracy" in metrics
 
@@ -107,3 +110,33 @@ def test_off_keeps_the_standard_recipe_and_carves_dev_from_small_data(tiny_model
     summary = train(TrainRequest(task="classify", method="lora", train_path=data, out_dir=str(tmp_path / "run"),
                                  model=tiny_model, few_shot="off", config=TrainConfig(epochs=1, batch_size=8)))
     assert summary["recipe"]["name"] == "standard" and summary["dev_examples"] == 4 and summary["steps"] == 5
+
+
+def test_only_one_label_per_text_starts_the_head_from_a_regression():
+    config = TrainConfig()
+    assert choose_recipe("supervised", 40, True, True, False, config).head_start == "logistic"
+    token_level = choose_recipe("supervised", 40, False, True, False, config)  # ner: a head per token
+    assert token_level.head_start == "" and "head_start" not in token_level.as_dict()
+    assert choose_recipe("off", 40, True, True, False, config).head_start == ""
+
+
+def test_the_supervised_recipe_trains_from_the_regression_head(tiny_model, tmp_path):
+    """With a learning rate too small to move anything, the saved head is the logistic regression fitted on
+    the untrained encoder's vectors of the training rows, not the random head a model is built with."""
+    from safetensors.torch import load_file
+
+    from slimtune.runs.adapter_files import load_adapter
+    from slimtune.training.contrastive import embed_rows, fit_head
+
+    data = write_tsv(tmp_path / "train.tsv", sentiment_rows(40, 0))
+    out = tmp_path / "run"
+    train(TrainRequest(task="classify", method="lora", train_path=data, out_dir=str(out), model=tiny_model,
+                       options={"r": "4"}, few_shot="supervised", config=TrainConfig(lr=1e-12, seed=3)))
+    saved = load_file(out / "adapter.safetensors")
+    loaded = load_adapter(out)
+    features = loaded.task.encode(loaded.task.read(data), loaded.backbone.tokenizer, loaded.labels,
+                                  loaded.backbone.max_length)
+    fit_head(loaded.model, embed_rows(loaded.model, features, loaded.backbone.tokenizer.pad_token_id),
+             [f["labels"] for f in features], len(loaded.labels), c=1.0, seed=3)
+    torch.testing.assert_close(saved["head.1.weight"], loaded.model.head[-1].weight.detach(), atol=1e-5, rtol=1e-4)
+    assert saved["head.1.weight"].abs().sum() > 0

@@ -1,6 +1,7 @@
 """One training run from files to a saved adapter: the API behind `slimtune train`."""
 
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -165,7 +166,16 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
                                   prepared.dev_features, cfg, built.backbone.tokenizer.pad_token_id, kind.labels,
                                   trainer.metrics_path, request.contrastive, trainer.step_callbacks)
     else:
+        head_seconds = 0.0
+        if kind.recipe.head_start and not (request.resume or kind.initial):
+            started = time.perf_counter()
+            small_data.start_head(built.model, prepared.train_features, built.backbone.tokenizer.pad_token_id,
+                                  len(kind.labels), cfg.seed)
+            head_seconds = time.perf_counter() - started
         summary = trainer.fit(prepared.source, prepared.dev_features, resume=request.resume)
+        if head_seconds:  # training time includes the head's start
+            summary.update(train_seconds=round(summary["train_seconds"] + head_seconds, 2),
+                           head_start_seconds=round(head_seconds, 2))
     summary["recipe"] = kind.recipe.as_dict()
     chance = check_chance(task, built.model, summary, prepared.train_features, prepared.dev_features,
                           built.backbone.tokenizer.pad_token_id, kind.labels, cfg.batch_size)
