@@ -4,7 +4,8 @@ scaled-dot-product attention (transformers' "sdpa", slimtune's default), and tor
 
 Each variant trains the bundled MiniLM with LoRA (defaults) on the same length-grouped SST-2 batches (batch 32),
 from the same initial weights; the variants take turns, one round of `--steps` steps each, `--rounds` times, and the
-best round of each is reported, with the first compiled round (which pays the compilation) separately.
+best round of each is reported, with the first compiled round (which pays the compilation) separately. Speed is
+examples per CPU second of this process: run it with one thread (OMP_NUM_THREADS=1).
 
     PYTHONPATH=src python bench/cpu_speedups.py --steps 30 --rounds 2
 """
@@ -34,15 +35,17 @@ def build(attention: str, compiled: bool):
 
 
 def run_steps(variant, batches) -> float:
+    """CPU seconds of this process for the steps (with one thread, other processes on a shared machine disturb it
+    far less than wall-clock time)."""
     task, _, model, optimizer = variant
     model.train()
-    started = time.perf_counter()
+    started = time.process_time()
     for batch in batches:
         loss = task.loss(model(**{k: v for k, v in batch.items() if k != "labels"}), batch["labels"])
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return time.perf_counter() - started
+    return time.process_time() - started
 
 
 def main() -> None:
@@ -69,9 +72,9 @@ def main() -> None:
             if "compile" in name and first_compiled is None:
                 first_compiled = n / seconds
             examples[name].append(n / seconds)
-            print(f"round {r + 1}: {name}: {n / seconds:.1f} examples/s", flush=True)
+            print(f"round {r + 1}: {name}: {n / seconds:.1f} examples per CPU second", flush=True)
     base = max(examples["sdpa (default)"])
-    print("| variant | best examples/s | vs default |\n|---|---|---|")
+    print("| variant | best examples per CPU second | vs default |\n|---|---|---|")
     for name, values in examples.items():
         print(f"| {name} | {max(values):.1f} | {max(values) / base:.2f}x |")
     print(f"| sdpa + torch.compile, first round (compilation included) | {first_compiled:.1f} | "
