@@ -38,8 +38,9 @@ def write_report(study, request, metric: str) -> dict:
     out = Path(request.out_dir)
     best = study.best_trial
     rows = trial_rows(study)
-    report = {"metric": f"dev {metric}", "study": request.study_name, "trials_finished": len(rows),
-              "pruned": sum(r["state"] == "pruned" for r in rows),
+    report = {"metric": f"dev {metric}", "study": request.study_name,
+              "trials_finished": sum(r["state"] in ("complete", "pruned") for r in rows),
+              "pruned": sum(r["state"] == "pruned" for r in rows), "failed": sum(r["state"] == "fail" for r in rows),
               "best": {"trial": best.number, "value": best.value, "params": best.params,
                        "flags": best.user_attrs.get("flags")},
               "importance": importance(study), "trials": rows}
@@ -109,7 +110,7 @@ def render_html(report: dict) -> str:
             "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}</style></head><body>"
             f"<h1>slimtune tune: {esc(report['study'])}</h1>"
-            f"<p>{report['trials_finished']} trials ({report['pruned']} pruned). Best: trial {best['trial']}, "
+            f"<p>{report['trials_finished']} trials ({report['pruned']} pruned, {report['failed']} failed). Best: trial {best['trial']}, "
             f"{esc(report['metric'])} {best['value']:.4f}.</p>"
             f"<pre>{esc(yaml.safe_dump(best['flags'], sort_keys=False))}</pre>{plots}"
             f"<h2>Trials</h2><table><tr>{head}</tr>{body}</table></body></html>")
