@@ -52,3 +52,16 @@ def test_plan_measures_the_method_and_full_in_their_own_processes(tiny_model, to
 def test_bad_plan_fails_before_loading(extra, message, capsys):
     assert main(["plan", "--method", "lora", *extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_measured_child_reports_progress_while_it_runs(tmp_path, monkeypatch):
+    import sys
+
+    from slimtune.compare.measure import run_measured
+
+    monkeypatch.setenv("SLIMTUNE_PROGRESS_SECONDS", "1")
+    calls = []
+    child = run_measured([sys.executable, "-c", "import time; print('step 1 of 2', flush=True); time.sleep(3.5)"],
+                         tmp_path / "child.log", on_wait=lambda seconds, line: calls.append((seconds, line)))
+    assert child.returncode == 0 and child.peak_rss_bytes > 0
+    assert len(calls) >= 2 and calls[-1][1] == "step 1 of 2" and calls[-1][0] >= 2

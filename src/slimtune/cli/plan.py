@@ -80,7 +80,10 @@ def measure(request: dict, threads: int | None) -> dict:
         request_path, result_path = Path(work) / "request.json", Path(work) / "result.json"
         request_path.write_text(json.dumps(request))
         child = run_measured([sys.executable, "-m", "slimtune.compare.probe", str(request_path), str(result_path)],
-                             Path(work) / "probe.log", threads)
+                             Path(work) / "probe.log", threads,
+                             on_wait=lambda seconds, line: print(
+                                 f"measuring {request['method']}: {seconds:.0f} s" + (f"; {line}" if line else ""),
+                                 file=sys.stderr, flush=True))
         if child.returncode != 0:
             raise SlimtuneError(f"measuring {request['method']} failed: {child.last_error_line}")
         return {**json.loads(result_path.read_text()), "peak_rss_bytes": child.peak_rss_bytes}
