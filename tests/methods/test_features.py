@@ -10,7 +10,7 @@ from transformers import BertModel
 from slimtune.data.batching import pad_batch
 from slimtune.errors import SlimtuneError
 from slimtune.methods.feature_reducers import fit_lda, fit_pca, fit_tfidf, lda_model, tfidf_vectors
-from slimtune.methods.features import FeatureBackbone, cache_dir
+from slimtune.methods.features import FeatureBackbone, features_dir
 from slimtune.methods.registry import create_method
 from slimtune.runs.adapter_files import load_adapter
 from slimtune.runs.train import TrainRequest, train
@@ -112,7 +112,7 @@ def test_training_features_are_cached_on_disk_reused_and_invalidated(tiny_model,
     build_classifier(tiny_model, "features", {"dim": "8", "rank": "2"})[1].prepare(again, iter(changed), None)
     assert len(encoder_calls) == len(changed)
     assert len(list(feature_cache.iterdir())) == 2
-    assert cache_dir() == feature_cache
+    assert features_dir() == feature_cache
 
 
 def test_after_prepare_only_unseen_inputs_run_the_encoder(tiny_model, encoder_calls):

@@ -10,11 +10,11 @@ outside the package in that process are listed too.
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
 from slimtune import __version__
+from slimtune.cache import cache_dir
 
 
 def method_catalogue() -> list[dict]:
@@ -44,7 +44,7 @@ def _modules_identity() -> str:
 
 
 def _cache_path() -> Path:
-    return Path(os.environ.get("SLIMTUNE_CACHE") or Path.home() / ".cache" / "slimtune").expanduser() / "methods.json"
+    return cache_dir() / "methods.json"
 
 
 def _read(key: str) -> list[dict] | None:

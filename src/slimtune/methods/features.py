@@ -20,7 +20,6 @@ once and are kept in memory. Classification only: one sentence vector per text h
 """
 
 import hashlib
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from torch import nn
 from tqdm import tqdm
 
 from slimtune.atomic import write_safetensors
+from slimtune.cache import cache_dir
 from slimtune.data.batching import example_keys
 from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
@@ -46,8 +46,8 @@ KEPT_EXAMPLES = 200_000  # bound on unseen inputs kept in memory (~300 MB at H=3
 CACHE_FORMAT = b"slimtune-features-1"
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("SLIMTUNE_CACHE") or Path.home() / ".cache" / "slimtune") / "features"
+def features_dir() -> Path:
+    return cache_dir() / "features"
 
 
 class LowRankMap(nn.Module):
@@ -212,7 +212,7 @@ class Features(Method):
         digest = hashlib.sha256(CACHE_FORMAT + fingerprint(backbone.base_layer).encode() + backbone.pooling.encode())
         for key in unique:
             digest.update(len(key).to_bytes(8, "little") + key)
-        path = cache_dir() / f"{digest.hexdigest()[:40]}.safetensors"
+        path = features_dir() / f"{digest.hexdigest()[:40]}.safetensors"
         device = backbone.proj.device
         cached = self._read_cache(path, len(unique))
         if cached is not None:

