@@ -43,3 +43,10 @@ def test_mlflow_run_holds_settings_losses_and_dev_metrics(tiny_model, toy_data, 
     assert run.data.params["lr"] == "0.005" and run.data.params["method"] == "lora"
     assert {"train_loss", "train_lr", "eval_dev_accuracy"} <= set(run.data.metrics)
     assert len(client.get_metric_history(run.info.run_id, "eval_dev_accuracy")) == 2
+
+
+def test_a_bad_mlflow_tracking_uri_is_one_line(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "bogus://nowhere")
+    with pytest.raises(SlimtuneError, match="--log mlflow: the MLflow tracking store refused"):
+        open_loggers(("mlflow",), tmp_path, {})

@@ -49,14 +49,19 @@ class MLflowLog:
             from mlflow.entities import Metric, Param
         except ImportError:
             raise SlimtuneError("--log mlflow needs the mlflow package: pip install mlflow-skinny") from None
-        self.client, self.metric = mlflow.MlflowClient(), Metric
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "slimtune")
-        experiment = self.client.get_experiment_by_name(name)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
-        self.run_id = self.client.create_run(experiment_id, run_name=final_name(run_dir)).info.run_id
-        params = [Param(key, str(value)[:6000]) for key, value in sorted(settings.items())]
-        for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
-            self.client.log_batch(self.run_id, params=params[start:start + 100])
+        self.metric = Metric
+        try:  # a bad MLFLOW_TRACKING_URI or an unreachable server: one line before training starts
+            self.client = mlflow.MlflowClient()
+            name = os.environ.get("MLFLOW_EXPERIMENT_NAME", "slimtune")
+            experiment = self.client.get_experiment_by_name(name)
+            experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
+            self.run_id = self.client.create_run(experiment_id, run_name=final_name(run_dir)).info.run_id
+            params = [Param(key, str(value)[:6000]) for key, value in sorted(settings.items())]
+            for start in range(0, len(params), 100):  # MLflow takes at most 100 parameters a call
+                self.client.log_batch(self.run_id, params=params[start:start + 100])
+        except Exception as e:  # MLflow raises its own exception types, and its stores' drivers theirs
+            message = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise SlimtuneError(f"--log mlflow: the MLflow tracking store refused ({message})") from None
 
     def __call__(self, record: dict) -> None:
         now = int(time.time() * 1000)
