@@ -81,7 +81,8 @@ def test_export_directory_runs_in_plain_onnxruntime(exported):
     assert logits.shape == ((2, 2) if task == "classify" else (2, 4, len(TASK_LABELS[task])))
 
 
-def test_eval_and_predict_with_onnxruntime_match_pytorch(tiny_model, tmp_path, capsys):
+def test_eval_and_predict_with_onnxruntime_match_pytorch(tiny_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))  # the export is kept there
     train = write_tsv(tmp_path / "train.tsv", sentiment_rows(48, 0))
     dev = write_tsv(tmp_path / "dev.tsv", sentiment_rows(16, 1))
     run = str(tmp_path / "run")
@@ -107,7 +108,8 @@ def _error(capsys, argv) -> str:
     return err
 
 
-def test_bad_inputs_give_one_clear_line(exported, tmp_path, capsys):
+def test_bad_inputs_give_one_clear_line(exported, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))
     _, run, out = exported
     assert "onnxruntime-int8" in _error(capsys, ["predict", "--adapter", str(run), "--backend", "onnxruntime",
                                                  "--inference-int8", "int8", "good"])

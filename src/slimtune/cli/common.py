@@ -110,14 +110,32 @@ def load_model_or_adapter(args):
                  if getattr(args, name, None) is not None]
         if given:
             raise SlimtuneError(f"{', '.join(given)}: the adapter records these; give them only without --adapter")
-        return load_adapter(args.adapter, args.model, inference_int8 or old_quantize, task_name)
+        return load_adapter_with_backend(args)
     if task_name is not None:
         raise SlimtuneError("--task-name picks a task of a multi-task --adapter; give --adapter DIR")
     if inference_int8:
         raise SlimtuneError("--inference-int8 merges and quantizes an --adapter; for a base model give --base-int8")
     if not args.task:
         raise SlimtuneError("give --adapter DIR, or --task causal-lm with --model to use a base model as it is")
-    return load_base_model(args.task, args.model, getattr(args, "max_length", None), base_int8 or old_quantize)
+    loaded = load_base_model(args.task, args.model, getattr(args, "max_length", None), base_int8 or old_quantize)
+    apply_backend(loaded, args)
+    return loaded
+
+
+def load_adapter_with_backend(args):
+    """--adapter (one --task-name of a multi-task adapter) run with --backend: PyTorch, or ONNX Runtime from the
+    export kept in $SLIMTUNE_CACHE/onnx (slimtune.runs.onnx_cache), exported there first when it is not."""
+    from slimtune.runs.adapter_files import load_adapter
+
+    task_name, backend = getattr(args, "task_name", None), getattr(args, "backend", "pytorch")
+    inference_int8 = getattr(args, "inference_int8", None) or getattr(args, "quantize", None)  # --quantize: old name
+    if backend == "pytorch":
+        return load_adapter(args.adapter, args.model, inference_int8, task_name)
+    if inference_int8:
+        raise SlimtuneError("--inference-int8 is PyTorch's int8; with ONNX Runtime use --backend onnxruntime-int8")
+    from slimtune.runs.onnx_cache import load_onnx_adapter
+
+    return load_onnx_adapter(args.adapter, args.model, backend, task_name)
 
 
 # Numeric flags that mean a count (at least 1) or an amount (at least 0), whichever command has them.
@@ -222,16 +240,20 @@ BACKEND_CHOICES = ("pytorch", "onnxruntime", "onnxruntime-int8")  # slimtune.run
 
 def add_backend_flag(parser: argparse.ArgumentParser, help: str = "run the model with PyTorch, or export it (merged, "
                      "with its head) to ONNX and run it with ONNX Runtime in fp32 or dynamic int8 (classify and ner; "
-                     "extra `onnx`)") -> None:
+                     "extra `onnx`); the export is kept in $SLIMTUNE_CACHE/onnx (default ~/.cache/slimtune/onnx), "
+                     "so later calls with the same adapter and base skip loading the PyTorch model and exporting") \
+        -> None:
     parser.add_argument("--backend", choices=BACKEND_CHOICES, default="pytorch", help=help + " (default: pytorch)")
 
 
 def apply_backend(loaded, args) -> None:
-    """Switch `loaded` to --backend; ONNX Runtime's int8 and PyTorch's --inference-int8 exclude each other."""
-    if args.backend == "pytorch":
+    """Switch a loaded base model to --backend (adapters: `load_adapter_with_backend`); ONNX Runtime's int8 and
+    PyTorch's --inference-int8 exclude each other."""
+    backend = getattr(args, "backend", "pytorch")  # commands without --backend run PyTorch
+    if backend == "pytorch":
         return
     if getattr(args, "inference_int8", None):
         raise SlimtuneError("--inference-int8 is PyTorch's int8; with ONNX Runtime use --backend onnxruntime-int8")
     from slimtune.runs.onnx_export import use_backend
 
-    use_backend(loaded, args.backend)
+    use_backend(loaded, backend)

@@ -27,11 +27,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from slimtune.cli.common import apply_backend, load_model_or_adapter, reader_options
+    from slimtune.cli.common import load_model_or_adapter, reader_options
     from slimtune.cli.formatting import format_report
 
-    loaded = load_model_or_adapter(args)
-    apply_backend(loaded, args)
+    loaded = load_model_or_adapter(args)  # with --backend
     rows = loaded.task.read(args.data, **reader_options(args))
     features = loaded.task.encode(rows, loaded.backbone.tokenizer, loaded.labels, loaded.backbone.max_length)
     metrics = loaded.task.evaluate(loaded.model, features, loaded.backbone.tokenizer.pad_token_id,

@@ -31,8 +31,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    from slimtune.runs.adapter_files import load_adapter
-    from slimtune.cli.common import apply_backend, read_inputs
+    from slimtune.cli.common import load_adapter_with_backend, read_inputs
     from slimtune.cli.formatting import format_prediction
     from slimtune.errors import SlimtuneError
 
@@ -42,14 +41,12 @@ def run(args) -> int:
             raise SlimtuneError("--conll-in and --conll-out go together")
         if args.texts or args.file:
             raise SlimtuneError("give either texts (or --file) or --conll-in, not both")
-        loaded = load_adapter(args.adapter, args.model, args.inference_int8, args.task_name)
-        apply_backend(loaded, args)
+        loaded = load_adapter_with_backend(args)
         count = loaded.task.predict_file(loaded, args.conll_in, args.conll_out, args.batch_size, **options)
         print(f"tagged {count} sentences into {args.conll_out}", file=sys.stderr)
         return 0
     texts = read_inputs(args.texts, args.file)
-    loaded = load_adapter(args.adapter, args.model, args.inference_int8, args.task_name)
-    apply_backend(loaded, args)
+    loaded = load_adapter_with_backend(args)
     for text, prediction in zip(texts, loaded.task.predict(loaded, texts, args.batch_size, **options)):
         if args.json:
             print(json.dumps({"text": text, **rounded(prediction)}))

@@ -22,17 +22,23 @@ FP32_FILE, INT8_FILE, CONFIG_FILE = "model.onnx", "model_int8.onnx", "onnx_confi
 SETTINGS = ("task", "labels", "pooling", "max_length", "scheme", "base_model", "method")  # kept from the run
 
 
-def _export_loaded(loaded, path: Path) -> list[str]:
-    """Merge `loaded`'s adapter where it can be and write its task model to `path`; returns the input names."""
+def check_exportable(task, config: dict) -> None:
+    """Refuse, in one line, a run whose model has no ONNX form: a causal LM, an int8 base, a `quantize` output.
+    `config` is the run's (one task's) adapter_config.json; checked before anything is loaded or read from a cache."""
     require_onnx()
-    if loaded.task.kind == GENERATION:
-        raise SlimtuneError(f"ONNX export covers encoder tasks (classify, ner), not {loaded.task.name}")
-    if base_int8_of(loaded.config):
+    if task.kind == GENERATION:
+        raise SlimtuneError(f"ONNX export covers encoder tasks (classify, ner), not {task.name}")
+    if base_int8_of(config):
         raise SlimtuneError("this adapter was trained on an int8 base, which has no ONNX form; retrain without "
                             "--base-int8 (ONNX Runtime's own int8 is --backend onnxruntime-int8)")
-    if inference_int8_of(loaded.config):
+    if inference_int8_of(config):
         raise SlimtuneError("this adapter is a `slimtune quantize` output, already in PyTorch's int8; give the fp32 "
                             "run it was made from (ONNX Runtime's own int8 is --backend onnxruntime-int8)")
+
+
+def _export_loaded(loaded, path: Path) -> list[str]:
+    """Merge `loaded`'s adapter where it can be and write its task model to `path`; returns the input names."""
+    check_exportable(loaded.task, loaded.config)
     if loaded.method is not None and loaded.method.mergeable:
         loaded.method.merge(loaded.model.backbone)
         unwrap(loaded.model.backbone)
@@ -57,17 +63,30 @@ def write_onnx_export(loaded, out: Path) -> None:
     })
 
 
-def use_backend(loaded, backend: str) -> None:
-    """Run `loaded` with `backend` from now on: PyTorch as loaded, or its ONNX export in ONNX Runtime (fp32 or
-    dynamic int8), exported to a temporary directory that is gone once the session has read it."""
-    if backend == "pytorch":
-        return
+def export_for_backend(loaded, backend: str, directory: Path) -> tuple[Path, list[str]]:
+    """Write the graph `backend` runs into `directory` (model.onnx, or only model_int8.onnx for int8); returns its
+    path and input names. `loaded` is changed: its adapter is merged into the base where the method allows."""
+    path = directory / FP32_FILE
+    inputs = _export_loaded(loaded, path)
+    if backend == "onnxruntime-int8":
+        quantize_onnx_int8(path, directory / INT8_FILE)
+        path.unlink()
+        path = directory / INT8_FILE
+    return path, inputs
+
+
+def check_backend(backend: str) -> None:
     if backend not in BACKENDS:
         raise SlimtuneError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+
+
+def use_backend(loaded, backend: str) -> None:
+    """Run `loaded` with `backend` from now on: PyTorch as loaded, or its ONNX export in ONNX Runtime (fp32 or
+    dynamic int8), exported to a temporary directory that is gone once the session has read it (`eval` and
+    `predict` keep exports instead: slimtune.runs.onnx_cache)."""
+    if backend == "pytorch":
+        return
+    check_backend(backend)
     with tempfile.TemporaryDirectory(prefix="slimtune-onnx-") as tmp:
-        path = Path(tmp) / FP32_FILE
-        _export_loaded(loaded, path)
-        if backend == "onnxruntime-int8":
-            quantize_onnx_int8(path, Path(tmp) / INT8_FILE)
-            path = Path(tmp) / INT8_FILE
+        path, _ = export_for_backend(loaded, backend, Path(tmp))
         loaded.model = OnnxRuntimeModel(path)
