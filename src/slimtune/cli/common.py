@@ -100,7 +100,7 @@ def add_model_int8_flags(parser) -> None:
 def load_model_or_adapter(args):
     """The adapter in --adapter (one --task-name of a multi-task adapter); without one, the --model base as it
     is for --task (causal-lm only)."""
-    from slimtune.runs.adapter_files import load_adapter, load_base_model
+    from slimtune.runs.adapter_files import load_base_model
 
     task_name = getattr(args, "task_name", None)
     base_int8, inference_int8 = getattr(args, "base_int8", None), getattr(args, "inference_int8", None)
