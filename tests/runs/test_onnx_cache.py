@@ -20,13 +20,13 @@ from slimtune.cli import main  # noqa: E402
 from slimtune.ownership import mark, read_marker  # noqa: E402
 from slimtune.runs import onnx_cache, onnx_export  # noqa: E402
 from slimtune.runs.run_directory import read_run  # noqa: E402
-from tests.conftest import make_tiny_bert, sentiment_rows, write_tsv  # noqa: E402
+from tests.conftest import make_tiny_bert, ner_sentences, sentiment_rows, write_conll, write_tsv  # noqa: E402
 
 HIT_CHECK = """
 import json, sys
 from slimtune.cli import main
 assert main({argv}) == 0
-print(json.dumps("transformers.models.bert.modeling_bert" in sys.modules))
+print(json.dumps(sorted(m for m in ("transformers.models.bert.modeling_bert", "transformers.models") if m in sys.modules)))
 """
 
 
@@ -85,7 +85,9 @@ def test_a_second_call_reads_the_kept_export_and_scores_the_same(trained, cache,
     out = subprocess.run([sys.executable, "-c", HIT_CHECK.format(argv=argv)], capture_output=True, text=True,
                          env=env, check=True).stdout.splitlines()
     assert json.loads(out[0]) == first
-    assert json.loads(out[1]) is False  # no transformers model code imported on a hit
+    assert json.loads(out[1]) == []  # no transformers model code, not even the scan of its model packages
+    entry = next(cache.iterdir())
+    assert json.loads((entry / "onnx_config.json").read_text())["tokenizer"] == "tokenizers"  # the probe agreed
     assert _eval(capsys, run, dev) == first and exports == ["onnxruntime"]  # in process too: no second export
     torch_metrics = _eval(capsys, run, dev, "pytorch")
     assert first["accuracy"] == torch_metrics["accuracy"]
@@ -94,7 +96,9 @@ def test_a_second_call_reads_the_kept_export_and_scores_the_same(trained, cache,
     assert exports == ["onnxruntime"]
 
 
-def test_int8_is_its_own_entry_and_a_hit_too(trained, cache, exports, capsys):
+def test_int8_is_its_own_entry_and_a_hit_too(trained, cache, exports, capsys, monkeypatch):
+    """Also with the checkpoint's own tokenizer class, used when the generic one encodes differently."""
+    monkeypatch.setattr(onnx_cache, "_tokenizer_loader", lambda tokenizer, directory: "auto")
     _, run, dev = trained
     first = _eval(capsys, run, dev, "onnxruntime-int8")
     assert _eval(capsys, run, dev, "onnxruntime-int8") == first
@@ -121,6 +125,25 @@ def test_a_changed_adapter_or_base_file_is_exported_afresh(trained, cache, expor
     os.utime(os.path.join(base, "model.safetensors"))  # same bytes, a new modification time: a new key
     assert _predict(capsys, run, "onnxruntime") == before
     assert len(exports) == 3 and len(list(cache.iterdir())) == 3
+
+
+def test_ner_from_the_cache_tags_as_pytorch(tiny_model, cache, exports, capsys, tmp_path):
+    """Words aligned through the cached tokenizer's word ids: the same entities, metrics and tagged file."""
+    train = write_conll(tmp_path / "train.conll", ner_sentences(32, 0))
+    dev = write_conll(tmp_path / "dev.conll", ner_sentences(12, 1))
+    run = str(tmp_path / "run")
+    assert main(["train", "--task", "ner", "--method", "lora", "--train", train, "--dev", dev, "--out", run,
+                 "--model", tiny_model, "--epochs", "1", "--batch-size", "8"]) == 0
+    tagged = {}
+    for backend in ("onnxruntime", "onnxruntime", "pytorch"):
+        metrics = _eval(capsys, run, dev, backend)
+        out = tmp_path / f"tagged-{len(tagged)}.conll"
+        assert main(["predict", "--adapter", run, "--backend", backend, "--conll-in", dev,
+                     "--conll-out", str(out)]) == 0
+        tagged[len(tagged)] = (metrics, out.read_text())
+    assert tagged[0] == tagged[1]  # miss, then hit
+    assert tagged[1][1] == tagged[2][1] and tagged[1][0]["f1"] == tagged[2][0]["f1"]  # as PyTorch
+    assert exports == ["onnxruntime"]
 
 
 DAMAGES = ("config not json", "config wrong type", "truncated graph", "tokenizer gone")

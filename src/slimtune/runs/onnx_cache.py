@@ -61,6 +61,8 @@ class EntryConfig(BaseModel):
     model_file: Literal[FP32_FILE, INT8_FILE]
     max_length: int = Field(ge=1)  # the token limit the model was used with: min(run's, base's window)
     inputs: list[Literal[INPUT_NAMES]]
+    tokenizer: Literal["tokenizers", "auto"]  # how to load the saved tokenizer: see _tokenizer_loader
+    tokenizer_inputs: list[str]  # the tokenizer's model_input_names
     sizes: dict[str, int]  # bytes of every file of the entry but this one and the marker
 
 
@@ -190,7 +192,7 @@ def _from_entry(entry: Path, key: str, view: TaskView, task, run: RunDirectory) 
     try:
         config = _read_entry(entry, key)
         model = OnnxRuntimeModel(entry / config.model_file)
-        tokenizer = _load_tokenizer(entry)
+        tokenizer = _load_tokenizer(entry, config.tokenizer, config.tokenizer_inputs)
     except SlimtuneError as e:
         print(f"onnx: the cached export is damaged ({e}); exporting again", file=sys.stderr)
         return None
@@ -201,15 +203,43 @@ def _from_entry(entry: Path, key: str, view: TaskView, task, run: RunDirectory) 
     return LoadedAdapter(model, None, task, backbone, view.data, run)
 
 
-def _load_tokenizer(directory: Path):
-    """The tokenizer saved beside the graph (transformers' tokenizer classes only: no model code is imported)."""
-    from transformers import AutoTokenizer
-
+def _load_tokenizer(directory: Path, loader: str, input_names: list[str]):
+    """The tokenizer saved beside the graph. "tokenizers": transformers' generic tokenizer over tokenizer.json,
+    which imports neither model code nor the scan of transformers' model packages (1 s of a short eval); "auto":
+    AutoTokenizer, which picks the checkpoint's tokenizer class (no model code either)."""
     try:
+        if loader == "tokenizers":
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(str(directory), model_input_names=input_names)
+        from transformers import AutoTokenizer
+
         return AutoTokenizer.from_pretrained(str(directory))
     except Exception as e:  # tokenizers and transformers raise many kinds for a file they cannot use
         raise SlimtuneError(f"{directory}: tokenizer does not load ({str(e).splitlines()[0] if str(e) else e})") \
             from None
+
+
+PROBE_TEXTS = ["Hello World, a GRIPPING film!", "naïve café, déjà vu", "東京 2024 — e-mail a@b.io ##x [SEP]",
+               "a tedious " * 40]
+PROBE_WORDS = [["Angela", "Merkel", "met", "Macron", "in", "Paris", "."], ["e-mail", "naïve", "東京"]]
+
+
+def _tokenizer_loader(tokenizer, directory: Path) -> str:
+    """"tokenizers" when the generic tokenizer over `directory`'s tokenizer.json encodes as `tokenizer` does on
+    the calls slimtune's tasks make (probe texts, truncated; pre-split words and their word ids); else "auto"."""
+    try:
+        generic = _load_tokenizer(directory, "tokenizers", list(tokenizer.model_input_names))
+        for texts, options in ((PROBE_TEXTS, {"truncation": True, "max_length": 32}),
+                               (PROBE_WORDS, {"is_split_into_words": True})):
+            ours, theirs = generic(texts, **options), tokenizer(texts, **options)
+            if dict(ours) != dict(theirs) or any(ours.word_ids(i) != theirs.word_ids(i) for i in range(len(texts))):
+                return "auto"
+        same = [(getattr(t, "is_fast", False), t.pad_token_id, t.unk_token, t.num_special_tokens_to_add())
+                for t in (generic, tokenizer)]
+        return "tokenizers" if same[0] == same[1] else "auto"
+    except Exception:  # anything the generic tokenizer cannot do: the checkpoint's class is used instead
+        return "auto"
 
 
 def _new_entry_dir(entry: Path) -> Path | None:
@@ -226,10 +256,13 @@ def _new_entry_dir(entry: Path) -> Path | None:
 def _write_entry(loaded: LoadedAdapter, backend: str, tmp: Path, key: str) -> str:
     """The graph for `backend`, the tokenizer and onnx_config.json into `tmp`; returns the graph's file name."""
     path, inputs = export_for_backend(loaded, backend, tmp)
-    loaded.backbone.tokenizer.save_pretrained(str(tmp))
+    tokenizer = loaded.backbone.tokenizer
+    tokenizer.save_pretrained(str(tmp))
     sizes = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file() and f.name != MARKER}
     write_json(tmp / CONFIG_FILE, {"format": FORMAT, "key": key, "model_file": path.name,
-                                   "max_length": loaded.backbone.max_length, "inputs": inputs, "sizes": sizes})
+                                   "max_length": loaded.backbone.max_length, "inputs": inputs,
+                                   "tokenizer": _tokenizer_loader(tokenizer, tmp),
+                                   "tokenizer_inputs": list(tokenizer.model_input_names), "sizes": sizes})
     return path.name
 
 
