@@ -96,14 +96,17 @@ def load_onnx_adapter(run_dir, model_spec: str | None, backend: str, task_name: 
         return loaded
     try:
         loaded = load_adapter(run.path, model_spec, None, task_name)
-        model_file = _write_entry(loaded, backend, tmp, key)
-        commit(tmp, entry)
-    except OSError as e:
-        remove_owned(tmp)
-        raise SlimtuneError(f"{entry.parent}: cannot write the ONNX export ({e.strerror}); free space there or set "
-                            "SLIMTUNE_CACHE") from None
+        if export_key(run, view, model_spec, backend) != key:  # the files again, now that they have been read
+            raise SlimtuneError(f"{run.path}: the adapter or its base changed while it was read; run again")
+        try:
+            model_file = _write_entry(loaded, backend, tmp, key)
+            commit(tmp, entry)
+        except OSError as e:
+            raise SlimtuneError(f"{entry.parent}: cannot write the ONNX export ({e.strerror}); free space there or "
+                                "set SLIMTUNE_CACHE") from None
     except BaseException:
-        remove_owned(tmp)
+        if tmp.exists():
+            remove_owned(tmp)
         raise
     _bound(entry)
     print(f"onnx: exported to {entry}; later calls with this adapter and base reuse it", file=sys.stderr)
