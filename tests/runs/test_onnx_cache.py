@@ -146,6 +146,25 @@ def test_ner_from_the_cache_tags_as_pytorch(tiny_model, cache, exports, capsys, 
     assert exports == ["onnxruntime"]
 
 
+def test_each_task_of_a_multi_task_run_is_its_own_entry(tiny_model, cache, exports, capsys, tmp_path):
+    sst, sst_dev = (write_tsv(tmp_path / f"sst{i}.tsv", sentiment_rows(n, i)) for i, n in ((0, 32), (1, 12)))
+    ner, ner_dev = (write_conll(tmp_path / f"ner{i}.conll", ner_sentences(n, i)) for i, n in ((0, 32), (1, 12)))
+    run = str(tmp_path / "run")
+    assert main(["train", "--task", "multi", "--method", "lora", "--tasks", f"sst=classify:{sst}:{sst_dev}",
+                 "--tasks", f"conll=ner:{ner}:{ner_dev}", "--model", tiny_model, "--epochs", "1",
+                 "--batch-size", "8", "--out", run]) == 0
+    for _ in range(2):  # exports, then both from the cache
+        for name, dev, metric in (("sst", sst_dev, "accuracy"), ("conll", ner_dev, "f1")):
+            capsys.readouterr()
+            scores = {}
+            for backend in ("onnxruntime", "pytorch"):
+                assert main(["eval", "--adapter", run, "--task-name", name, "--data", dev, "--json",
+                             "--backend", backend]) == 0
+                scores[backend] = json.loads(capsys.readouterr().out)[metric]
+            assert scores["onnxruntime"] == scores["pytorch"], name
+    assert exports == ["onnxruntime", "onnxruntime"] and len(list(cache.iterdir())) == 2
+
+
 DAMAGES = ("config not json", "config wrong type", "truncated graph", "tokenizer gone")
 
 
