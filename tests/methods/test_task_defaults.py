@@ -50,3 +50,25 @@ def test_the_cli_takes_the_task_batch_size_unless_given(tiny_model, toy_ner_data
         assert main(["train", *common, *flags, "--out", str(tmp_path / name)]) == 0
     batch = {name: yaml.safe_load((tmp_path / name / "train_config.yaml").read_text())["batch-size"] for name in runs}
     assert batch == {"ner": 16, "classify": 32, "given": 8}
+
+
+def test_small_data_defaults_apply_on_top_of_the_task_defaults():
+    small = create_method("lora", {}, "classify", small_data=True)
+    assert small.options.targets == ()  # query/value, the option's own default, found by structure
+    assert create_method("lora", {"targets": "query"}, "classify", small_data=True).options.targets == ("query",)
+    assert create_method("lora", {}, "ner", small_data=True).options.targets == (ALL_BLOCK_LINEARS,)  # none measured
+    assert small.learning_rate() == create_method("lora", {}, "classify").learning_rate()
+
+
+def test_a_small_classify_run_takes_the_small_data_targets_unless_the_recipe_is_off(tiny_model, toy_data, tmp_path):
+    import json
+
+    from slimtune.cli import main
+
+    common = ["train", "--task", "classify", "--method", "lora", "--model", tiny_model, "--train", toy_data["train"],
+              "--epochs", "1", "--batch-size", "8"]
+    assert main([*common, "--few-shot", "supervised", "--out", str(tmp_path / "small")]) == 0
+    assert main([*common, "--few-shot", "off", "--dev", toy_data["dev"], "--out", str(tmp_path / "off")]) == 0
+    targets = {name: json.loads((tmp_path / name / "adapter_config.json").read_text())["options"]["targets"]
+               for name in ("small", "off")}
+    assert targets == {"small": [], "off": [ALL_BLOCK_LINEARS]}

@@ -31,8 +31,19 @@ def run(args) -> int:
         for option, default, text in method["options"]:
             print(f"    --set {f'{option}={default}':<24} {text}")
         for task, chosen in method["task_defaults"].items():
-            shown = ([f"lr {chosen['lr']:g}"] if "lr" in chosen else []) + (
-                [f"batch {chosen['batch_size']}"] if "batch_size" in chosen else []) + [
-                f"{option}={value}" for option, value in chosen.get("options", {}).items()]
-            print(f"    on {task}: {', '.join(shown)}")
+            if set(chosen) - {"small_data"}:
+                print(f"    on {task}: {_defaults_line(chosen)}")
+            if "small_data" in chosen:
+                print(f"    on {task} with a small-data recipe (`train --help`, --few-shot): "
+                      f"{_defaults_line(chosen['small_data'])}")
     return 0
+
+
+def _defaults_line(chosen: dict) -> str:
+    """'lr 0.002, batch 16, targets=...' for one entry of a method's task defaults; an empty option value is the
+    option's own default."""
+    shown = ([f"lr {chosen['lr']:g}"] if "lr" in chosen else []) + (
+        [f"batch {chosen['batch_size']}"] if "batch_size" in chosen else []) + [
+        f"{option}={value}" if value != "" else f"{option}=(the option's default)"
+        for option, value in chosen.get("options", {}).items()]
+    return ", ".join(shown)

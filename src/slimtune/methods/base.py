@@ -66,20 +66,29 @@ class Method:
     # How Hugging Face PEFT writes this method's adapter (a methods.peft_mappings.PeftMapping), None if it cannot.
     peft_mapping: ClassVar[type | None] = None
     # Where a task needs other defaults than `default_lr` and the Options' own, measured on that task's dev split:
-    # {task name: {"lr": float, "batch_size": int, "options": {option: --set value}}}. `slimtune methods` lists them.
+    # {task name: {"lr": float, "batch_size": int, "options": {option: --set value}, "small_data": {the same keys,
+    # taken on top by runs on the small-data recipes (training/small_data.py)}}}. `slimtune methods` lists them.
     task_defaults: ClassVar[dict[str, dict]] = {}
     # Whether examples packed into one row (`train --pack`) stay apart under the method: False where it adds
     # positions of its own to every row (a soft prompt, prefixes), which all of a row's examples would share.
     keeps_packed_examples_apart: ClassVar[bool] = True
 
-    def __init__(self, options=None, task_name: str | None = None):
+    def __init__(self, options=None, task_name: str | None = None, small_data: bool = False):
         self.options = options if options is not None else self.Options()
         self.task_name = task_name  # the task it was configured for, whose measured defaults it took
+        self.small_data = small_data  # configured for a small-data recipe: the task's `small_data` defaults on top
 
     @classmethod
-    def option_defaults_for(cls, task_name: str | None) -> dict[str, str]:
+    def defaults_for(cls, task_name: str | None, small_data: bool = False) -> dict:
+        """The measured defaults on `task_name` (lr, batch_size, options), with its small-data ones on top."""
+        chosen = cls.task_defaults.get(task_name, {})
+        small = chosen.get("small_data", {}) if small_data else {}
+        return {**chosen, **small, "options": {**chosen.get("options", {}), **small.get("options", {})}}
+
+    @classmethod
+    def option_defaults_for(cls, task_name: str | None, small_data: bool = False) -> dict[str, str]:
         """Option values (as `--set` strings) this method starts from on `task_name`, where they differ."""
-        return dict(cls.task_defaults.get(task_name, {}).get("options", {}))
+        return dict(cls.defaults_for(task_name, small_data)["options"])
 
     @classmethod
     def batch_size_for(cls, task_name: str | None, fallback: int) -> int:
@@ -88,7 +97,7 @@ class Method:
 
     def learning_rate(self) -> float:
         """The peak learning rate a run uses when none is given: the task's measured one, else `default_lr`."""
-        return self.task_defaults.get(self.task_name, {}).get("lr", self.default_lr)
+        return self.defaults_for(self.task_name, self.small_data).get("lr", self.default_lr)
 
     def check_task(self, task_name: str) -> None:
         """Refuse a task the method does not serve, saying why (`tasks_reason`, else its summary)."""

@@ -83,15 +83,17 @@ def parse_options(cls: type[Method], pairs: dict[str, str]):
     return cls.Options(**values)
 
 
-def create_method(name: str, pairs: dict[str, str] | None = None, task_name: str | None = None) -> Method:
+def create_method(name: str, pairs: dict[str, str] | None = None, task_name: str | None = None,
+                  small_data: bool = False) -> Method:
     """The method `name` with options `pairs` (`--set` strings); given `task_name`, the options it leaves out take
-    that task's measured defaults (`Method.task_defaults`), as does the learning rate."""
+    that task's measured defaults (`Method.task_defaults`; with `small_data`, those for the small-data recipes),
+    as does the learning rate."""
     cls = get_method_class(name)
-    options = parse_options(cls, {**cls.option_defaults_for(task_name), **(pairs or {})})
+    options = parse_options(cls, {**cls.option_defaults_for(task_name, small_data), **(pairs or {})})
     check = getattr(options, "validate", None)
     if check:
         check()
-    return cls(options, task_name)
+    return cls(options, task_name, small_data)
 
 
 def method_from_saved(name: str, options: dict) -> Method:

@@ -112,8 +112,8 @@ class Subnetwork(Method):
     # rate well above full fine-tuning's 5e-5; sparse fine-tuning papers use 1e-4..1e-3 over several epochs.
     default_lr = 1e-3
 
-    def __init__(self, options=None, task_name: str | None = None):
-        super().__init__(options, task_name)
+    def __init__(self, options=None, task_name: str | None = None, small_data: bool = False):
+        super().__init__(options, task_name, small_data)
         self.fisher_done = False
 
     def inject(self, backbone: nn.Module) -> None:

@@ -1,7 +1,8 @@
 """The one way a run is prepared, whatever it trains: `slimtune train` (one task or several) and `plan`'s probe.
 
 Every run goes through the same steps in the same order: refuse what cannot work (the output directory, an int8
-base under a method that needs fp32 base weights), create the method, read and sample the data, load the base,
+base under a method that needs fp32 base weights), read and sample the data, create the method (its defaults may
+depend on the data's size), load the base,
 seed, build the task model(s), attach the method, quantize the frozen base, encode, and give data-dependent
 methods their batches. What differs between a single-task and a multi-task run is a `RunKind`.
 """
@@ -29,11 +30,11 @@ from slimtune.training.trainer import Trainer
 class RunKind(Protocol):
     """What a kind of run supplies to `build_run` and `prepare_training`; they call it in the order listed."""
 
-    def create_method(self) -> Method:
-        """The method to train, already checked against the task(s)."""
-
     def read(self, seed: int) -> None:
         """Read and sample the training and dev rows."""
+
+    def create_method(self) -> Method:
+        """The method to train, already checked against the task(s); its defaults may depend on the data's size."""
 
     def load_backbone(self) -> Backbone: ...
 
@@ -134,10 +135,10 @@ def count_parameters(model: torch.nn.Module, trainable: list) -> dict:
 def build_run(kind: RunKind, config: TrainConfig, base_int8: str | None = None) -> BuiltRun:
     """Checks, method, data, base, task model and attached method: everything up to encoding."""
     check_base_int8(base_int8)
+    kind.read(config.seed)
     method = kind.create_method()
     check_base_int8(base_int8, method)
     config = replace(config, lr=method.learning_rate() if config.lr is None else config.lr)
-    kind.read(config.seed)
     backbone = kind.load_backbone()
     base_fingerprint = fingerprint(backbone.model)
     torch.manual_seed(config.seed)

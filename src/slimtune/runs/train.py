@@ -81,7 +81,9 @@ class SingleTask:
 
     def create_method(self):
         check_task_options(self.task, self.request.config)
-        method = create_method(self.request.method, self.request.options, self.task.name)
+        r = self.request
+        small = small_data.is_small(self.given_rows, r.few_shot) or r.few_shot == "contrastive"
+        method = create_method(r.method, r.options, self.task.name, small_data=small)
         self.task.check_method(method)
         if self.request.config.pack:
             check_packable(self.task, method)

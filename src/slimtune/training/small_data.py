@@ -15,6 +15,8 @@ gives a few optimizer steps and a dev set of a handful of rows: a few dozen rows
   vectors (`start_head`, a linear probe before fine-tuning) instead of at random, which measured better on a dev
   split carved from the training pool at 8, 16 and 64 per class (docs/results.md, "Few-shot").
 
+Both small-data recipes configure the method with its small-data defaults (`Method.task_defaults[task]
+["small_data"]`; LoRA on classify: query/value rather than every block linear, measured better at 64 per class).
 `--few-shot off` keeps the standard recipe whatever the size: the flags as given, dev carved when --dev is missing.
 `train()` prints `Recipe.line()` once, and records the recipe in metrics.json.
 """
