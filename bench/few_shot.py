@@ -131,7 +131,7 @@ def run_slimtune(mode: str, train_path: str, held_path: str, out: Path, seed: in
     contrastive = ContrastiveConfig(**({"pairs_per_row": args.pairs_per_row} if args.pairs_per_row else {}))
     options = dict(item.split("=", 1) for item in args.set or [])
     started = time.perf_counter()
-    summary = train(TrainRequest(task="classify", method="lora", train_path=train_path, out_dir=str(out),
+    summary = train(TrainRequest(task="classify", method=args.method, train_path=train_path, out_dir=str(out),
                                  options=options, few_shot=mode, config=TrainConfig(seed=seed, lr=args.lr),
                                  contrastive=contrastive))
     wall = time.perf_counter() - started
@@ -212,8 +212,9 @@ def main(argv=None) -> int:
                    help="score on N rows carved from the training pool (after the held-out rows, before any "
                    "training sample) instead of the held-out rows: to choose recipes without touching the held-out")
     p.add_argument("--pairs-per-row", type=int, help="slimtune-contrastive: pairs per training row (default: its own)")
-    p.add_argument("--lr", type=float, help="slimtune: peak learning rate (default: LoRA's)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="slimtune: a LoRA option, repeatable")
+    p.add_argument("--method", default="lora", help="slimtune: the PEFT method (default: lora)")
+    p.add_argument("--lr", type=float, help="slimtune: peak learning rate (default: the method's)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="slimtune: a method option, repeatable")
     p.add_argument("--setfit-max-steps", type=int, default=-1, metavar="N",
                    help="cap SetFit's pair steps (default -1: SetFit's own, all oversampled pairs)")
     p.add_argument("--json", metavar="PATH", help="append each run as one JSON line here")
@@ -256,6 +257,7 @@ def main(argv=None) -> int:
                         r = run_slimtune(system.removeprefix("slimtune-"), train_path,
                                          held_path, out, seed, args)
                     r.update(task=task, shots=k, seed=seed, system=system, train_rows=len(rows),
+                             **({"method": args.method} if system != "setfit" else {}),
                              heldout_rows=len(held), threads=args.threads,
                              scored_on="dev" if args.dev else args.score_on or "heldout", load=os.getloadavg()[0])
                     results.append(r)
