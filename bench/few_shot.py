@@ -170,11 +170,12 @@ def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> d
 
 
 def system_label(run: dict) -> str:
-    """The system's name; supervised runs recorded before the recipe's logistic head start (runs without the
-    `head_start` field) are labelled apart, since the recipe changed."""
+    """The system's name, with the method where it is not LoRA; supervised runs recorded before the recipe's
+    logistic head start (runs without the `head_start` field) are labelled apart, since the recipe changed."""
     if run["system"] == "slimtune-supervised" and "head_start" not in run:
         return "slimtune-supervised (random head, earlier recipe)"
-    return run["system"]
+    method = run.get("method", "lora")
+    return run["system"] + (f" ({method})" if method != "lora" else "")
 
 
 def table(results: list[dict]) -> str:
