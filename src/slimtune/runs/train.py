@@ -11,7 +11,7 @@ from slimtune.atomic import write_json, write_text
 from slimtune.data.eda import EmbeddingSynonyms
 from slimtune.errors import SlimtuneError
 from slimtune.methods.adaptation import attach
-from slimtune.methods.registry import create_method
+from slimtune.methods.registry import create_method, get_method_class
 from slimtune.ownership import work_dir_for
 from slimtune.runs.adapter_files import run_config, save_adapter
 from slimtune.runs.init_adapter import read_initial_adapter
@@ -79,17 +79,24 @@ class SingleTask:
         # fills the request's method options and base from the adapter it starts from
         self.initial = read_initial_adapter(request) if request.init_adapter else None
 
-    def create_method(self):
+    def check_flags(self) -> None:
+        """What the flags alone refuse (an unknown method, a remedy or --pack the task cannot take), before any
+        data is read."""
         check_task_options(self.task, self.request.config)
+        method_class = get_method_class(self.request.method)
+        if self.request.config.pack:
+            check_packable(self.task, method_class)
+
+    def create_method(self):
+        """The method, with the defaults the data's size calls for (the small-data ones below SMALL_DATA_ROWS)."""
         r = self.request
         small = small_data.is_small(self.given_rows, r.few_shot) or r.few_shot == "contrastive"
         method = create_method(r.method, r.options, self.task.name, small_data=small)
         self.task.check_method(method)
-        if self.request.config.pack:
-            check_packable(self.task, method)
         return method
 
     def read(self, seed: int) -> None:
+        self.check_flags()
         r, given = self.request, {}
 
         def carve_dev(n_rows: int) -> bool:  # small data: no dev carved from a few dozen rows
