@@ -23,3 +23,14 @@ def test_all_leaves_out_what_ner_cannot_take_and_says_why():
 def test_a_named_method_the_task_refuses_is_an_error():
     with pytest.raises(SlimtuneError, match="features serves only task classify, not ner"):
         parse_methods("lora,features", get_task("ner"))
+
+
+def test_each_method_trains_at_its_own_batch_size_unless_one_is_given():
+    from dataclasses import replace
+
+    from slimtune.compare.settings import CompareSettings
+
+    own = CompareSettings(task="ner", train="train.txt", methods=["lora"], seeds=[42])
+    assert "--batch-size" not in own.train_command("lora", 42, "out")  # train takes lora's ner batch (16)
+    given = replace(own, batch_size=8).train_command("lora", 42, "out")
+    assert given[given.index("--batch-size") + 1] == "8"

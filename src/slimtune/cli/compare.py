@@ -42,7 +42,8 @@ def register(sub) -> None:
     p.add_argument("--lr", action="append", metavar="RATE|METHOD=RATE",
                    help="learning rate for every method, or for one (repeatable; default: each method's own)")
     p.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, help="examples per step for every method (default: each method's own, "
+                   "as train takes it: 32, or the one measured for the task, `slimtune methods`)")
     p.add_argument("--patience", type=int, default=3, help="early-stopping patience per run (0: off)")
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train each run on a seeded sample of N rows")
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: bundled all-MiniLM-L6-v2)")

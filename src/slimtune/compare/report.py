@@ -63,9 +63,10 @@ def describe(meta: dict) -> list[str]:
     quality = f"test {meta['metric']} on `{meta['test']}`" if meta["test"] else \
         f"best dev {meta['metric']} (the dev data also chose the kept weights)"
     left_out = [f"Left out of `all`: {why.rstrip('.')}." for why in meta.get("left_out", {}).values()]
+    batch = meta["batch_size"] or "each method's own (`slimtune methods`)"
     return [
         f"Task `{meta['task']}`, train `{meta['train']}`, dev `{meta['dev'] or 'a seeded 10% split of train'}`; "
-        f"quality is {quality}. {meta['epochs']} epoch(s), batch {meta['batch_size']}, seeds {meta['seeds']}; "
+        f"quality is {quality}. {meta['epochs']} epoch(s), batch {batch}, seeds {meta['seeds']}; "
         "mean ± sample std over seeds.",
         "Training time is wall-clock of training only (no evaluation), counting a method's one-off preparation "
         "before the first step (features' encoder pass, from an empty feature cache); peak RSS is the peak "

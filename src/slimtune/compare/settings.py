@@ -22,7 +22,7 @@ class CompareSettings:
     options: dict[str, dict[str, str]] = field(default_factory=dict)  # method → {option: value}
     lrs: dict[str, float] = field(default_factory=dict)  # method → learning rate; absent: the method's default
     epochs: int = 1
-    batch_size: int = 32
+    batch_size: int | None = None  # None: each method's own (train's default for the method and task)
     max_train_examples: int | None = None
     model: str | None = None
     max_length: int | None = None
@@ -44,9 +44,10 @@ class CompareSettings:
 
     def _train_flags(self, method: str, seed: int) -> list[str]:
         flags = ["--task", self.task, "--method", method, "--train", self.train, "--seed", str(seed),
-                 "--epochs", str(self.epochs), "--batch-size", str(self.batch_size), "--patience", str(self.patience),
+                 "--epochs", str(self.epochs), "--patience", str(self.patience),
                  "--few-shot", "off"]  # every method under the same (standard) recipe, scored on dev or --test
-        optional = {"--dev": self.dev, "--lr": self.lrs.get(method), "--max-train-examples": self.max_train_examples,
+        optional = {"--dev": self.dev, "--lr": self.lrs.get(method), "--batch-size": self.batch_size,
+                    "--max-train-examples": self.max_train_examples,
                     "--model": self.model, "--max-length": self.max_length,
                     **{"--" + k.replace("_", "-"): v for k, v in self.read_options.items()}}
         for flag, value in optional.items():
