@@ -198,3 +198,10 @@ def interrupt_at(step: int):
             raise Interrupt
 
     return stop
+
+
+@pytest.fixture
+def slimtune_cache(tmp_path, monkeypatch):
+    """An empty $SLIMTUNE_CACHE for the test, so nothing reads or writes the user's cache."""
+    monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"

@@ -20,9 +20,8 @@ from tests.conftest import build_classifier, sentiment_rows, toy_batch
 
 
 @pytest.fixture(autouse=True)
-def feature_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "features"
+def feature_cache(slimtune_cache):
+    return slimtune_cache / "features"
 
 
 @pytest.fixture

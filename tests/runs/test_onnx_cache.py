@@ -31,9 +31,8 @@ print(json.dumps(sorted(m for m in ("transformers.models.bert.modeling_bert", "t
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("SLIMTUNE_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache" / "onnx"
+def cache(slimtune_cache):
+    return slimtune_cache / "onnx"
 
 
 @pytest.fixture
