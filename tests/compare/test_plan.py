@@ -12,15 +12,24 @@ def test_probe_reports_what_training_would_build_and_save(tiny_model, tmp_path):
     from slimtune.runs.adapter_files import save_adapter
     from tests.conftest import build_classifier
 
-    result = probe({"task": "classify", "method": "lora", "options": {"r": "2"}, "model": tiny_model,
-                    "seq_len": 12, "batch_size": 4, "steps": 2})
+    result = probe({"task": "classify", "method": "lora", "options": {"r": "2", "targets": "query,value"},
+                    "model": tiny_model, "seq_len": 12, "batch_size": 4, "steps": 2})
     assert result["matched"] == [f"encoder.layer.{i}.attention.self.{p}" for i in (0, 1) for p in ("query", "value")]
     assert result["backbone_formula"] == 4 * 2 * (32 + 32)  # four 32x32 layers, A [2, 32] and B [32, 2]
     assert result["trainable_parameters"] == result["backbone_formula"] + result["head_parameters"] == 512 + 66
     assert len(result["step_seconds"]) == 3 and result["mean_step_seconds"] > 0 and result["mean_tokens"] == 12
-    model, method, _, _ = build_classifier(tiny_model, "lora", {"r": "2"})
+    model, method, _, _ = build_classifier(tiny_model, "lora", {"r": "2", "targets": "query,value"})
     saved = save_adapter(tmp_path / "run", model, method, {})
     assert result["adapter_bytes"] == saved.stat().st_size
+
+
+def test_probe_configures_the_method_as_train_does_for_the_task(tiny_model):
+    from slimtune.methods.registry import create_method
+
+    result = probe({"task": "classify", "method": "lora", "model": tiny_model, "seq_len": 8, "batch_size": 2,
+                    "steps": 1})
+    assert create_method("lora", {}, "classify").options.targets != create_method("lora").options.targets
+    assert "encoder.layer.0.intermediate.dense" in result["matched"]  # every block linear, LoRA's classify default
 
 
 def test_probe_lists_modules_that_train_without_a_wrapper(tiny_model):
@@ -35,8 +44,8 @@ def test_group_names():
 
 
 def test_plan_measures_the_method_and_full_in_their_own_processes(tiny_model, toy_data, capsys):
-    code = main(["plan", "--method", "lora", "--set", "r=2", "--model", tiny_model, "--train", toy_data["train"],
-                 "--batch-size", "8", "--steps", "2", "--threads", "1", "--json"])
+    code = main(["plan", "--method", "lora", "--set", "r=2", "--set", "targets=query,value", "--model", tiny_model,
+                 "--train", toy_data["train"], "--batch-size", "8", "--steps", "2", "--threads", "1", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     lora, full = result["method"], result["full"]

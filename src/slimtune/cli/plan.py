@@ -33,7 +33,8 @@ def register(sub) -> None:
     p.add_argument("--model", metavar="ID|PATH", help="base model (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--train", metavar="PATH", help="training data to sample batches from (default: synthetic rows)")
     p.add_argument("--seq-len", type=int, default=64, help="tokens per synthetic row (default 64)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=32, help="examples per measured step, for the method and full "
+                   "fine-tuning alike (default: 32)")
     p.add_argument("--steps", type=int, default=5, help="measured training steps after one warm-up step")
     p.add_argument("--max-length", type=int, help="token limit per text")
     add_threads_flag(p, "CPU threads for torch in each measured run")
@@ -49,7 +50,7 @@ def run(args) -> int:
     from slimtune.methods.registry import create_method
 
     options = parse_set(args.set)
-    create_method(args.method, options)  # a bad method or option fails here, before any model is loaded
+    create_method(args.method, options, args.task)  # a bad method or option fails here, before any model is loaded
     for name in ("batch_size", "steps", "seq_len"):
         if getattr(args, name) < 1 or (name == "seq_len" and args.seq_len < 3):
             raise SlimtuneError(f"--{name.replace('_', '-')} is too small")

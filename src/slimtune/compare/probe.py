@@ -89,7 +89,8 @@ class ProbeRun:
         self.rows_needed = (request["steps"] + 1) * request["batch_size"]
 
     def create_method(self):
-        return create_method(self.request["method"], self.request.get("options", {}))
+        """The method as `train` configures it for the task on a full-size data set (the task's defaults)."""
+        return create_method(self.request["method"], self.request.get("options", {}), self.task.name)
 
     def read(self, seed: int) -> None:
         """Nothing yet: synthetic rows need the tokenizer, so the sample is drawn in `build`."""
