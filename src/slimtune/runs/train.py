@@ -90,7 +90,7 @@ class SingleTask:
     def create_method(self):
         """The method, with the defaults the data's size calls for (the small-data ones below SMALL_DATA_ROWS)."""
         r = self.request
-        small = small_data.is_small(self.given_rows, r.few_shot) or r.few_shot == "contrastive"
+        small = small_data.takes_small_data_defaults(self.given_rows, r.few_shot)
         method = create_method(r.method, r.options, self.task.name, small_data=small)
         self.task.check_method(method)
         return method

@@ -58,6 +58,12 @@ def is_small(n_rows: int, few_shot: str = "auto") -> bool:
     return n_rows < SMALL_DATA_ROWS and few_shot != "off"
 
 
+def takes_small_data_defaults(n_rows: int, few_shot: str) -> bool:
+    """Whether `choose_recipe` will pick a small-data recipe (supervised small-data or contrastive, which
+    --few-shot contrastive forces at any size), so the method is configured with its small-data defaults."""
+    return is_small(n_rows, few_shot) or few_shot == "contrastive"
+
+
 def sentence_level(features: list[dict]) -> bool:
     """Whether each row has one label (classification) rather than one per token."""
     return bool(features) and isinstance(features[0].get("labels"), int)
