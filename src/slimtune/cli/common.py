@@ -131,9 +131,10 @@ def load_adapter_with_backend(args):
     inference_int8 = getattr(args, "inference_int8", None) or getattr(args, "quantize", None)  # --quantize: old name
     if backend == "pytorch":
         return load_adapter(args.adapter, args.model, inference_int8, task_name)
-    if inference_int8:
-        raise SlimtuneError("--inference-int8 is PyTorch's int8; with ONNX Runtime use --backend onnxruntime-int8")
     from slimtune.runs.onnx_cache import load_onnx_adapter
+    from slimtune.runs.onnx_export import check_backend
+
+    check_backend(backend, inference_int8)
 
     return load_onnx_adapter(args.adapter, args.model, backend, task_name)
 
@@ -247,13 +248,11 @@ def add_backend_flag(parser: argparse.ArgumentParser, help: str = "run the model
 
 
 def apply_backend(loaded, args) -> None:
-    """Switch a loaded base model to --backend (adapters: `load_adapter_with_backend`); ONNX Runtime's int8 and
-    PyTorch's --inference-int8 exclude each other."""
+    """Switch a loaded base model to --backend (adapters: `load_adapter_with_backend`, which also refuses
+    --inference-int8 with ONNX Runtime; `load_model_or_adapter` refuses it for a base model)."""
     backend = getattr(args, "backend", "pytorch")  # commands without --backend run PyTorch
     if backend == "pytorch":
         return
-    if getattr(args, "inference_int8", None):
-        raise SlimtuneError("--inference-int8 is PyTorch's int8; with ONNX Runtime use --backend onnxruntime-int8")
     from slimtune.runs.onnx_export import use_backend
 
     use_backend(loaded, backend)

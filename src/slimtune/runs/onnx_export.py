@@ -75,9 +75,12 @@ def export_for_backend(loaded, backend: str, directory: Path) -> tuple[Path, lis
     return path, inputs
 
 
-def check_backend(backend: str) -> None:
+def check_backend(backend: str, inference_int8: str | None = None) -> None:
+    """A known backend, and not ONNX Runtime together with PyTorch's int8 (`--inference-int8`)."""
     if backend not in BACKENDS:
-        raise SlimtuneError(f"unknown backend {backend!r}; choose from {list(BACKENDS)}")
+        raise SlimtuneError(f"unknown --backend {backend!r}; choose from {list(BACKENDS)}")
+    if backend != "pytorch" and inference_int8:
+        raise SlimtuneError("--inference-int8 is PyTorch's int8; with ONNX Runtime use --backend onnxruntime-int8")
 
 
 def use_backend(loaded, backend: str) -> None:

@@ -42,7 +42,7 @@ from slimtune.models.loading import DEFAULT_MODEL, Backbone, context_window, fin
 from slimtune.runs.adapter_files import load_adapter, read_config
 from slimtune.runs.formats.peft_import import resolve_adapter_dir
 from slimtune.runs.int8_keys import base_int8_of, inference_int8_of
-from slimtune.runs.onnx_export import BACKENDS, use_backend
+from slimtune.runs.onnx_export import check_backend, use_backend
 from slimtune.serve.bases import LMBases, build_over_meta, check_servable
 from slimtune.serve.multi_adapter import BASE_SLOT, SharedBase
 from slimtune.serve.served import (MERGED, ONNX, OWN, SHARED, AdapterConflict, AdapterRefused, PathRefused, ServedAdapter,
@@ -61,10 +61,7 @@ class AdapterRegistry:
         if inference_int8 not in (None, *INFERENCE_INT8_CHOICES):
             raise SlimtuneError(f"unknown --inference-int8 {inference_int8!r}; "
                                 f"choose from {list(INFERENCE_INT8_CHOICES)}")
-        if backend not in BACKENDS:
-            raise SlimtuneError(f"unknown --backend {backend!r}; choose from {list(BACKENDS)}")
-        if backend != "pytorch" and inference_int8:
-            raise SlimtuneError("--inference-int8 is PyTorch's int8; with ONNX Runtime use --backend onnxruntime-int8")
+        check_backend(backend, inference_int8)
         self.inference_int8, self.backend = inference_int8, backend
         self.base_spec = base_spec
         self.base: Backbone | None = None
