@@ -8,7 +8,7 @@ from slimtune.training.config import TrainConfig
 
 def _prepared(tiny_model, toy_data, tmp_path, seed=3):
     request = TrainRequest(task="classify", method="lora", train_path=toy_data["train"], dev_path=toy_data["dev"],
-                           out_dir=str(tmp_path / "run"), model=tiny_model,
+                           out_dir=str(tmp_path / "run"), model=tiny_model, few_shot="off",
                            config=TrainConfig(epochs=2, batch_size=8, seed=seed, augment="eda", augment_rate=0.3))
     kind = SingleTask(request)
     return kind, prepare_training(build_run(kind, request.config))

@@ -7,7 +7,9 @@ import torch
 
 from slimtune.cli import main
 from slimtune.errors import SlimtuneError
-from slimtune.runs.train import TrainRequest, train
+from slimtune.runs.prepare import build_run, prepare_training
+from slimtune.runs.train import SingleTask, TrainRequest, train
+from slimtune.training.batch_source import FeatureBatches
 from slimtune.training.config import TrainConfig
 from slimtune.training.small_data import MIN_STEPS, SMALL_DATA_ROWS, RepeatedPasses, choose_recipe
 from tests.conftest import sentiment_rows, write_tsv
@@ -38,12 +40,30 @@ def test_auto_picks_contrastive_only_where_it_applies():
 
 
 def test_repeated_passes_are_whole_deterministic_passes():
-    features = [{"input_ids": [1] * (i % 5 + 1), "labels": i % 2} for i in range(10)]
-    source = RepeatedPasses(features, 4, seed=0, pad_id=0, passes=3)
+    features = [{"input_ids": [1] * (i % 5 + 1), "labels": i, "id": i} for i in range(10)]
+    source = RepeatedPasses(FeatureBatches(features, 4, seed=0, pad_id=0), passes=3)
     epoch = source.epoch(1)
     assert len(epoch) == source.batches_per_epoch == 9
-    assert sorted(i for b in epoch for i in b) == sorted(list(range(10)) * 3)
+    assert sorted(row["id"] for b in epoch for row in source.rows(b)) == sorted(list(range(10)) * 3)
     assert epoch == source.epoch(1) and epoch != source.epoch(2)
+    assert source.collate(source.rows(epoch[0]))["labels"].shape[0] == len(epoch[0])
+
+
+def test_augmented_small_data_makes_the_recipes_steps_with_fresh_texts_each_pass(tiny_model, tmp_path, capsys):
+    data = write_tsv(tmp_path / "train.tsv", sentiment_rows(40, 0))
+    request = TrainRequest(task="classify", method="lora", train_path=data, out_dir=str(tmp_path / "run"),
+                           model=tiny_model, few_shot="supervised", options={"r": 4},
+                           config=TrainConfig(augment="eda", augment_rate=0.3))
+    kind = SingleTask(request)
+    prepared = prepare_training(build_run(kind, request.config))
+    assert kind.recipe.steps >= MIN_STEPS and f"= {kind.recipe.steps} optimizer steps" in capsys.readouterr().err
+    epoch = prepared.source.epoch(0)
+    assert len(epoch) == prepared.source.batches_per_epoch == kind.recipe.steps // request.config.epochs
+    per_pass = len(epoch) // kind.recipe.passes_per_epoch
+    first, second = (sorted(tuple(r["input_ids"]) for b in epoch[i * per_pass:(i + 1) * per_pass]
+                            for r in prepared.source.rows(b)) for i in (0, 1))
+    assert len(first) == len(second) == 40
+    assert first != second  # each pass rewrites the rows afresh
 
 
 def test_train_chooses_reports_and_records_the_recipe(tiny_model, tmp_path, capsys):

@@ -21,6 +21,7 @@ from slimtune.runs.run_commit import commit_run, config_settings, data_identity,
 from slimtune.tasks import get_task
 from slimtune.training import distributed, small_data
 from slimtune.training.augmented_batches import AugmentedBatches
+from slimtune.training.batch_source import FeatureBatches
 from slimtune.training.config import TrainConfig
 from slimtune.training.contrastive import ContrastiveConfig, encoder_parameters, fit_contrastive
 from slimtune.training.packing import PackedBatches, check_packable, check_packed_attention
@@ -128,15 +129,20 @@ class SingleTask:
 
     def batch_source(self, train_features, config: TrainConfig, pad_id: int):
         """Batches by the recipe the data size calls for (training/small_data.py), chosen and reported here;
-        with --augment, each epoch's rows rewritten (data/eda.py) in batches of the recipe's size."""
+        with --augment, each pass's rows rewritten afresh (data/eda.py) in batches of the recipe's size."""
         r, dev_features = self.request, self.features[1]
         self.recipe = small_data.choose_recipe(
             r.few_shot, self.given_rows, small_data.sentence_level(train_features),
             bool(encoder_parameters(self.model, self.params)), bool(dev_features), config,
             distributed=distributed.from_environment().world_size > 1, resume=r.resume, classes=len(self.labels))
         config.batch_size = self.recipe.batch_size
+        source = self.recipe.repeat(self._batches(train_features, config, pad_id), config)
         if distributed.from_environment().is_main and r.few_shot != "off":  # off: the flags as given, unannounced
             print(self.recipe.line(), file=sys.stderr)
+        return source
+
+    def _batches(self, train_features, config: TrainConfig, pad_id: int):
+        """One pass over the training rows in batches of the recipe's size: packed, augmented or as they are."""
         if config.pack:
             check_packed_attention(self.model, self.model.lm.config.vocab_size)
             return PackedBatches(train_features, config.pack, config.batch_size, config.seed, pad_id)
@@ -146,8 +152,7 @@ class SingleTask:
             return AugmentedBatches(self.train_rows, lambda rows: self.task.encode(rows, b.tokenizer, self.labels,
                                                                                    b.max_length),
                                     synonyms, config.augment_rate, config.batch_size, config.seed, pad_id)
-        return small_data.RepeatedPasses(train_features, config.batch_size, config.seed, pad_id,
-                                         self.recipe.passes_per_epoch)
+        return FeatureBatches(train_features, config.batch_size, config.seed, pad_id)
 
 
 def train(request: TrainRequest, step_callbacks=()) -> dict:

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from slimtune.errors import SlimtuneError
-from slimtune.training.batch_source import FeatureBatches
+from slimtune.training.batch_source import BatchSource
 from slimtune.training.contrastive import ContrastiveConfig, embed_rows, fit_head
 
 SMALL_DATA_ROWS = 500  # fewer training rows than this: the small-data recipes
@@ -41,17 +41,40 @@ class Recipe:
     reason: str
     batch_size: int
     passes_per_epoch: int = 1  # passes over the training rows in one of the trainer's epochs
-    steps: int = 0  # optimizer steps the run will make (supervised recipes)
-    details: str = ""
+    steps: int = 0  # optimizer steps the run will make (supervised small-data recipe)
+    epochs: int = 0  # the trainer's epochs (--epochs), each of passes_per_epoch passes
+    selection: str = ""  # how the kept weights are chosen (small-data recipes)
     head_start: str = ""  # "logistic": the head starts as a regression on the untrained encoder's vectors
 
     def line(self) -> str:
-        return f"recipe: {self.name} ({self.reason}){': ' + self.details if self.details else ''}"
+        details = self.selection
+        if self.steps:
+            details = (f"batch {self.batch_size}, {self.passes_per_epoch} passes per epoch × {self.epochs} epochs = "
+                       f"{self.steps} optimizer steps (at least {MIN_STEPS}); "
+                       + ("head started from a logistic regression on the untrained encoder's vectors; "
+                          if self.head_start else "") + details)
+        return f"recipe: {self.name} ({self.reason}){': ' + details if details else ''}"
 
     def as_dict(self) -> dict:
         return {"name": self.name, "reason": self.reason, "batch_size": self.batch_size,
                 "passes_per_epoch": self.passes_per_epoch, **({"steps": self.steps} if self.steps else {}),
                 **({"head_start": self.head_start} if self.head_start else {})}
+
+    def repeat(self, source: BatchSource, config) -> BatchSource:
+        """`source` (batches of this recipe's size: plain, augmented or packed) repeated so that the supervised
+        small-data recipe makes at least MIN_STEPS optimizer steps whatever --epochs says; sets the passes and
+        steps from the batches `source` really makes (packing makes fewer than one a batch of rows)."""
+        if self.name != "small-data":
+            return source
+        self.plan_steps(source.batches_per_epoch, config)
+        return RepeatedPasses(source, self.passes_per_epoch) if self.passes_per_epoch > 1 else source
+
+    def plan_steps(self, batches_per_pass: int, config) -> None:
+        """Passes per epoch and total steps for `batches_per_pass` batches in one pass over the rows."""
+        steps_per_pass = math.ceil(batches_per_pass / config.grad_accum)
+        self.epochs = config.epochs
+        self.passes_per_epoch = max(1, math.ceil(MIN_STEPS / (steps_per_pass * config.epochs)))
+        self.steps = steps_per_pass * self.passes_per_epoch * config.epochs
 
 
 def is_small(n_rows: int, few_shot: str = "auto") -> bool:
@@ -94,27 +117,22 @@ def choose_recipe(few_shot: str, n_rows: int, sentence_labels: bool, adapts_enco
         if resume:
             raise SlimtuneError("--few-shot contrastive writes no checkpoints to resume; run it again "
                                 "(it takes seconds to minutes)")
-        return Recipe("contrastive", f"--few-shot contrastive; {size}", config.batch_size, details=selection)
+        return Recipe("contrastive", f"--few-shot contrastive; {size}", config.batch_size, selection=selection)
     per_class = n_rows / max(classes, 1)
     few = per_class < CONTRASTIVE_ROWS_PER_CLASS
     if few_shot == "auto" and small and few and sentence_labels and adapts_encoder and not (distributed or resume):
         return Recipe("contrastive", f"{size}, {per_class:.0f} per class < {CONTRASTIVE_ROWS_PER_CLASS}, one label "
-                      "per text, a method that adapts the encoder", config.batch_size, details=selection)
+                      "per text, a method that adapts the encoder", config.batch_size, selection=selection)
     if not small:
         return Recipe("standard", size, config.batch_size)
     batch_size = min(config.batch_size, max(4, n_rows // 8))
-    steps_per_pass = math.ceil(math.ceil(n_rows / batch_size) / config.grad_accum)
-    passes = max(1, math.ceil(MIN_STEPS / (steps_per_pass * config.epochs)))
-    steps = steps_per_pass * passes * config.epochs
     why = size if few_shot == "supervised" else (
         f"{size}; contrastive needs < {CONTRASTIVE_ROWS_PER_CLASS} rows per class, one label per text, a method that "
         "adapts the encoder, one process and no --resume")
-    head_start = "logistic" if sentence_labels else ""
-    return Recipe("small-data", why, batch_size, passes, steps,
-                  f"batch {batch_size}, {passes} passes per epoch × {config.epochs} epochs = {steps} optimizer "
-                  f"steps (at least {MIN_STEPS}); "
-                  + ("head started from a logistic regression on the untrained encoder's vectors; " if head_start
-                     else "") + selection, head_start)
+    recipe = Recipe("small-data", why, batch_size, selection=selection,
+                    head_start="logistic" if sentence_labels else "")
+    recipe.plan_steps(math.ceil(n_rows / batch_size), config)  # set again by `repeat` from the real batches
+    return recipe
 
 
 def start_head(model, features: list[dict], pad_id: int, num_labels: int, seed: int) -> None:
@@ -125,17 +143,27 @@ def start_head(model, features: list[dict], pad_id: int, num_labels: int, seed: 
              ContrastiveConfig.head_c, seed)
 
 
-class RepeatedPasses(FeatureBatches):
-    """FeatureBatches whose every epoch is `passes` reshuffled passes over the rows (deterministic per epoch)."""
+class RepeatedPasses(BatchSource):
+    """`source` with each epoch made of `passes` of its own epochs (epoch e: its epochs e·passes, …,
+    e·passes + passes − 1), so a small data set gets the recipe's steps whatever batches `source` makes: plain,
+    re-augmented every pass (--augment) or packed. An item is its batch's rows, read when its pass is drawn (an
+    augmenting source re-encodes its rows every epoch); deterministic per epoch, as resuming needs."""
 
-    def __init__(self, features: list[dict], batch_size: int, seed: int, pad_id: int, passes: int):
-        super().__init__(features, batch_size, seed, pad_id)
-        self.passes = passes
-        self.batches_per_epoch *= passes
+    def __init__(self, source: BatchSource, passes: int):
+        self.source, self.passes = source, passes
+        self.batches_per_epoch = source.batches_per_epoch * passes
 
-    def epoch(self, epoch: int) -> list[list[int]]:
-        one_pass = super().epoch
-        return [batch for p in range(self.passes) for batch in one_pass(epoch * self.passes + p)]
+    def epoch(self, epoch: int) -> list[list[dict]]:
+        items = []
+        for p in range(self.passes):
+            items += [self.source.rows(item) for item in self.source.epoch(epoch * self.passes + p)]
+        return items
+
+    def rows(self, item: list[dict]) -> list[dict]:
+        return item
+
+    def collate(self, rows: list[dict]) -> dict:
+        return self.source.collate(rows)
 
 
 def majority_check(summary: dict, train_features: list[dict], scored_features: list[dict], score: float | None,
