@@ -54,6 +54,9 @@ def test_a_changed_method_module_or_a_damaged_cache_is_described_afresh(tmp_path
     (tmp_path / "methods.json").write_text("{not json", encoding="utf-8")
     assert [entry["name"] for entry in catalogue.method_catalogue()] == list(available_methods())
     assert json.loads((tmp_path / "methods.json").read_text())["key"] == catalogue._modules_identity()
+    oversized = {"key": catalogue._modules_identity(), "methods": stale, "padding": "x" * catalogue.MAX_CACHE_BYTES}
+    (tmp_path / "methods.json").write_text(json.dumps(oversized), encoding="utf-8")
+    assert catalogue._read(catalogue._modules_identity()) is None  # not read whole: not a file slimtune wrote
 
 
 def test_a_process_with_the_methods_loaded_asks_the_registry_not_the_cache(tmp_path, monkeypatch):

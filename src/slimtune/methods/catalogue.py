@@ -15,6 +15,10 @@ from pathlib import Path
 
 from slimtune import __version__
 from slimtune.cache import cache_dir
+from slimtune.data.files import read_json_file
+from slimtune.errors import SlimtuneError
+
+MAX_CACHE_BYTES = 1 << 20  # the registry's descriptions take about 14 KB; a larger file is not one slimtune wrote
 
 
 def method_catalogue() -> list[dict]:
@@ -50,8 +54,8 @@ def _cache_path() -> Path:
 def _read(key: str) -> list[dict] | None:
     """The cached descriptions if they were written for `key` and have the shape this module writes, else None."""
     try:
-        cached = json.loads(_cache_path().read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        cached = read_json_file(_cache_path(), max_bytes=MAX_CACHE_BYTES)
+    except SlimtuneError:  # missing, unreadable, oversized or not JSON: described afresh
         return None
     if not isinstance(cached, dict) or cached.get("key") != key or not isinstance(cached.get("methods"), list):
         return None
