@@ -46,7 +46,20 @@ def test_auto_mode_uses_contrastive_for_small_classification_with_lora(tiny_mode
                                  out_dir=str(tmp_path / "run"), model=tiny_model, options={"r": "4"},
                                  config=TrainConfig(seed=1)))
     assert summary["recipe"]["name"] == "contrastive" and summary["dev_examples"] == 0
-    assert summary["lr"] == 2e-3  # LoRA's default
+    assert summary["lr"] == pytest.approx(2e-3 * (20 / 30) ** 0.5)  # LoRA's 2e-3; 24 rows: 480 pairs, 30 steps
+    assert summary["contrastive"]["lr"] == summary["lr"]
+
+
+def test_the_pair_phase_scales_the_methods_lr_with_its_steps_unless_lr_is_given(tiny_model, few_shot_data, tmp_path,
+                                                                                 capsys):
+    settings = ContrastiveConfig()
+    assert settings.scaled_lr(2e-3, 8) == settings.scaled_lr(2e-3, 20) == 2e-3  # never above the method's
+    assert settings.scaled_lr(2e-3, 80) == pytest.approx(1e-3) and settings.scaled_lr(2e-3, 320) == pytest.approx(5e-4)
+    summary = train(TrainRequest(task="classify", method="lora", train_path=few_shot_data["train"],
+                                 out_dir=str(tmp_path / "given"), model=tiny_model, options={"r": "4"},
+                                 few_shot="contrastive", config=TrainConfig(lr=3e-3)))
+    assert summary["lr"] == summary["contrastive"]["lr"] == 3e-3
+    assert "pairs: 480 (20 per row) in 30 steps of 16, lr 0.003\n" in capsys.readouterr().err
 
 
 def test_contrastive_changes_only_encoder_adapter_and_head(tiny_model, few_shot_data, tmp_path):

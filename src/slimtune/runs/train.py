@@ -2,7 +2,7 @@
 
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -178,7 +178,8 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     if kind.recipe.name == "contrastive":
         summary = fit_contrastive(built.model, method, task, built.params, prepared.train_features,
                                   prepared.dev_features, cfg, built.backbone.tokenizer.pad_token_id, kind.labels,
-                                  trainer.metrics_path, request.contrastive, trainer.step_callbacks)
+                                  trainer.metrics_path, replace(request.contrastive, lr=request.config.lr),
+                                  trainer.step_callbacks)
     else:
         head_seconds = 0.0
         if kind.recipe.head_start and not (request.resume or kind.initial):
@@ -209,7 +210,8 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     adapter_path = save_adapter(work, built.model, method, config)
     summary.update({"prepare_seconds": round(prepared.prepare_seconds, 2), "adapter_bytes": adapter_path.stat().st_size,
                     "train_examples": len(prepared.train_features), "dev_examples": len(prepared.dev_features),
-                    "lr": cfg.lr, "method": method.name, "task": task.name})
+                    "lr": summary.get("contrastive", {}).get("lr", cfg.lr),  # the pair phase scales its own
+                    "method": method.name, "task": task.name})
     write_json(work / "metrics.json", summary)
     write_json(work / "train_config.json", {**cfg.__dict__, "train": str(request.train_path),
                                             "dev": request.dev_path, "options": request.options})

@@ -33,7 +33,7 @@ from slimtune.training.trainer import linear_warmup_then_decay
 
 @dataclass
 class ContrastiveConfig:
-    """Measured defaults (docs/results.md, "Few-shot"); lr, warm-up, clipping and seed come from the TrainConfig.
+    """Measured defaults (docs/results.md, "Few-shot"); warm-up, clipping and seed come from the TrainConfig.
 
     --epochs does not apply: it sizes the supervised recipes, and the contrastive phase has its own `epochs`.
     """
@@ -42,6 +42,14 @@ class ContrastiveConfig:
     pairs_per_row: int = 20  # 10 positive + 10 negative per row; measured against 10 and 40 (docs/results.md)
     pair_batch_size: int = 16  # SetFit's default
     head_c: float = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's and SetFit's default)
+    lr: float | None = None  # the user's --lr; None: `scaled_lr` of the method's
+    reference_steps: int = 20  # pair steps at which the method's own lr measured best (SST-2, 8 per class)
+
+    def scaled_lr(self, method_lr: float, steps: int) -> float:
+        """The phase's peak lr without --lr: the method's, times √(reference_steps / steps) once the pair budget
+        outgrows the reference. LoRA's 2e-3, best at 20 steps, cost 2 points at 160 and 320 steps (64 per class
+        of 2 and 4 classes) against 5e-4-7e-4 (docs/results.md, "Few-shot"); the root keeps lr·√steps constant."""
+        return method_lr * min(1.0, math.sqrt(self.reference_steps / max(steps, 1)))
 
 
 def sentence_vectors(model, batch: dict) -> torch.Tensor:
@@ -103,7 +111,12 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
     n_pairs = settings.pairs_per_row * len(train_features)
     steps_per_epoch = math.ceil(n_pairs / settings.pair_batch_size)
     total_steps = steps_per_epoch * settings.epochs
-    optimizer = torch.optim.AdamW(encoder, lr=config.lr, weight_decay=config.weight_decay)
+    lr = settings.lr if settings.lr is not None else settings.scaled_lr(config.lr, total_steps)
+    print(f"pairs: {n_pairs} ({settings.pairs_per_row} per row) in {total_steps} steps of {settings.pair_batch_size}, "
+          f"lr {lr:.2g}" + ("" if settings.lr is not None else
+                           f" (the method's {config.lr:.2g} × √({settings.reference_steps}/{total_steps}), at most ×1)"),
+          file=sys.stderr)
+    optimizer = torch.optim.AdamW(encoder, lr=lr, weight_decay=config.weight_decay)
     scheduler = linear_warmup_then_decay(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     device = next(model.parameters()).device
     torch.manual_seed(config.seed)
@@ -167,6 +180,6 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
         "examples_per_second": round(examples / max(train_seconds, 1e-9), 1),
         "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 1),
         "history": [r for r in log if r["type"] == "eval"],
-        "contrastive": {"pairs": n_pairs, "pairs_per_row": settings.pairs_per_row,
+        "contrastive": {"pairs": n_pairs, "pairs_per_row": settings.pairs_per_row, "lr": lr,
                         "pair_batch_size": settings.pair_batch_size, "epochs": settings.epochs, "head": "logistic"},
     }
