@@ -26,6 +26,7 @@ def test_training_off_a_terminal_prints_progress_lines(tiny_model, toy_data, tmp
 
     monkeypatch.setenv("SLIMTUNE_PROGRESS_SECONDS", "0")
     assert main(["train", "--method", "lora", "--train", toy_data["train"], "--dev", toy_data["dev"],
-                 "--model", tiny_model, "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "r")]) == 0
+                 "--model", tiny_model, "--epochs", "1", "--batch-size", "8", "--few-shot", "supervised",
+                 "--out", str(tmp_path / "r")]) == 0
     err = capfd.readouterr().err
     assert "train: " in err and " batch/s" in err and "loss=" in err

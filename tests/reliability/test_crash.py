@@ -36,7 +36,7 @@ def setup(tiny_model, tmp_path_factory):
     argv = lambda out, seed: ["train", "--task", "classify", "--method", "lora", "--model", tiny_model,
                               "--train", data["train"], "--dev", data["dev"], "--out", str(out), "--epochs", "2",
                               "--batch-size", "8", "--set", "r=4", "--set", "dropout=0.1", "--seed", str(seed),
-                              "--checkpoint-every", "3"]
+                              "--checkpoint-every", "3", "--few-shot", "supervised"]  # checkpoints: not contrastive
     references = {}
     for seed in (1, 3):  # 16 steps: checkpoints at 3, 6, 8 (epoch end), 9, 12, 15, 16
         out = root / f"reference-{seed}"

@@ -23,7 +23,7 @@ def _request(tiny_model, toy_data, out, resume=False, overwrite=False, **config)
                          **config})
     return TrainRequest(task="classify", method="lora", train_path=toy_data["train"], dev_path=toy_data["dev"],
                         out_dir=str(out), model=tiny_model, options={"r": "4", "dropout": "0.1"}, config=cfg,
-                        resume=resume, overwrite=overwrite)
+                        resume=resume, overwrite=overwrite, few_shot="supervised")  # the trainer's checkpoints
 
 
 def _interrupted(tiny_model, toy_data, out, step=7) -> Path:

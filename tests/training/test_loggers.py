@@ -14,6 +14,7 @@ def test_tensorboard_event_files_hold_losses_and_dev_metrics(tiny_model, toy_dat
     out = tmp_path / "run"
     assert main(["train", "--method", "lora", "--train", toy_data["train"], "--dev", toy_data["dev"],
                  "--model", tiny_model, "--epochs", "2", "--batch-size", "4", "--log", "tensorboard",
+                 "--few-shot", "supervised",
                  "--out", str(out)]) == 0
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
@@ -36,6 +37,7 @@ def test_mlflow_run_holds_settings_losses_and_dev_metrics(tiny_model, toy_data, 
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "toy")
     assert main(["train", "--method", "lora", "--train", toy_data["train"], "--dev", toy_data["dev"],
                  "--model", tiny_model, "--epochs", "2", "--batch-size", "4", "--lr", "0.005", "--log", "mlflow",
+                 "--few-shot", "supervised",
                  "--out", str(tmp_path / "run")]) == 0
     client = mlflow.MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("toy").experiment_id])

@@ -35,8 +35,8 @@ def test_auto_picks_contrastive_only_where_it_applies():
     assert choose_recipe("auto", 40, False, True, False, config).name == "small-data"  # token labels (ner)
     assert choose_recipe("auto", 40, True, False, False, config).name == "small-data"  # head only
     assert choose_recipe("auto", 40, True, True, False, config, distributed=True).name == "small-data"
-    assert choose_recipe("auto", 64, True, True, False, config, classes=2).name == "small-data"  # 32 per class
-    assert choose_recipe("auto", 62, True, True, False, config, classes=2).name == "contrastive"
+    assert choose_recipe("auto", 130, True, True, False, config, classes=2).name == "small-data"  # 65 per class
+    assert choose_recipe("auto", 128, True, True, False, config, classes=2).name == "contrastive"  # 64 per class
 
 
 def test_repeated_passes_are_whole_deterministic_passes():

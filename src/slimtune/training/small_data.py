@@ -5,9 +5,10 @@ gives a few optimizer steps and a dev set of a handful of rows: a few dozen rows
 
 - no dev split is carved from train: dev comes from --dev only, and without one the run trains a fixed number
   of steps and keeps the final weights;
-- sentence-level tasks (classify) with fewer than CONTRASTIVE_ROWS_PER_CLASS rows per class whose method adapts
+- sentence-level tasks (classify) with at most CONTRASTIVE_ROWS_PER_CLASS rows per class whose method adapts
   the encoder use the contrastive few-shot recipe by default (`--few-shot auto`; training/contrastive.py), which
-  measured better there, and no better but slower at 64 per class (docs/results.md, "Few-shot");
+  measured better at 8 and 16 per class, and, once its lr scales with its steps, level with or better than the
+  supervised one at 64 (docs/results.md, "Few-shot"); more rows per class were not measured;
 - otherwise (`--few-shot supervised`, token-level tasks, methods that train only the head) the supervised recipe
   takes a batch of at most an eighth of the rows (at least 4), so a pass has ≥ 8 batches, and makes several
   passes over the data in each epoch so the run makes at least MIN_STEPS optimizer steps whatever --epochs says;
@@ -31,7 +32,7 @@ from slimtune.training.contrastive import ContrastiveConfig, embed_rows, fit_hea
 
 SMALL_DATA_ROWS = 500  # fewer training rows than this: the small-data recipes
 MIN_STEPS = 200  # optimizer steps the supervised small-data recipe makes at least
-CONTRASTIVE_ROWS_PER_CLASS = 32  # auto: contrastive below this many training rows per class (on average)
+CONTRASTIVE_ROWS_PER_CLASS = 64  # auto: contrastive up to this many training rows per class (on average)
 FEW_SHOT_MODES = ("auto", "contrastive", "supervised", "off")
 
 
@@ -119,15 +120,15 @@ def choose_recipe(few_shot: str, n_rows: int, sentence_labels: bool, adapts_enco
                                 "(it takes seconds to minutes)")
         return Recipe("contrastive", f"--few-shot contrastive; {size}", config.batch_size, selection=selection)
     per_class = n_rows / max(classes, 1)
-    few = per_class < CONTRASTIVE_ROWS_PER_CLASS
+    few = per_class <= CONTRASTIVE_ROWS_PER_CLASS
     if few_shot == "auto" and small and few and sentence_labels and adapts_encoder and not (distributed or resume):
-        return Recipe("contrastive", f"{size}, {per_class:.0f} per class < {CONTRASTIVE_ROWS_PER_CLASS}, one label "
+        return Recipe("contrastive", f"{size}, {per_class:.0f} per class ≤ {CONTRASTIVE_ROWS_PER_CLASS}, one label "
                       "per text, a method that adapts the encoder", config.batch_size, selection=selection)
     if not small:
         return Recipe("standard", size, config.batch_size)
     batch_size = min(config.batch_size, max(4, n_rows // 8))
     why = size if few_shot == "supervised" else (
-        f"{size}; contrastive needs < {CONTRASTIVE_ROWS_PER_CLASS} rows per class, one label per text, a method that "
+        f"{size}; contrastive needs ≤ {CONTRASTIVE_ROWS_PER_CLASS} rows per class, one label per text, a method that "
         "adapts the encoder, one process and no --resume")
     recipe = Recipe("small-data", why, batch_size, selection=selection,
                     head_start="logistic" if sentence_labels else "")

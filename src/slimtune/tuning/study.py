@@ -81,13 +81,14 @@ def storage_for(request: TuneRequest):
 
 
 def run_flags(request: TuneRequest, method: str, options: dict, settings: dict, eval_every: int) -> dict:
-    """The trial as `slimtune train` flags: what best.yaml holds."""
+    """The trial as `slimtune train` flags: what best.yaml holds. `--few-shot off`: the suggested epochs, batch size
+    and lr take effect as given on any data size (a small-data recipe would resize them)."""
     flags = {"task": request.task, "method": method, "train": str(request.train_path)}
     flags.update({k: v for k, v in (("dev", request.dev_path), ("model", request.model)) if v is not None})
     flags.update({k.replace("_", "-"): v for k, v in request.read_options.items() if v is not None})
     flags.update({"set": [f"{k}={v}" for k, v in options.items()], "epochs": settings["epochs"],
                   "batch-size": settings["batch_size"], "lr": settings["lr"], "seed": request.seed, "patience": 0,
-                  "eval-every": eval_every})
+                  "eval-every": eval_every, "few-shot": "off"})
     return flags
 
 
@@ -104,7 +105,7 @@ def train_trial(request: TuneRequest, trial, n_train: int, run_dir: Path, callba
     summary = train(TrainRequest(
         task=request.task, method=method, train_path=request.train_path, dev_path=request.dev_path,
         out_dir=str(run_dir), model=request.model, options=options, read_options=request.read_options,
-        overwrite=True, config=config, flags=flags), step_callbacks=callbacks)
+        overwrite=True, config=config, flags=flags, few_shot="off"), step_callbacks=callbacks)
     return {"flags": flags, **summary}
 
 
