@@ -141,7 +141,8 @@ def run_slimtune(mode: str, train_path: str, held_path: str, out: Path, seed: in
     metrics = loaded.task.evaluate(loaded.model, features, loaded.backbone.tokenizer.pad_token_id, 128, loaded.labels)
     return {"accuracy": metrics["accuracy"], "train_seconds": summary["train_seconds"] + summary["prepare_seconds"],
             "wall_seconds": wall, "model_bytes": summary["adapter_bytes"], "steps": summary["steps"],
-            "recipe": summary["recipe"]["name"], "head_start": summary["recipe"].get("head_start", "")}
+            "recipe": summary["recipe"]["name"], "head_start": summary["recipe"].get("head_start", ""),
+            "lr": summary["lr"]}
 
 
 def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> dict:
@@ -170,10 +171,13 @@ def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> d
 
 
 def system_label(run: dict) -> str:
-    """The system's name, with the method where it is not LoRA; supervised runs recorded before the recipe's
-    logistic head start (runs without the `head_start` field) are labelled apart, since the recipe changed."""
+    """The system's name, with the method where it is not LoRA; runs of an earlier recipe are labelled apart:
+    supervised runs before the logistic head start (no `head_start` field), and contrastive runs of more than 20
+    pair steps before the pair phase scaled its lr (no `lr` field; at 20 steps or fewer the scale is 1)."""
     if run["system"] == "slimtune-supervised" and "head_start" not in run:
         return "slimtune-supervised (random head, earlier recipe)"
+    if run["system"] == "slimtune-contrastive" and "lr" not in run and run["steps"] > 20:
+        return "slimtune-contrastive (lr 2e-3 unscaled, earlier recipe)"
     method = run.get("method", "lora")
     return run["system"] + (f" ({method})" if method != "lora" else "")
 
