@@ -135,7 +135,6 @@ def load_adapter_with_backend(args):
     from slimtune.runs.onnx_export import check_backend
 
     check_backend(backend, inference_int8)
-
     return load_onnx_adapter(args.adapter, args.model, backend, task_name)
 
 

@@ -2,7 +2,7 @@
 
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -178,8 +178,8 @@ def train(request: TrainRequest, step_callbacks=()) -> dict:
     if kind.recipe.name == "contrastive":
         summary = fit_contrastive(built.model, method, task, built.params, prepared.train_features,
                                   prepared.dev_features, cfg, built.backbone.tokenizer.pad_token_id, kind.labels,
-                                  trainer.metrics_path, replace(request.contrastive, lr=request.config.lr),
-                                  trainer.step_callbacks)
+                                  trainer.metrics_path, request.contrastive, trainer.step_callbacks,
+                                  given_lr=request.config.lr)
     else:
         head_seconds = 0.0
         if kind.recipe.head_start and not (request.resume or kind.initial):

@@ -42,7 +42,6 @@ class ContrastiveConfig:
     pairs_per_row: int = 20  # 10 positive + 10 negative per row; measured against 10 and 40 (docs/results.md)
     pair_batch_size: int = 16  # SetFit's default
     head_c: float = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's and SetFit's default)
-    lr: float | None = None  # the user's --lr; None: `scaled_lr` of the method's
     reference_steps: int = 20  # pair steps at which the method's own lr measured best (SST-2, 8 per class)
 
     def scaled_lr(self, method_lr: float, steps: int) -> float:
@@ -100,9 +99,11 @@ def fit_head(model, vectors: torch.Tensor, label_ids: list[int], num_labels: int
 
 def fit_contrastive(model, method, task, params: list, train_features: list[dict], dev_features: list[dict],
                     config, pad_id: int, labels: list[str], metrics_path,
-                    settings: ContrastiveConfig = ContrastiveConfig(), step_callbacks=()) -> dict:
+                    settings: ContrastiveConfig = ContrastiveConfig(), step_callbacks=(),
+                    given_lr: float | None = None) -> dict:
     """Phase 1 and 2 on `model` in place; returns the summary `Trainer.fit` would (same keys).
 
+    The pair phase's peak lr is `given_lr` (the user's --lr) when set, else `settings.scaled_lr` of `config.lr`.
     `step_callbacks` are called after each optimizer step with a `Progress` (step, examples, seconds), as the
     trainer calls them.
     """
@@ -111,9 +112,9 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
     n_pairs = settings.pairs_per_row * len(train_features)
     steps_per_epoch = math.ceil(n_pairs / settings.pair_batch_size)
     total_steps = steps_per_epoch * settings.epochs
-    lr = settings.lr if settings.lr is not None else settings.scaled_lr(config.lr, total_steps)
+    lr = given_lr if given_lr is not None else settings.scaled_lr(config.lr, total_steps)
     print(f"pairs: {n_pairs} ({settings.pairs_per_row} per row) in {total_steps} steps of {settings.pair_batch_size}, "
-          f"lr {lr:.2g}" + ("" if settings.lr is not None else
+          f"lr {lr:.2g}" + ("" if given_lr is not None else
                            f" (the method's {config.lr:.2g} × √({settings.reference_steps}/{total_steps}), at most ×1)"),
           file=sys.stderr)
     optimizer = torch.optim.AdamW(encoder, lr=lr, weight_decay=config.weight_decay)
