@@ -89,6 +89,17 @@ def _error(capsys, argv) -> str:
     return err
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--label-names"], "slimtune train: error: argument --label-names: expected one argument"),
+    (["train", "--bogus"], "slimtune train: error: the following arguments are required: --method, --out"),
+    (["nosuch"], "slimtune: error: argument COMMAND: invalid choice: 'nosuch'")])
+def test_misused_flags_give_one_line_not_the_usage(argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2 and err.count("\n") == 1 and err.startswith(message) and "--help)" in err
+
+
 def test_bad_inputs_give_one_clear_line(trained, capsys, tmp_path, tiny_model, other_tiny_model):
     run, train = str(trained["run"]), trained["train"]
     base = ["train", "--method", "lora", "--model", tiny_model, "--out", str(tmp_path / "x")]

@@ -63,6 +63,14 @@ def test_bad_plan_fails_before_loading(extra, message, capsys):
     assert message in capsys.readouterr().err
 
 
+def test_a_failed_measurement_says_why_once(tiny_model, capsys):
+    code = main(["plan", "--method", "lora", "--set", "targets=nowhere", "--model", tiny_model, "--steps", "1",
+                 "--no-full", "--threads", "1"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last.count("error:") == 1
+    assert last.startswith("slimtune plan: error: measuring lora failed: target patterns ['nowhere'] match no linear")
+
+
 def test_a_measured_child_reports_progress_while_it_runs(tmp_path, monkeypatch):
     import sys
 

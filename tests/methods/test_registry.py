@@ -21,8 +21,10 @@ def test_unknown_option_lists_known_ones():
 def test_options_are_typed():
     method = create_method("lora", {"r": "16", "alpha": "8", "targets": "query, key"})
     assert (method.options.r, method.options.alpha, method.options.targets) == (16, 8.0, ("query", "key"))
-    with pytest.raises(SlimtuneError, match="r='x'"):
+    with pytest.raises(SlimtuneError, match="r='x' for method lora is not an integer$"):
         create_method("lora", {"r": "x"})
+    with pytest.raises(SlimtuneError, match="alpha='big' for method lora is not a number$"):
+        create_method("lora", {"alpha": "big"})
 
 
 @pytest.mark.parametrize("name", sorted(available_methods()))

@@ -38,7 +38,7 @@ EPILOG = """examples:
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="slimtune",
         description="Fine-tune a pretrained transformer while training only a small fraction of its weights.",
         epilog=EPILOG,
@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     for command in sub.choices.values():  # every flag's default in its --help
         command.formatter_class = type("WithDefaults", (ShowDefaults, command.formatter_class), {})
     return parser
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """A misused flag gets one line naming it and exit 2, as every other bad input does; argparse's own error()
+    prints the whole usage first (26 lines for `train`), burying the line that matters. Sub-commands inherit it."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class ShowDefaults(argparse.HelpFormatter):

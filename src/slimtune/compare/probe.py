@@ -153,7 +153,7 @@ def main(argv: list[str]) -> int:
     try:
         result = probe(json.loads(Path(request_path).read_text()))
     except SlimtuneError as e:
-        print(f"slimtune plan: error: {e}", file=sys.stderr)
+        print(e, file=sys.stderr)  # the last line, which `plan` repeats after "measuring M failed:"
         return 2
     Path(result_path).write_text(json.dumps(result))
     return 0

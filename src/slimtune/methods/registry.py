@@ -43,6 +43,9 @@ def get_method_class(name: str) -> type[Method]:
     return methods[name]
 
 
+_KINDS = {int: "an integer", float: "a number", bool: "true or false", tuple[str, ...]: "a comma-separated list"}
+
+
 def _coerce(value: str, annotation, key: str, method: str):
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
@@ -64,7 +67,7 @@ def _coerce(value: str, annotation, key: str, method: str):
             return tuple(item(p) for p in parts)
         return annotation(value)
     except (ValueError, TypeError):
-        raise SlimtuneError(f"option {key}={value!r} for method {method} is not a valid {annotation}") from None
+        raise SlimtuneError(f"option {key}={value!r} for method {method} is not {_KINDS.get(annotation, 'valid')}") from None
 
 
 def parse_options(cls: type[Method], pairs: dict[str, str]):
