@@ -67,7 +67,8 @@ def _coerce(value: str, annotation, key: str, method: str):
             return tuple(item(p) for p in parts)
         return annotation(value)
     except (ValueError, TypeError):
-        raise SlimtuneError(f"option {key}={value!r} for method {method} is not {_KINDS.get(annotation, 'valid')}") from None
+        kind = _KINDS.get(annotation, "valid")
+        raise SlimtuneError(f"option {key}={value!r} for method {method} is not {kind}") from None
 
 
 def parse_options(cls: type[Method], pairs: dict[str, str]):
