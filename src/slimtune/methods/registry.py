@@ -43,7 +43,7 @@ def get_method_class(name: str) -> type[Method]:
     return methods[name]
 
 
-_KINDS = {int: "an integer", float: "a number", bool: "true or false", tuple[str, ...]: "a comma-separated list"}
+_KINDS = {int: "an integer", float: "a number", bool: "true or false"}
 
 
 def _coerce(value: str, annotation, key: str, method: str):
