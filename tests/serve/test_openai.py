@@ -131,6 +131,12 @@ def test_embeddings_of_the_base_and_of_an_adapter(served, tiny_model, adapter_di
     assert own.shape == got.shape and torch.isfinite(own).all()
     with pytest.raises(openai.BadRequestError):
         api.embeddings.create(model="chat", input="hi")
+    width = len(base.data[0].embedding)
+    assert len(api.embeddings.create(model=tiny_model, input="hi", dimensions=width).data[0].embedding) == width
+    for wrong in (width // 2, 0):  # a size the client relies on is refused, never silently ignored
+        with pytest.raises(openai.BadRequestError) as refused:
+            api.embeddings.create(model=tiny_model, input="hi", dimensions=wrong)
+        assert "dimensions" in str(refused.value.body)
 
 
 def test_concurrent_greedy_requests_share_decoding_steps_and_equal_sequential_ones(served, tiny_lm):

@@ -103,6 +103,9 @@ def add_openai_routes(app: FastAPI, server, require_admin) -> None:
         features = [_encoder_features(target.tokenizer, text, target.max_length) for text in texts]
         async with store.held(target):
             vectors = await server.batcher.submit(Job(target, features, pooled=True), len(features))
+        if body.dimensions is not None and body.dimensions != vectors[0].shape[-1]:  # asked for, so not ignored
+            raise SlimtuneError(f"dimensions: model {body.model!r} gives {vectors[0].shape[-1]}-dimensional vectors "
+                                f"and does not shorten them; omit dimensions or send {vectors[0].shape[-1]}")
         data = [{"object": "embedding", "index": i, "embedding": _encoded(vector.float().numpy(), body.encoding_format)}
                 for i, vector in enumerate(vectors)]
         tokens = sum(len(f["input_ids"]) for f in features)

@@ -77,7 +77,9 @@ def embedding_request_model(limits: Limits) -> type[BaseModel]:
         "EmbeddingRequest", __config__=ConfigDict(extra="ignore"),
         model=(str, Field(min_length=1, max_length=4096)),
         input=(Text | list[Text], Field(description=f"a text or up to {limits.max_inputs} texts")),
-        encoding_format=(Literal["float", "base64"], "float"))
+        encoding_format=(Literal["float", "base64"], "float"),
+        dimensions=(int | None, Field(None, ge=1, description="if given, the model's own vector size: vectors are "
+                                                              "never truncated")))
 
 
 class LoadLoRARequest(BaseModel):
