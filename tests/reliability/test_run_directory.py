@@ -88,6 +88,7 @@ def test_config_that_is_not_an_object_is_refused_by_every_reader(refuses, run_co
     ({"labels": [1, 2]}, "labels.0"),
     ({"labels": ["pos", "pos"]}, "unique"),
     ({"labels": None}, "labels"),
+    ({"labels": []}, "needs at least one label"),
     ({"max_length": -1}, "max_length"),
     ({"max_length": 3.5}, "max_length"),
     ({"max_length": True}, "max_length"),
@@ -136,6 +137,26 @@ def test_damaged_adapter_file_is_refused(refuses, run_copy, damage):
     assert "adapter.safetensors" in refuses(["predict", "--adapter", run_copy, "good film"])
     if damage != "other_shapes":  # inspect reads no model, so options that do not fit the tensors are not its concern
         assert "adapter.safetensors" in refuses(["inspect", run_copy])
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("nan", "holds NaN or infinite values"), ("inf", "holds NaN or infinite values"),
+    ("integer", "values, not floating point"), ("integer head", "values, not floating point")])
+def test_tensors_that_would_compute_garbage_are_refused(refuses, run_copy, damage, words):
+    """Well-formed files whose values cannot be weights: every answer through a NaN is NaN, and an integer tensor
+    would be cast into a float parameter without a word."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    weights = run_copy / "adapter.safetensors"
+    state = load_file(weights)
+    name = sorted(state)[-1 if damage == "integer head" else 0]  # a LoRA factor, or the head's weight
+    state[name] = {"nan": torch.full_like(state[name], float("nan")), "inf": torch.full_like(state[name], float("inf"))
+                   }.get(damage, state[name].round().to(torch.int64))
+    save_file(state, weights)
+    assert words in refuses(["predict", "--adapter", run_copy, "good film"])
+    if not damage.startswith("integer"):
+        assert words in refuses(["merge", "--adapter", run_copy, "--out", run_copy.parent / "merged"])
 
 
 def test_multi_task_run_gives_one_checked_view_per_task(run_copy):

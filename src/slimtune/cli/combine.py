@@ -56,6 +56,7 @@ def run(args) -> int:
     from slimtune.methods.registry import get_method_class, method_from_saved
     from slimtune.ownership import check_out, new_output
     from slimtune.runs.adapter_files import ADAPTER_FILE, CONFIG_FILE, read_config
+    from slimtune.runs.run_directory import finite
 
     names, dirs = _named(args.adapter)
     weights = _weights(args.weights, len(names))
@@ -69,7 +70,7 @@ def run(args) -> int:
     states = []
     for d in dirs:
         try:
-            states.append(load_file(str(Path(d) / ADAPTER_FILE)))
+            states.append(finite(Path(d) / ADAPTER_FILE, load_file(str(Path(d) / ADAPTER_FILE))))
         except (FileNotFoundError, SafetensorError, OSError) as e:
             raise SlimtuneError(f"{Path(d) / ADAPTER_FILE}: cannot read adapter ({e})") from None
     _check_agreement(names, configs, states)

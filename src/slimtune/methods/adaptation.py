@@ -51,6 +51,8 @@ def load_adapter_state(model: nn.Module, method: Method, state: dict[str, torch.
         for name, param in heads.items():
             if param.shape != state[name].shape:
                 raise SlimtuneError(f"adapter head {name} has shape {tuple(state[name].shape)}, model {tuple(param.shape)}")
+            if not state[name].is_floating_point():
+                raise SlimtuneError(f"adapter head {name} holds {state[name].dtype} values, not floating point")
             param.copy_(state[name])
     try:
         method.load_state_dict(model.backbone, backbone_state)

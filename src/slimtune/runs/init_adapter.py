@@ -49,6 +49,7 @@ def read_initial_adapter(request) -> InitialAdapter:
     from slimtune.runs.adapter_files import ADAPTER_FILE, read_config
     from slimtune.runs.formats.peft_import import resolve_adapter_dir
     from slimtune.runs.int8_keys import base_int8_of
+    from slimtune.runs.run_directory import finite
 
     given = request.init_adapter
     run_dir = resolve_adapter_dir(given, request.model)
@@ -70,7 +71,7 @@ def read_initial_adapter(request) -> InitialAdapter:
     request.pooling = request.pooling or config.get("pooling")
     request.max_length = request.max_length or config.get("max_length")
     try:
-        state = load_file(str(Path(run_dir) / ADAPTER_FILE))
+        state = finite(Path(run_dir) / ADAPTER_FILE, load_file(str(Path(run_dir) / ADAPTER_FILE)))
     except (FileNotFoundError, SafetensorError, OSError) as e:
         raise SlimtuneError(f"--init-adapter {given}: cannot read its weights ({e})") from None
     return InitialAdapter(str(given), config, state)

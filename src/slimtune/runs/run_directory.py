@@ -72,12 +72,22 @@ class RunDirectory:
         return option_strings(self.config.options)
 
     def load_tensors(self) -> dict[str, torch.Tensor]:
-        """Every tensor of adapter.safetensors (the header was checked on reading)."""
+        """Every tensor of adapter.safetensors (the header was checked on reading), all finite."""
         try:
             with safe_open(str(self.adapter_path), framework="pt") as f:
-                return {name: f.get_tensor(name) for name in f.keys()}
+                tensors = {name: f.get_tensor(name) for name in f.keys()}
         except (SafetensorError, OSError, RuntimeError) as e:
             raise SlimtuneError(f"{self.adapter_path}: cannot read adapter ({e})") from None
+        return finite(self.adapter_path, tensors)
+
+
+def finite(path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`tensors` unchanged, or SlimtuneError if one holds NaN or infinity: every answer computed through it would be
+    NaN, so an adapter file that holds one is refused where it is read rather than served or evaluated."""
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise SlimtuneError(f"{path}: tensor {name} holds NaN or infinite values")
+    return tensors
 
 
 def read_run(run_dir) -> RunDirectory:

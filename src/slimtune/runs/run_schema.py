@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, model_validator
 
 from slimtune.data.tag_schemes import SCHEMES
+from slimtune.errors import SlimtuneError
 from slimtune.tasks.multitask.files import MULTI
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
@@ -98,11 +99,15 @@ def option_strings(options: dict) -> dict[str, str]:
 
 
 def check_meaning(config: RunConfig) -> None:
-    """Known task(s) and method, options the method accepts, a method every task can take; SlimtuneError if not."""
+    """Known task(s) and method, options the method accepts, a method every task can take, labels where the task
+    predicts them; SlimtuneError if not."""
     from slimtune.methods.registry import create_method
     from slimtune.tasks import get_task
 
     method = create_method(config.method, option_strings(config.options))
-    task_names = [entry.task for entry in config.tasks.values()] if config.task == MULTI else [config.task]
-    for name in task_names:
-        get_task(name).check_method(method)
+    entries = list(config.tasks.values()) if config.task == MULTI else [config]
+    for entry in entries:
+        task = get_task(entry.task)
+        task.check_method(method)
+        if not task.generates_text and not entry.labels:  # its head would have no rows to predict
+            raise SlimtuneError(f"labels: a {task.name} run needs at least one label")
