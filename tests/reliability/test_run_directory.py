@@ -89,6 +89,7 @@ def test_config_that_is_not_an_object_is_refused_by_every_reader(refuses, run_co
     ({"labels": ["pos", "pos"]}, "unique"),
     ({"labels": None}, "labels"),
     ({"labels": []}, "needs at least one label"),
+    ({"task": "causal-lm", "labels": []}, "pooling: a causal-lm run pools nothing"),
     ({"max_length": -1}, "max_length"),
     ({"max_length": 3.5}, "max_length"),
     ({"max_length": True}, "max_length"),

@@ -111,3 +111,5 @@ def check_meaning(config: RunConfig) -> None:
         task.check_method(method)
         if not task.generates_text and not entry.labels:  # its head would have no rows to predict
             raise SlimtuneError(f"labels: a {task.name} run needs at least one label")
+        if task.generates_text and config.pooling is not None:  # the LM head reads every position, none pooled
+            raise SlimtuneError(f"pooling: a {task.name} run pools nothing, got {config.pooling!r}")
