@@ -115,3 +115,16 @@ def test_outputs_leave_the_users_siblings_alone_and_refuse_the_users_out(tiny_mo
     for flags in ([], ["--overwrite"]):
         assert "holds files slimtune did not write" in _error(capsys, [*argv, "--out", str(tmp_path / "mine"), *flags])
     assert _listing(tmp_path / "mine") == mine
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"),
+                    reason="needs Linux's /proc, where mkdir fails though access() allows it")
+@pytest.mark.parametrize("command", ["train", "merge", "export"])
+def test_an_out_the_system_refuses_to_create_is_one_line(tiny_model, data, run, capsys, command):
+    """The access check before work cannot foresee every file system; what the system then refuses is one line."""
+    out = "/proc/slimtune-test-out"
+    argv = {"train": _train(tiny_model, data, out),
+            "merge": ["merge", "--adapter", str(run), "--out", out],
+            "export": ["export", "--adapter", str(run), "--format", "peft", "--out", out]}[command]
+    assert "No such file or directory" in _error(capsys, argv)
+    assert not [name for name in os.listdir("/proc") if "slimtune" in name]

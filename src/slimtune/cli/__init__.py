@@ -126,6 +126,12 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     except SlimtuneError as e:
         print(f"slimtune {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        raise  # `main` ends quietly on it
+    except OSError as e:  # the system refused a read or write the checks could not foresee (/proc, a full disk)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"slimtune {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"slimtune {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -61,8 +61,11 @@ def open_work_dir(out: Path, resume: bool, settings: dict) -> Path:
         return work
     if work.exists():
         remove_owned(work) if read_marker(work) else work.rmdir()
-    work.parent.mkdir(parents=True, exist_ok=True)
-    work.mkdir()
+    try:  # the access check before training cannot foresee every file system (/proc, a read-only mount)
+        work.parent.mkdir(parents=True, exist_ok=True)
+        work.mkdir()
+    except OSError as e:
+        raise SlimtuneError(f"--out {out}: cannot create a directory beside it ({e.strerror or e})") from None
     mark(work, "run", BUILDING)
     if resume:
         shutil.copytree(out / CHECKPOINT, work / CHECKPOINT)
