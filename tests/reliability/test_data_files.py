@@ -2,12 +2,14 @@
 
 import gzip
 import json
+import os
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from slimtune.data.conll import read_conll
+from slimtune.data.files import read_json_file
 from slimtune.data.instructions import read_conversations
 from slimtune.data.table import read_labelled_texts
 from slimtune.errors import SlimtuneError
@@ -106,3 +108,15 @@ def test_predict_stdin_not_utf8_is_refused(refuses, trained_run, monkeypatch):
     stdin.isatty = lambda: False
     monkeypatch.setattr("sys.stdin", stdin)
     assert "standard input: not UTF-8" in refuses(["predict", "--adapter", trained_run])
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_a_device_named_like_a_data_file_is_refused_not_read_forever(refuses, tiny_model, trained_run, tmp_path):
+    endless = tmp_path / "rows.tsv"
+    endless.symlink_to("/dev/zero")
+    assert "is a device or socket" in refuses(train_args(tiny_model, endless, tmp_path / "out"))
+    assert "is a device or socket" in refuses(["predict", "--adapter", trained_run, "--file", "/dev/zero"])
+    config = tmp_path / "config.json"
+    config.symlink_to("/dev/zero")
+    with pytest.raises(SlimtuneError, match="is a device or socket"):
+        read_json_file(config, 1000)

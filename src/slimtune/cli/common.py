@@ -43,8 +43,6 @@ def read_inputs(texts: list[str], file: str | None) -> list[str]:
         return texts
     if file:
         path = Path(file)
-        if not path.is_file():
-            raise SlimtuneError(f"{file}: no such file")
         from slimtune.data.files import read_text
 
         lines = read_text(path).splitlines()

@@ -9,6 +9,7 @@ instead of failing somewhere inside a parser.
 import gzip
 import io
 import json
+import stat
 import zlib
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def read_text(path: str | Path) -> str:
         raise SlimtuneError(f"{path}: no such file")
     if path.is_dir():
         raise SlimtuneError(f"{path}: is a directory, expected a data file")
+    refuse_devices(path)
     try:
         data = path.read_bytes()
     except OSError as e:
@@ -68,9 +70,21 @@ def parse_json(text: str, where) -> object:
         raise SlimtuneError(f"{where}: JSON nested too deeply") from None
 
 
+def refuse_devices(path: Path) -> None:
+    """A device or socket is never a data file: /dev/zero or /dev/urandom would be read until memory runs out.
+    Pipes stay allowed, so `--train <(zcat rows.tsv.gz)` works."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # the read that follows says why
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        raise SlimtuneError(f"{path}: is a device or socket, expected a file")
+
+
 def read_json_file(path: str | Path, max_bytes: int | None = None) -> object:
     """One JSON value from a UTF-8 file (a configuration), at most `max_bytes` long; errors name the path."""
     path = Path(path)
+    refuse_devices(path)
     try:
         size = path.stat().st_size
         if max_bytes is not None and size > max_bytes:
