@@ -91,7 +91,7 @@ def _error(capsys, argv) -> str:
 
 @pytest.mark.parametrize("argv, message", [
     (["train", "--label-names"], "slimtune train: error: argument --label-names: expected one argument"),
-    (["train", "--bogus"], "slimtune train: error: the following arguments are required: --method, --out"),
+    (["train", "--bogus"], "slimtune train: error: the following arguments are required: --out"),
     (["nosuch"], "slimtune: error: argument COMMAND: invalid choice: 'nosuch'")])
 def test_misused_flags_give_one_line_not_the_usage(argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
@@ -118,3 +118,12 @@ def test_bad_inputs_give_one_clear_line(trained, capsys, tmp_path, tiny_model, o
         capsys, ["eval", "--adapter", run, "--data", trained["dev"], "--model", other_tiny_model])
     assert "not an adapter directory" in _error(capsys, ["predict", "--adapter", str(tmp_path), "hi"])
     assert "no checkpoint to resume from" in _error(capsys, base + ["--train", train, "--resume"])
+
+
+def test_train_defaults_to_lora_and_says_so_in_help(capsys):
+    from slimtune.cli import build_parser
+
+    assert build_parser().parse_args(["train", "--train", "rows.tsv", "--out", "run"]).method == "lora"
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "(see `slimtune methods`) (default: lora)" in " ".join(capsys.readouterr().out.split())

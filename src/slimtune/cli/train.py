@@ -44,7 +44,7 @@ def register(sub) -> None:
                    help="task: classify (default), multilabel (labels \"a|b\" or a JSONL list), ner (CoNLL files), "
                         "causal-lm (JSONL instructions or chats), "
                         "or multi (several --tasks)")
-    p.add_argument("--method", required=True, help="PEFT method (see `slimtune methods`)")
+    p.add_argument("--method", default="lora", help="PEFT method (see `slimtune methods`)")
     p.add_argument("--train", metavar="PATH", help="training data (.tsv, .csv, .jsonl; CoNLL for ner; .gz ok)")
     p.add_argument("--dev", metavar="PATH", help="validation data; default: a seeded 10%% split of train")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
