@@ -95,6 +95,23 @@ def test_stop_strings_and_seeded_sampling(served):
     assert sampled[0] == sampled[1] != sampled[2]
 
 
+def test_a_prompt_of_token_ids_completes_as_its_text_does(served, tiny_lm):
+    """Evaluation harnesses (lm-evaluation-harness's local-completions) send prompts already tokenised."""
+    from transformers import AutoTokenizer
+
+    _, api = served
+    ids = AutoTokenizer.from_pretrained(tiny_lm)("the film was")["input_ids"]
+    as_text = api.completions.create(model="chat", prompt="the film was", max_tokens=6, temperature=0)
+    for prompt in (ids, [ids]):
+        as_ids = api.completions.create(model="chat", prompt=prompt, max_tokens=6, temperature=0)
+        assert as_ids.choices[0].text == as_text.choices[0].text
+        assert as_ids.usage.prompt_tokens == as_text.usage.prompt_tokens == len(ids)
+    for bad in ([10**9], [-1], [ids, ids], [], [[]]):
+        with pytest.raises(openai.BadRequestError) as refused:
+            api.completions.create(model="chat", prompt=bad, max_tokens=3)
+        assert "prompt" in str(refused.value.body)
+
+
 def test_errors_are_openai_error_objects(served):
     client, api = served
     with pytest.raises(openai.NotFoundError) as missing:

@@ -66,12 +66,12 @@ def add_openai_routes(app: FastAPI, server, require_admin) -> None:
 
     @app.post("/v1/completions", summary="Continue a prompt (OpenAI completions)")
     async def completions(body: CompletionRequest, request: Request):
-        prompts = body.prompt if isinstance(body.prompt, list) else [body.prompt]
+        one_of_ids = isinstance(body.prompt, list) and bool(body.prompt) and isinstance(body.prompt[0], int)
+        prompts = [body.prompt] if one_of_ids or not isinstance(body.prompt, list) else body.prompt
         if len(prompts) != 1:
             raise SlimtuneError("prompt: send one prompt per request (n=1)")
         target = await _generation_target(server, body.model, request)
-        ids = target.tokenizer(prompts[0])["input_ids"]
-        return await _answer(server, target, body, ids, chat=False)
+        return await _answer(server, target, body, _prompt_ids(target.tokenizer, prompts[0]), chat=False)
 
     @app.post("/v1/chat/completions", summary="Answer a conversation through the chat template (OpenAI chat)")
     async def chat_completions(body: ChatRequest, request: Request):
@@ -125,6 +125,17 @@ def add_openai_routes(app: FastAPI, server, require_admin) -> None:
     async def unload_lora_adapter(body: oa.UnloadLoRARequest):
         await store.unload(body.lora_name)
         return PlainTextResponse(f"Success: LoRA adapter '{body.lora_name}' removed successfully.")
+
+
+def _prompt_ids(tokenizer, prompt: str | list[int]) -> list[int]:
+    """A completion prompt's token ids: the text tokenised, or the ids as sent (as evaluation harnesses send them,
+    already tokenised with the model's tokenizer), each within the vocabulary."""
+    if isinstance(prompt, str):
+        return tokenizer(prompt)["input_ids"]
+    outside = [i for i in prompt if i >= len(tokenizer)]
+    if outside:
+        raise SlimtuneError(f"prompt: token id {outside[0]} is outside the model's vocabulary of {len(tokenizer)}")
+    return list(prompt)
 
 
 def _model(name: str, created: int, parent: str | None, **extra) -> dict:

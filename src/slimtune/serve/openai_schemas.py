@@ -63,9 +63,11 @@ def completion_request_model(limits: Limits) -> type[BaseModel]:
     from pydantic import create_model
 
     Text = Annotated[str, StringConstraints(min_length=1, max_length=limits.max_chars)]
+    TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1, max_length=limits.max_chars)]
     return create_model(
         "CompletionRequest", __config__=ConfigDict(extra="ignore"),
-        prompt=(Text | list[Text], Field(description="one prompt (a list of one is accepted)")),
+        prompt=(Text | list[Text] | TokenIds | list[TokenIds],
+                Field(description="one prompt, as text or token ids (a list of one is accepted)")),
         **_sampling_fields(limits))
 
 
