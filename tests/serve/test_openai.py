@@ -106,6 +106,12 @@ def test_a_prompt_of_token_ids_completes_as_its_text_does(served, tiny_lm):
         as_ids = api.completions.create(model="chat", prompt=prompt, max_tokens=6, temperature=0)
         assert as_ids.choices[0].text == as_text.choices[0].text
         assert as_ids.usage.prompt_tokens == as_text.usage.prompt_tokens == len(ids)
+    for asked in ({"logprobs": 2}, {"echo": True}):  # would change the answer's shape: refused, not ignored
+        with pytest.raises(openai.BadRequestError) as refused:
+            api.completions.create(model="chat", prompt="the film was", max_tokens=3, **asked)
+        assert next(iter(asked)) in str(refused.value.body)
+    with pytest.raises(openai.BadRequestError):
+        api.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], logprobs=True)
     for bad in ([10**9], [-1], [ids, ids], [], [[]]):
         with pytest.raises(openai.BadRequestError) as refused:
             api.completions.create(model="chat", prompt=bad, max_tokens=3)

@@ -1,5 +1,6 @@
 """Request bodies of the OpenAI-compatible endpoints, as OpenAI's API reference defines them (the subset served;
-fields a client may send that do not apply here are accepted and ignored, as other OpenAI-compatible servers do),
+fields a client may send that do not apply here are accepted and ignored, as other OpenAI-compatible servers do,
+except those that ask for more in the answer than is served: `logprobs`, `echo`, `n` > 1, `dimensions`),
 bounded by the server's limits. Responses are plain dicts in OpenAI's shapes."""
 
 from typing import Annotated, Literal
@@ -30,6 +31,10 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+# Fields whose request would change the answer's shape are refused (a 400 naming them), not ignored like the rest.
+NOT_SERVED = "not served"
+
+
 def _sampling_fields(limits: Limits) -> dict:
     return {
         "model": (str, Field(min_length=1, max_length=4096,
@@ -56,6 +61,8 @@ def chat_request_model(limits: Limits) -> type[BaseModel]:
     return create_model(
         "ChatCompletionRequest", __config__=ConfigDict(extra="ignore"),
         messages=(list[ChatMessage], Field(min_length=1, max_length=limits.max_inputs)),
+        logprobs=(Literal[False] | None, Field(default=None, description=NOT_SERVED)),
+        top_logprobs=(None, Field(default=None, description=NOT_SERVED)),
         **_sampling_fields(limits))
 
 
@@ -68,6 +75,8 @@ def completion_request_model(limits: Limits) -> type[BaseModel]:
         "CompletionRequest", __config__=ConfigDict(extra="ignore"),
         prompt=(Text | list[Text] | TokenIds | list[TokenIds],
                 Field(description="one prompt, as text or token ids (a list of one is accepted)")),
+        echo=(Literal[False], Field(default=False, description=NOT_SERVED + ": the text holds the new tokens only")),
+        logprobs=(None, Field(default=None, description=NOT_SERVED)),
         **_sampling_fields(limits))
 
 
