@@ -96,7 +96,7 @@ def test_stop_strings_and_seeded_sampling(served):
 
 
 def test_a_prompt_of_token_ids_completes_as_its_text_does(served, tiny_lm):
-    """Evaluation harnesses (lm-evaluation-harness's local-completions) send prompts already tokenised."""
+    """OpenAI's API allows a prompt of token ids; some clients (evaluation harnesses) send prompts so."""
     from transformers import AutoTokenizer
 
     _, api = served

@@ -128,8 +128,8 @@ def add_openai_routes(app: FastAPI, server, require_admin) -> None:
 
 
 def _prompt_ids(tokenizer, prompt: str | list[int]) -> list[int]:
-    """A completion prompt's token ids: the text tokenised, or the ids as sent (as evaluation harnesses send them,
-    already tokenised with the model's tokenizer), each within the vocabulary."""
+    """A completion prompt's token ids: the text tokenised, or the ids as sent (as OpenAI's API allows and some
+    clients, evaluation harnesses among them, send them: already tokenised), each within the vocabulary."""
     if isinstance(prompt, str):
         return tokenizer(prompt)["input_ids"]
     outside = [i for i in prompt if i >= len(tokenizer)]
