@@ -66,8 +66,8 @@ def add_openai_routes(app: FastAPI, server, require_admin) -> None:
 
     @app.post("/v1/completions", summary="Continue a prompt (OpenAI completions)")
     async def completions(body: CompletionRequest, request: Request):
-        one_of_ids = isinstance(body.prompt, list) and bool(body.prompt) and isinstance(body.prompt[0], int)
-        prompts = [body.prompt] if one_of_ids or not isinstance(body.prompt, list) else body.prompt
+        single = isinstance(body.prompt, str) or (body.prompt and isinstance(body.prompt[0], int))  # text or ids
+        prompts = [body.prompt] if single else body.prompt
         if len(prompts) != 1:
             raise SlimtuneError("prompt: send one prompt per request (n=1)")
         target = await _generation_target(server, body.model, request)
@@ -132,9 +132,10 @@ def _prompt_ids(tokenizer, prompt: str | list[int]) -> list[int]:
     clients, evaluation harnesses among them, send them: already tokenised), each within the vocabulary."""
     if isinstance(prompt, str):
         return tokenizer(prompt)["input_ids"]
-    outside = [i for i in prompt if i >= len(tokenizer)]
+    vocabulary = len(tokenizer)  # once: a slow tokenizer's len() builds its whole vocabulary
+    outside = [i for i in prompt if i >= vocabulary]
     if outside:
-        raise SlimtuneError(f"prompt: token id {outside[0]} is outside the model's vocabulary of {len(tokenizer)}")
+        raise SlimtuneError(f"prompt: token id {outside[0]} is outside the model's vocabulary of {vocabulary}")
     return list(prompt)
 
 
