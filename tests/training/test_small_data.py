@@ -125,6 +125,24 @@ def test_contrastive_is_not_chosen_where_it_cannot_run():
             choose_recipe("contrastive", 40, True, True, False, config, **where)
 
 
+@pytest.mark.parametrize("asked, flag", [({"augment": "eda"}, "--augment"), ({"adversarial": "fgm"}, "--adversarial"),
+                                         ({"checkpoint_every": 10}, "--checkpoint-every"),
+                                         ({"grad_accum": 2}, "--grad-accum")])
+def test_what_only_the_supervised_loop_does_is_done_not_dropped(asked, flag):
+    auto = choose_recipe("auto", 40, True, True, False, TrainConfig(**asked))
+    assert auto.name == "small-data" and f"{flag} given, which only this recipe does" in auto.line()
+    with pytest.raises(SlimtuneError, match=f"contrastive does not do {flag}"):
+        choose_recipe("contrastive", 40, True, True, False, TrainConfig(**asked))
+
+
+def test_contrastive_with_augment_is_a_one_line_error(tiny_model, tmp_path, capsys):
+    data = write_tsv(tmp_path / "train.tsv", sentiment_rows(24, 0))
+    code = main(["train", "--method", "lora", "--train", data, "--out", str(tmp_path / "run"), "--model", tiny_model,
+                 "--few-shot", "contrastive", "--augment", "eda"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "--augment" in err and not (tmp_path / "run").exists()
+
+
 def test_off_keeps_the_standard_recipe_and_carves_dev_from_small_data(tiny_model, tmp_path):
     data = write_tsv(tmp_path / "train.tsv", sentiment_rows(40, 0))
     summary = train(TrainRequest(task="classify", method="lora", train_path=data, out_dir=str(tmp_path / "run"),

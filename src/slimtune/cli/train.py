@@ -89,7 +89,8 @@ def register(sub) -> None:
                    help="small data (< 500 training rows, no dev carved from them): auto (default) trains classify "
                         "with a method that adapts the encoder contrastively on sentence pairs, then fits the head "
                         "(SetFit's recipe), up to 64 rows per class, and otherwise with the supervised small-data "
-                        "recipe (≥ 200 steps, a batch that fits, the head started from a logistic regression); both "
+                        "recipe (≥ 200 steps, a batch that fits, the head started from a logistic regression), which "
+                        "--augment, --adversarial, --checkpoint-every and --grad-accum also pick; both "
                         "take the method's small-data defaults (`slimtune methods`; LoRA: query/value on classify); "
                         "contrastive or supervised force one; off: the standard recipe, flags as given")
     add_reader_flags(p)

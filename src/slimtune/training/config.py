@@ -31,6 +31,13 @@ class TrainConfig:
     augment_rate: float = 0.1
     pack: int = 0  # causal-lm: tokens per packed row of several examples (training/packing.py); 0 = no packing
 
+    def loop_only_flags(self) -> list[str]:
+        """The flags set here that only the supervised training loop carries out: the contrastive few-shot recipe
+        has no adversarial step, augmentation, checkpoints or gradient accumulation (training/small_data.py)."""
+        return [flag for flag, given in (("--augment", self.augment), ("--adversarial", self.adversarial),
+                                         ("--checkpoint-every", self.checkpoint_every),
+                                         ("--grad-accum", self.grad_accum > 1)) if given]
+
     def adversarial_config(self) -> AdversarialConfig | None:
         return AdversarialConfig(self.adversarial, self.adv_epsilon, self.adv_steps) if self.adversarial else None
 

@@ -98,7 +98,9 @@ def choose_recipe(few_shot: str, n_rows: int, sentence_labels: bool, adapts_enco
     """The recipe for `n_rows` training rows; `config` is the run's TrainConfig (epochs, batch size, accumulation).
 
     The contrastive recipe runs on one process and writes no checkpoints, so `auto` leaves it out under
-    --nproc and --resume (a run that has a checkpoint to resume was a supervised one).
+    --nproc and --resume (a run that has a checkpoint to resume was a supervised one), and where the run asks for
+    what only the supervised loop does (`TrainConfig.loop_only_flags`: --augment, --adversarial, ...), which
+    `--few-shot contrastive` refuses rather than ignores.
     """
     if few_shot not in FEW_SHOT_MODES:
         raise SlimtuneError(f"unknown --few-shot {few_shot!r}; choose from {list(FEW_SHOT_MODES)}")
@@ -106,6 +108,7 @@ def choose_recipe(few_shot: str, n_rows: int, sentence_labels: bool, adapts_enco
     size = f"{n_rows} training rows {'<' if small else '≥'} {SMALL_DATA_ROWS}"
     if few_shot == "off":
         return Recipe("standard", f"--few-shot off; {size}", config.batch_size)
+    loop_only = config.loop_only_flags()
     selection = "dev from --dev" if has_dev else "no dev split carved from train; final weights kept"
     if few_shot == "contrastive":
         if not sentence_labels:
@@ -118,18 +121,26 @@ def choose_recipe(few_shot: str, n_rows: int, sentence_labels: bool, adapts_enco
         if resume:
             raise SlimtuneError("--few-shot contrastive writes no checkpoints to resume; run it again "
                                 "(it takes seconds to minutes)")
+        if loop_only:
+            raise SlimtuneError(f"--few-shot contrastive does not do {', '.join(loop_only)} (the supervised "
+                                "recipes do); drop it or use --few-shot supervised")
         return Recipe("contrastive", f"--few-shot contrastive; {size}", config.batch_size, selection=selection)
     per_class = n_rows / max(classes, 1)
     few = per_class <= CONTRASTIVE_ROWS_PER_CLASS
-    if few_shot == "auto" and small and few and sentence_labels and adapts_encoder and not (distributed or resume):
+    contrastive_fits = few and sentence_labels and adapts_encoder
+    if few_shot == "auto" and small and contrastive_fits and not (distributed or resume or loop_only):
         return Recipe("contrastive", f"{size}, {per_class:.0f} per class ≤ {CONTRASTIVE_ROWS_PER_CLASS}, one label "
                       "per text, a method that adapts the encoder", config.batch_size, selection=selection)
     if not small:
         return Recipe("standard", size, config.batch_size)
     batch_size = min(config.batch_size, max(4, n_rows // 8))
-    why = size if few_shot == "supervised" else (
-        f"{size}; contrastive needs ≤ {CONTRASTIVE_ROWS_PER_CLASS} rows per class, one label per text, a method that "
-        "adapts the encoder, one process and no --resume")
+    if few_shot == "supervised":
+        why = size
+    elif contrastive_fits and loop_only and not (distributed or resume):
+        why = f"{size}; {', '.join(loop_only)} given, which only this recipe does"
+    else:
+        why = (f"{size}; contrastive needs ≤ {CONTRASTIVE_ROWS_PER_CLASS} rows per class, one label per text, a method "
+               "that adapts the encoder, one process and no --resume")
     recipe = Recipe("small-data", why, batch_size, selection=selection,
                     head_start="logistic" if sentence_labels else "")
     recipe.plan_steps(math.ceil(n_rows / batch_size), config)  # set again by `repeat` from the real batches
