@@ -127,7 +127,7 @@ def test_contrastive_is_not_chosen_where_it_cannot_run():
 
 @pytest.mark.parametrize("asked, flag", [({"augment": "eda"}, "--augment"), ({"adversarial": "fgm"}, "--adversarial"),
                                          ({"checkpoint_every": 10}, "--checkpoint-every"),
-                                         ({"grad_accum": 2}, "--grad-accum")])
+                                         ({"eval_every": 5}, "--eval-every"), ({"grad_accum": 2}, "--grad-accum")])
 def test_what_only_the_supervised_loop_does_is_done_not_dropped(asked, flag):
     auto = choose_recipe("auto", 40, True, True, False, TrainConfig(**asked))
     assert auto.name == "small-data" and f"{flag} given, which only this recipe does" in auto.line()

@@ -90,7 +90,7 @@ def register(sub) -> None:
                         "with a method that adapts the encoder contrastively on sentence pairs, then fits the head "
                         "(SetFit's recipe), up to 64 rows per class, and otherwise with the supervised small-data "
                         "recipe (≥ 200 steps, a batch that fits, the head started from a logistic regression), which "
-                        "--augment, --adversarial, --checkpoint-every and --grad-accum also pick; both "
+                        "--augment, --adversarial, --checkpoint-every, --eval-every and --grad-accum also pick; both "
                         "take the method's small-data defaults (`slimtune methods`; LoRA: query/value on classify); "
                         "contrastive or supervised force one; off: the standard recipe, flags as given")
     add_reader_flags(p)

@@ -33,9 +33,11 @@ class TrainConfig:
 
     def loop_only_flags(self) -> list[str]:
         """The flags set here that only the supervised training loop carries out: the contrastive few-shot recipe
-        has no adversarial step, augmentation, checkpoints or gradient accumulation (training/small_data.py)."""
+        has no adversarial step, augmentation, checkpoints, dev evaluations during training or gradient
+        accumulation (training/small_data.py)."""
         return [flag for flag, given in (("--augment", self.augment), ("--adversarial", self.adversarial),
                                          ("--checkpoint-every", self.checkpoint_every),
+                                         ("--eval-every", self.eval_every),
                                          ("--grad-accum", self.grad_accum > 1)) if given]
 
     def adversarial_config(self) -> AdversarialConfig | None:
