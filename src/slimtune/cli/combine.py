@@ -47,16 +47,13 @@ def register(sub) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from slimtune.atomic import write_json, write_safetensors
     from slimtune.errors import SlimtuneError
     from slimtune.methods.arithmetic import combine
     from slimtune.methods.registry import get_method_class, method_from_saved
     from slimtune.ownership import check_out, new_output
     from slimtune.runs.adapter_files import ADAPTER_FILE, CONFIG_FILE, read_config
-    from slimtune.runs.run_directory import finite
+    from slimtune.runs.run_directory import read_tensors
 
     names, dirs = _named(args.adapter)
     weights = _weights(args.weights, len(names))
@@ -67,12 +64,7 @@ def run(args) -> int:
     out = Path(args.out)
     check_out(out, args.overwrite)
     configs = [read_config(Path(d)) for d in dirs]
-    states = []
-    for d in dirs:
-        try:
-            states.append(finite(Path(d) / ADAPTER_FILE, load_file(str(Path(d) / ADAPTER_FILE))))
-        except (FileNotFoundError, SafetensorError, OSError) as e:
-            raise SlimtuneError(f"{Path(d) / ADAPTER_FILE}: cannot read adapter ({e})") from None
+    states = [read_tensors(Path(d) / ADAPTER_FILE) for d in dirs]
     _check_agreement(names, configs, states)
     factors = []
     for name, config, state in zip(names, configs, states):

@@ -43,13 +43,10 @@ class InitialAdapter:
 def read_initial_adapter(request) -> InitialAdapter:
     """The adapter in `request.init_adapter`; fills the request's method, options, base, pooling and length limit
     from it, refusing a different --method, a different --task or any --set."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     from slimtune.runs.adapter_files import ADAPTER_FILE, read_config
     from slimtune.runs.formats.peft_import import resolve_adapter_dir
     from slimtune.runs.int8_keys import base_int8_of
-    from slimtune.runs.run_directory import finite
+    from slimtune.runs.run_directory import read_tensors
 
     given = request.init_adapter
     run_dir = resolve_adapter_dir(given, request.model)
@@ -70,8 +67,4 @@ def read_initial_adapter(request) -> InitialAdapter:
     request.model = request.model or config.get("base_model")
     request.pooling = request.pooling or config.get("pooling")
     request.max_length = request.max_length or config.get("max_length")
-    try:
-        state = finite(Path(run_dir) / ADAPTER_FILE, load_file(str(Path(run_dir) / ADAPTER_FILE)))
-    except (FileNotFoundError, SafetensorError, OSError) as e:
-        raise SlimtuneError(f"--init-adapter {given}: cannot read its weights ({e})") from None
-    return InitialAdapter(str(given), config, state)
+    return InitialAdapter(str(given), config, read_tensors(Path(run_dir) / ADAPTER_FILE, "--init-adapter's weights"))

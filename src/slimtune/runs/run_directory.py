@@ -73,12 +73,18 @@ class RunDirectory:
 
     def load_tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor of adapter.safetensors (the header was checked on reading), all finite."""
-        try:
-            with safe_open(str(self.adapter_path), framework="pt") as f:
-                tensors = {name: f.get_tensor(name) for name in f.keys()}
-        except (SafetensorError, OSError, RuntimeError) as e:
-            raise SlimtuneError(f"{self.adapter_path}: cannot read adapter ({e})") from None
-        return finite(self.adapter_path, tensors)
+        return read_tensors(self.adapter_path)
+
+
+def read_tensors(path, what: str = "adapter") -> dict[str, torch.Tensor]:
+    """Every tensor of the safetensors file `path`, all finite; SlimtuneError naming the file and `what` it should
+    hold when it is missing, unreadable or malformed."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except (SafetensorError, OSError, RuntimeError) as e:
+        raise SlimtuneError(f"{path}: cannot read {what} ({e})") from None
+    return finite(path, tensors)
 
 
 def finite(path, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -21,8 +21,6 @@ from pathlib import Path
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 import slimtune
 from slimtune.data.files import read_json_file
@@ -30,7 +28,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.methods.peft_mapping_base import PROMPT_PREFIX, TUNER_PREFIX, validated
 from slimtune.runs.formats.peft_export import CLASSIFIER_HEAD, CLASSIFIER_HEAD_JSON, PEFT_CONFIG, PEFT_WEIGHTS, SLIMTUNE_SIDECAR
 from slimtune.runs.formats.peft_layout import POOLER_TASK_TYPE, TASK_TYPES
-from slimtune.runs.run_directory import MAX_CONFIG_BYTES, finite
+from slimtune.runs.run_directory import MAX_CONFIG_BYTES, read_tensors
 
 PEFT_TASKS = {**{peft: task for task, peft in TASK_TYPES.items()}, POOLER_TASK_TYPE: "classify"}
 SOURCE_FILES = (PEFT_CONFIG, PEFT_WEIGHTS, SLIMTUNE_SIDECAR, CLASSIFIER_HEAD, CLASSIFIER_HEAD_JSON)
@@ -135,11 +133,7 @@ def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         bin_note = " (adapter_model.bin is a pickle, which slimtune never loads)" if path.with_suffix(".bin").exists() else ""
         raise SlimtuneError(f"{path.parent}: no {path.name}{bin_note}")
-    try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError) as e:
-        raise SlimtuneError(f"{path}: cannot read tensors ({e})") from None
-    return finite(path, tensors)
+    return read_tensors(path, "tensors")
 
 
 def mapping_method(fields: dict, where: Path):
