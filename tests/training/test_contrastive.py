@@ -59,7 +59,7 @@ def test_the_pair_phase_scales_the_methods_lr_with_its_steps_unless_lr_is_given(
                                  out_dir=str(tmp_path / "given"), model=tiny_model, options={"r": "4"},
                                  few_shot="contrastive", config=TrainConfig(lr=3e-3)))
     assert summary["lr"] == summary["contrastive"]["lr"] == 3e-3
-    assert "pairs: 480 (20 per row) in 30 steps of 16, lr 0.003, the base's dropout at 0.2\n" in capsys.readouterr().err
+    assert "pairs: 480 (20 per row) in 30 steps of 16, lr 0.003\n" in capsys.readouterr().err
 
 
 def test_contrastive_changes_only_encoder_adapter_and_head(tiny_model, few_shot_data, tmp_path):
@@ -100,32 +100,3 @@ def test_fitted_head_reproduces_the_logistic_regression(classes):
     scale = vectors.norm(dim=-1).mean().item()
     expected = LogisticRegression(C=1.0, max_iter=1000, random_state=0).fit((vectors / scale).numpy(), labels)
     np.testing.assert_allclose(probabilities, expected.predict_proba((vectors / scale).numpy()), atol=1e-5)
-
-
-def test_the_pair_phase_runs_the_base_dropout_at_its_rate_and_restores_it(tiny_model, few_shot_data, tmp_path,
-                                                                          monkeypatch):
-    from torch import nn
-
-    from slimtune.training import contrastive
-
-    seen = []
-    original = contrastive.sentence_vectors
-
-    def recording(model, batch):
-        wrappers = [name for name, m in model.backbone.named_modules() if hasattr(m, "base_layer")]
-        seen.append(({name: m.p for name, m in model.backbone.named_modules() if isinstance(m, nn.Dropout)}, wrappers))
-        return original(model, batch)
-
-    monkeypatch.setattr(contrastive, "sentence_vectors", recording)
-    run = tmp_path / "run"
-    summary = train(TrainRequest(task="classify", method="lora", train_path=few_shot_data["train"], out_dir=str(run),
-                                 model=tiny_model, options={"r": "4", "dropout": "0.05"}, few_shot="contrastive",
-                                 contrastive=ContrastiveConfig(dropout=0.3)))
-    assert summary["contrastive"]["dropout"] == 0.3
-    rates, wrappers = seen[0]  # the first pair batch (the head is fitted after the phase)
-    lora = {name: p for name, p in rates.items() if any(name == w + ".dropout" for w in wrappers)}
-    assert len(lora) == len(wrappers) > 0 and set(lora.values()) == {0.05}  # LoRA's own: the rate the user set
-    base = {name: p for name, p in rates.items() if name not in lora}
-    assert len(base) > 5 and set(base.values()) == {0.3}
-    loaded = load_adapter(run)
-    assert {m.p for m in loaded.model.backbone.modules() if isinstance(m, nn.Dropout)} == {0.1, 0.05}  # as configured

@@ -16,13 +16,11 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
 from slimtune.methods.adaptation import head_parameters
@@ -44,7 +42,6 @@ class ContrastiveConfig:
     pairs_per_row: int = 20  # 10 positive + 10 negative per row; measured against 10 and 40 (docs/results.md)
     pair_batch_size: int = 16  # SetFit's default
     head_c: float = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's and SetFit's default)
-    dropout: float = 0.2  # the base model's dropout rate during the pair phase (`base_dropout`); measured 0-0.3
     reference_steps: int = 20  # pair steps at which the method's own lr measured best (SST-2, 8 per class)
 
     def scaled_lr(self, method_lr: float, steps: int) -> float:
@@ -61,35 +58,6 @@ def sentence_vectors(model, batch: dict) -> torch.Tensor:
     if model.pooling == "pooler":
         return out.pooler_output
     return pool(out.last_hidden_state, batch["attention_mask"], model.pooling)
-
-
-@contextmanager
-def base_dropout(backbone: nn.Module, rate: float):
-    """Every dropout of the base model that is on (rate > 0) at `rate` inside the block, its own rate restored after.
-
-    The pair phase trains few weights on few rows; the base's dropout is its noise, and more of it measured better
-    (docs/results.md, "Few-shot", seventh measurement). Dropouts a method adds beside a wrapped `base_layer` (LoRA's
-    `dropout` option) keep the rate the user set.
-
-    >>> layer = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1), nn.Dropout(0.0))
-    >>> with base_dropout(layer, 0.3):
-    ...     [m.p for m in layer if isinstance(m, nn.Dropout)]
-    [0.3, 0.0]
-    >>> layer[1].p
-    0.1
-    """
-    wrappers = [name + "." for name, module in backbone.named_modules() if hasattr(module, "base_layer")]
-    def own(name: str) -> bool:
-        return not any(name.startswith(w) and not name.startswith(w + "base_layer.") for w in wrappers)
-    dropouts = [m for name, m in backbone.named_modules() if isinstance(m, nn.Dropout) and m.p > 0 and own(name)]
-    rates = [m.p for m in dropouts]
-    for module in dropouts:
-        module.p = rate
-    try:
-        yield
-    finally:
-        for module, own_rate in zip(dropouts, rates):
-            module.p = own_rate
 
 
 def encoder_parameters(model, params: list) -> list:
@@ -160,8 +128,8 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
     lr = given_lr if given_lr is not None else settings.scaled_lr(config.lr, total_steps)
     print(f"pairs: {n_pairs} ({settings.pairs_per_row} per row) in {total_steps} steps of {settings.pair_batch_size}, "
           f"lr {lr:.2g}" + ("" if given_lr is not None else
-                           f" (the method's {config.lr:.2g} × √({settings.reference_steps}/{total_steps}), at most ×1)")
-          + f", the base's dropout at {settings.dropout:g}", file=sys.stderr)
+                           f" (the method's {config.lr:.2g} × √({settings.reference_steps}/{total_steps}), at most ×1)"),
+          file=sys.stderr)
     optimizer = torch.optim.AdamW(encoder, lr=lr, weight_decay=config.weight_decay)
     scheduler = linear_warmup_then_decay(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     torch.manual_seed(config.seed)
@@ -170,31 +138,30 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
     losses = []  # since the last log record
     log = []
     bar = tqdm(total=total_steps, desc="pairs", unit="batch", file=sys.stderr, dynamic_ncols=True, disable=None)
-    with base_dropout(model.backbone, settings.dropout):
-        for epoch in range(settings.epochs):
-            pairs = sample_pairs(label_ids, n_pairs, seed=config.seed * 1000 + epoch)
-            for start in range(0, len(pairs), settings.pair_batch_size):
-                rows, loss = pair_loss(model, pairs[start:start + settings.pair_batch_size], train_features, pad_id)
-                extra = method.extra_loss(model.backbone)
-                (loss + extra if extra is not None else loss).backward()
-                torch.nn.utils.clip_grad_norm_(encoder, config.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                method.on_step(model.backbone, step + 1, total_steps)
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                examples += len(rows)
-                tokens += sum(len(train_features[i]["input_ids"]) for i in rows)
-                for callback in step_callbacks:
-                    callback(Progress(step=step, epoch=epoch, examples_seen=examples, tokens_seen=tokens,
-                                      train_seconds=time.perf_counter() - started))
-                losses.append(loss.item())
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-                if step % config.log_every == 0 or step == total_steps:
-                    log.append({"type": "pairs", "step": step, "epoch": epoch, "cosine_loss": sum(losses) / len(losses),
-                                "lr": scheduler.get_last_lr()[0]})
-                    losses = []
+    for epoch in range(settings.epochs):
+        pairs = sample_pairs(label_ids, n_pairs, seed=config.seed * 1000 + epoch)
+        for start in range(0, len(pairs), settings.pair_batch_size):
+            rows, loss = pair_loss(model, pairs[start:start + settings.pair_batch_size], train_features, pad_id)
+            extra = method.extra_loss(model.backbone)
+            (loss + extra if extra is not None else loss).backward()
+            torch.nn.utils.clip_grad_norm_(encoder, config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            method.on_step(model.backbone, step + 1, total_steps)
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            examples += len(rows)
+            tokens += sum(len(train_features[i]["input_ids"]) for i in rows)
+            for callback in step_callbacks:
+                callback(Progress(step=step, epoch=epoch, examples_seen=examples, tokens_seen=tokens,
+                                  train_seconds=time.perf_counter() - started))
+            losses.append(loss.item())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+            if step % config.log_every == 0 or step == total_steps:
+                log.append({"type": "pairs", "step": step, "epoch": epoch, "cosine_loss": sum(losses) / len(losses),
+                            "lr": scheduler.get_last_lr()[0]})
+                losses = []
     bar.close()
     fit_head(model, embed_rows(model, train_features, pad_id), label_ids, len(labels), settings.head_c, config.seed)
     train_seconds = time.perf_counter() - started
@@ -219,6 +186,5 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
         "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 1),
         "history": [r for r in log if r["type"] == "eval"],
         "contrastive": {"pairs": n_pairs, "pairs_per_row": settings.pairs_per_row, "lr": lr,
-                        "pair_batch_size": settings.pair_batch_size, "epochs": settings.epochs, "head": "logistic",
-                        "dropout": settings.dropout},
+                        "pair_batch_size": settings.pair_batch_size, "epochs": settings.epochs, "head": "logistic"},
     }
