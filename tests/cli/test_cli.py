@@ -118,6 +118,8 @@ def test_bad_inputs_give_one_clear_line(trained, capsys, tmp_path, tiny_model, o
         capsys, ["eval", "--adapter", run, "--data", trained["dev"], "--model", other_tiny_model])
     assert "not an adapter directory" in _error(capsys, ["predict", "--adapter", str(tmp_path), "hi"])
     assert "no checkpoint to resume from" in _error(capsys, base + ["--train", train, "--resume"])
+    assert "out of memory: could not allocate" in _error(capsys, base + ["--train", train, "--set", f"r={10**12}"])
+    assert not (tmp_path / "x").exists()
 
 
 def test_train_defaults_to_lora_and_says_so_in_help(capsys):

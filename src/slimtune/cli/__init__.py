@@ -7,6 +7,7 @@ stderr with a non-zero exit, never a traceback.
 import argparse
 import os
 import pkgutil
+import re
 import sys
 
 from slimtune import __version__
@@ -135,3 +136,26 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print(f"slimtune {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as e:
+        if not out_of_memory(e):
+            raise
+        print(f"slimtune {args.command}: error: {out_of_memory(e)}", file=sys.stderr)
+        return 2
+
+
+def out_of_memory(error: BaseException) -> str:
+    """A one-line account of `error` when it is an allocation that failed, else "": asking for a rank of 10⁸
+    (`--set r=100000000`) is a bad flag, answered in one line like any other.
+
+    >>> out_of_memory(RuntimeError("can't allocate memory: you tried to allocate 1610612736 bytes"))
+    'out of memory: could not allocate 1.5 GiB; ask for less (a rank --set r=..., --batch-size, --max-length)'
+    >>> out_of_memory(RuntimeError("shape mismatch"))
+    ''
+    """
+    text = str(error)
+    if not (isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text):
+        return ""
+    asked = re.search(r"allocate (\d+) bytes", text)
+    amount = f"could not allocate {int(asked.group(1)) / 2**30:.1f} GiB" if asked else "an allocation failed"
+    return f"out of memory: {amount}; ask for less (a rank --set r=..., --batch-size, --max-length)"

@@ -1,9 +1,10 @@
 """Opening data files: plain or gzip-compressed, with errors that name the path.
 
 A file is read and checked whole before any reader parses it: it must be a
-readable file, a complete gzip stream when it ends in `.gz`, UTF-8, and text
-(no NUL bytes), so every reader refuses broken or binary input with one line
-instead of failing somewhere inside a parser.
+readable file, a complete gzip stream when it ends in `.gz`, at most
+MAX_TEXT_BYTES of text once decompressed, UTF-8, and text (no NUL bytes), so
+every reader refuses broken, oversized or binary input with one line instead
+of failing somewhere inside a parser.
 """
 
 import gzip
@@ -16,6 +17,7 @@ from pathlib import Path
 from slimtune.errors import SlimtuneError
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_TEXT_BYTES = 1 << 30  # a data file's text, decompressed; files are read whole: more (a gzip bomb) exhausts memory
 
 
 def read_text(path: str | Path) -> str:
@@ -27,7 +29,8 @@ def read_text(path: str | Path) -> str:
         raise SlimtuneError(f"{path}: is a directory, expected a data file")
     refuse_devices(path)
     try:
-        data = path.read_bytes()
+        with path.open("rb") as f:
+            data = f.read(MAX_TEXT_BYTES + 1)
     except OSError as e:
         raise SlimtuneError(f"{path}: cannot read ({e.strerror})") from None
     if not data:
@@ -36,11 +39,16 @@ def read_text(path: str | Path) -> str:
         if not data.startswith(GZIP_MAGIC):
             raise SlimtuneError(f"{path}: not a gzip file (it ends in .gz)")
         try:
-            data = gzip.decompress(data)
+            with gzip.GzipFile(fileobj=io.BytesIO(data)) as stream:  # every member, stopped past the bound
+                data = stream.read(MAX_TEXT_BYTES + 1)
         except (EOFError, OSError, zlib.error) as e:
             raise SlimtuneError(f"{path}: broken or truncated gzip data ({e})") from None
         if not data:
             raise SlimtuneError(f"{path}: file is empty")
+    if len(data) > MAX_TEXT_BYTES:
+        unpacked = " once decompressed" if path.suffix == ".gz" else ""
+        raise SlimtuneError(f"{path}: more than {MAX_TEXT_BYTES:,} bytes of text{unpacked}; data files are read "
+                            "whole, so split or sample it first")
     text = _decode(data, path)
     nul = text.find("\0")
     if nul >= 0:
