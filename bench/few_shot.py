@@ -13,7 +13,8 @@ training sample (never the bundled dev split, whose rows are left out of the SST
 Tasks: sst2 (binary sentiment, ../shared/data/sst2/train.tsv) and entities (CoNLL-2003 entity-type
 classification: the text is an entity mention, e.g. "Angela Merkel", the label its type PER/LOC/ORG/MISC;
 mentions are taken from ../shared/data/conll2003/train.txt, de-duplicated case-insensitively, those seen
-with two types dropped, so held-out mentions never occur in training).
+with two types dropped, so held-out mentions never occur in training); sentence-types (the same four types on
+sentence-length texts: CoNLL sentences of at least 8 tokens whose entities are all of one type, labelled with it).
 
     python bench/few_shot.py --tasks sst2 --shots 8 --seeds 0 --heldout 200        # a quick check
     python bench/few_shot.py --tasks sst2 --shots 8 --seeds 100,101 --systems slimtune-contrastive \
@@ -62,6 +63,32 @@ def read_sst2(path: str, exclude: str | None = None) -> list[tuple[str, str]]:
             if cells[text_at] not in excluded:
                 rows.append((cells[text_at], "positive" if cells[label_at] == "1" else "negative"))
     return rows
+
+
+def read_sentence_types(path: str, min_words: int = 8) -> list[tuple[str, str]]:
+    """(sentence, type) for every distinct CoNLL-2003 sentence of at least `min_words` tokens whose entities are all of
+    one type: the entity task's four classes on sentence-length texts (17.6 words on average in the training file)."""
+    rows, seen, words, kinds = [], set(), [], set()
+
+    def flush():
+        text = " ".join(words)
+        if len(words) >= min_words and len(kinds) == 1 and text.lower() not in seen:
+            seen.add(text.lower())
+            rows.append((text, next(iter(kinds))))
+        words.clear()
+        kinds.clear()
+
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            cells = line.split()
+            if not cells or cells[0] == "-DOCSTART-":
+                flush()
+                continue
+            words.append(cells[0])
+            if cells[-1] != "O":
+                kinds.add(cells[-1][2:])
+    flush()
+    return sorted(rows)
 
 
 def read_entity_mentions(path: str) -> list[tuple[str, str]]:
@@ -203,7 +230,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tasks", default="sst2,entities")
+    p.add_argument("--tasks", default="sst2,entities", help="comma-separated: sst2, entities, sentence-types")
     p.add_argument("--shots", default="8,16,64", help="examples per class, comma-separated")
     p.add_argument("--seeds", default="0,1")
     p.add_argument("--systems", default=",".join(SYSTEMS))
@@ -237,7 +264,11 @@ def main(argv=None) -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     systems = args.systems.split(",")
     readers = {"sst2": lambda: read_sst2(args.sst2, str(ROOT / "data" / "sst2" / "dev_1k.tsv.gz")),
-               "entities": lambda: read_entity_mentions(args.conll)}
+               "entities": lambda: read_entity_mentions(args.conll),
+               "sentence-types": lambda: read_sentence_types(args.conll)}
+    unknown = sorted(set(args.tasks.split(",")) - set(readers))
+    if unknown:
+        p.error(f"unknown --tasks {', '.join(unknown)}; choose from {', '.join(readers)}")
     results = []
     with tempfile.TemporaryDirectory(prefix="few-shot-") as tmp:
         tmp = Path(tmp)
