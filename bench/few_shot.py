@@ -65,29 +65,32 @@ def read_sst2(path: str, exclude: str | None = None) -> list[tuple[str, str]]:
     return rows
 
 
-def read_sentence_types(path: str, min_words: int = 8) -> list[tuple[str, str]]:
-    """(sentence, type) for every distinct CoNLL-2003 sentence of at least `min_words` tokens whose entities are all of
-    one type: the entity task's four classes on sentence-length texts (17.6 words on average in the training file)."""
-    rows, seen, words, kinds = [], set(), [], set()
-
-    def flush():
-        text = " ".join(words)
-        if len(words) >= min_words and len(kinds) == 1 and text.lower() not in seen:
-            seen.add(text.lower())
-            rows.append((text, next(iter(kinds))))
-        words.clear()
-        kinds.clear()
-
+def conll_sentences(path: str):
+    """(words, tags) of every sentence of a CoNLL-2003 file, in order (document markers end a sentence)."""
+    words, tags = [], []
     with open(path, encoding="utf-8") as f:
         for line in f:
             cells = line.split()
-            if not cells or cells[0] == "-DOCSTART-":
-                flush()
-                continue
-            words.append(cells[0])
-            if cells[-1] != "O":
-                kinds.add(cells[-1][2:])
-    flush()
+            if cells and cells[0] != "-DOCSTART-":
+                words.append(cells[0])
+                tags.append(cells[-1])
+            elif words:
+                yield words, tags
+                words, tags = [], []
+    if words:
+        yield words, tags
+
+
+def read_sentence_types(path: str, min_words: int = 8) -> list[tuple[str, str]]:
+    """(sentence, type) for every distinct CoNLL-2003 sentence of at least `min_words` tokens whose entities are all of
+    one type: the entity task's four classes on sentence-length texts (17.6 words on average in the training file)."""
+    rows, seen = [], set()
+    for words, tags in conll_sentences(path):
+        kinds = {tag[2:] for tag in tags if tag != "O"}
+        text = " ".join(words)
+        if len(words) >= min_words and len(kinds) == 1 and text.lower() not in seen:
+            seen.add(text.lower())
+            rows.append((text, kinds.pop()))
     return sorted(rows)
 
 
@@ -95,9 +98,7 @@ def read_entity_mentions(path: str) -> list[tuple[str, str]]:
     """(mention, type) for every distinct mention of a CoNLL-2003 file (IOB1 or IOB2), one type each."""
     types = defaultdict(Counter)
     spelling = {}
-    words, tags = [], []
-
-    def flush():
+    for words, tags in conll_sentences(path):
         current, kind = [], None
         for word, tag in [*zip(words, tags), ("", "O")]:
             inside = tag[2:] if tag != "O" else None
@@ -109,18 +110,6 @@ def read_entity_mentions(path: str) -> list[tuple[str, str]]:
             if inside:
                 current.append(word)
                 kind = inside
-        words.clear()
-        tags.clear()
-
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            cells = line.split()
-            if not cells or cells[0] == "-DOCSTART-":
-                flush()
-                continue
-            words.append(cells[0])
-            tags.append(cells[-1])
-    flush()
     return sorted((spelling[key], next(iter(seen))) for key, seen in types.items() if len(seen) == 1)
 
 
