@@ -137,9 +137,10 @@ def _run(parser: argparse.ArgumentParser, argv: list[str]) -> int:
         print(f"slimtune {args.command}: interrupted", file=sys.stderr)
         return 130
     except (MemoryError, RuntimeError) as e:
-        if not out_of_memory(e):
+        reason = out_of_memory(e)
+        if not reason:
             raise
-        print(f"slimtune {args.command}: error: {out_of_memory(e)}", file=sys.stderr)
+        print(f"slimtune {args.command}: error: {reason}", file=sys.stderr)
         return 2
 
 
