@@ -43,12 +43,25 @@ class ContrastiveConfig:
     pair_batch_size: int = 16  # SetFit's default
     head_c: float = 1.0  # inverse L2 strength of the logistic regression (scikit-learn's and SetFit's default)
     reference_steps: int = 20  # pair steps at which the method's own lr measured best (SST-2, 8 per class)
+    reference_tokens: float = 13.0  # mean tokens per row of SST-2 (all-MiniLM's tokenizer), where that lr was set
+    token_factor_range: tuple[float, float] = (0.38, 1.7)  # the texts measured: 5-token mentions, 22-token sentences
 
-    def scaled_lr(self, method_lr: float, steps: int) -> float:
+    def scaled_lr(self, method_lr: float, steps: int, mean_tokens: float) -> float:
         """The phase's peak lr without --lr: the method's, times √(reference_steps / steps) once the pair budget
-        outgrows the reference. LoRA's 2e-3, best at 20 steps, cost 2 points at 160 and 320 steps (64 per class
-        of 2 and 4 classes) against 5e-4-7e-4 (docs/results.md, "Few-shot"); the root keeps lr·√steps constant."""
-        return method_lr * min(1.0, math.sqrt(self.reference_steps / max(steps, 1)))
+        outgrows the reference, times the rows' mean length over the reference length (held within
+        `token_factor_range`, the lengths it was measured on).
+
+        Steps: LoRA's 2e-3, best at 20 steps, cost 2 points at 160 and 320 steps (64 per class of 2 and 4 classes)
+        against 5e-4-7e-4; the root keeps lr·√steps constant. Length: at the same 80 steps (16 per class, 4 classes)
+        22-token sentences scored best at 2e-3-3e-3 and 5-token mentions at 4e-4-1e-3 (docs/results.md,
+        "Few-shot"); fewer tokens per pair batch is a noisier gradient, which wants the smaller step.
+
+        >>> ContrastiveConfig().scaled_lr(2e-3, steps=80, mean_tokens=13.0)
+        0.001
+        """
+        low, high = self.token_factor_range
+        length = min(high, max(low, mean_tokens / self.reference_tokens))
+        return method_lr * min(1.0, math.sqrt(self.reference_steps / max(steps, 1))) * length
 
 
 def sentence_vectors(model, batch: dict) -> torch.Tensor:
@@ -116,7 +129,8 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
                     given_lr: float | None = None) -> dict:
     """Phase 1 and 2 on `model` in place; returns the summary `Trainer.fit` would (same keys).
 
-    The pair phase's peak lr is `given_lr` (the user's --lr) when set, else `settings.scaled_lr` of `config.lr`.
+    The pair phase's peak lr is `given_lr` (the user's --lr) when set, else `settings.scaled_lr` of `config.lr` for
+    the pair steps and the training rows' mean length in tokens.
     `step_callbacks` are called after each optimizer step with a `Progress` (step, examples, seconds), as the
     trainer calls them.
     """
@@ -125,10 +139,13 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
     n_pairs = settings.pairs_per_row * len(train_features)
     steps_per_epoch = math.ceil(n_pairs / settings.pair_batch_size)
     total_steps = steps_per_epoch * settings.epochs
-    lr = given_lr if given_lr is not None else settings.scaled_lr(config.lr, total_steps)
+    mean_tokens = sum(len(f["input_ids"]) for f in train_features) / max(len(train_features), 1)
+    lr = given_lr if given_lr is not None else settings.scaled_lr(config.lr, total_steps, mean_tokens)
     print(f"pairs: {n_pairs} ({settings.pairs_per_row} per row) in {total_steps} steps of {settings.pair_batch_size}, "
           f"lr {lr:.2g}" + ("" if given_lr is not None else
-                           f" (the method's {config.lr:.2g} × √({settings.reference_steps}/{total_steps}), at most ×1)"),
+                           f" (the method's {config.lr:.2g} × √({settings.reference_steps}/{total_steps}) at most 1, "
+                           f"× {mean_tokens:.1f}/{settings.reference_tokens:g} tokens per row within "
+                           f"{settings.token_factor_range[0]:g}-{settings.token_factor_range[1]:g})"),
           file=sys.stderr)
     optimizer = torch.optim.AdamW(encoder, lr=lr, weight_decay=config.weight_decay)
     scheduler = linear_warmup_then_decay(optimizer, int(config.warmup_ratio * total_steps), total_steps)
@@ -186,5 +203,6 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
         "tokens_per_second": round(tokens / max(train_seconds, 1e-9), 1),
         "history": [r for r in log if r["type"] == "eval"],
         "contrastive": {"pairs": n_pairs, "pairs_per_row": settings.pairs_per_row, "lr": lr,
+                        "mean_tokens": round(mean_tokens, 2),
                         "pair_batch_size": settings.pair_batch_size, "epochs": settings.epochs, "head": "logistic"},
     }
