@@ -44,3 +44,16 @@ def test_a_wrong_adapter_is_refused_in_one_line(tiny_model):
     other, other_method, _, _ = build_classifier(tiny_model, "lora", {"r": "4"})
     with pytest.raises(SlimtuneError, match="does not fit this model"):
         load_adapter_state(other, other_method, state)
+
+
+@pytest.mark.parametrize("method_name, options", [("subspace", {"dim": "4"}), ("subnetwork", {"density": "0.01"}),
+                                                  ("lora", {"r": "2"})])
+def test_integers_load_only_where_the_model_holds_integers(tiny_model, method_name, options):
+    """One check for every method: an integer tensor would be copied into a float parameter without a word, but
+    subnetwork's positions are integers in the model too."""
+    model, method, _, _ = build_classifier(tiny_model, method_name, options)
+    state = adapter_state(model, method)
+    load_adapter_state(model, method, state)  # the method's own integers (if any) pass
+    name = next(k for k, v in state.items() if v.is_floating_point() and k.startswith("backbone."))
+    with pytest.raises(SlimtuneError, match=f"{name} holds torch.int64 values, not floating point"):
+        load_adapter_state(model, method, {**state, name: state[name].round().long()})

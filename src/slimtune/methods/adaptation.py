@@ -42,17 +42,23 @@ def adapter_state(model: nn.Module, method: Method, export: bool = False) -> dic
 
 
 def load_adapter_state(model: nn.Module, method: Method, state: dict[str, torch.Tensor]) -> None:
+    """Load `state` (as `adapter_state` writes it) into the head and the method, after one check for every method:
+    a tensor may hold integers only where the model holds an integer tensor (subnetwork's indices), since copying one
+    into a float parameter would convert it without a word."""
     heads = head_parameters(model)
     backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k not in heads}
     missing = [n for n in heads if n not in state]
     if missing:
         raise SlimtuneError(f"adapter lacks head weights {missing}")
+    integer = {f"backbone.{n}" for n, t in [*model.backbone.named_parameters(), *model.backbone.named_buffers()]
+               if not t.is_floating_point()}
+    for name, value in state.items():
+        if not value.is_floating_point() and name not in integer:
+            raise SlimtuneError(f"adapter tensor {name} holds {value.dtype} values, not floating point")
     with torch.no_grad():
         for name, param in heads.items():
             if param.shape != state[name].shape:
                 raise SlimtuneError(f"adapter head {name} has shape {tuple(state[name].shape)}, model {tuple(param.shape)}")
-            if not state[name].is_floating_point():
-                raise SlimtuneError(f"adapter head {name} holds {state[name].dtype} values, not floating point")
             param.copy_(state[name])
     try:
         method.load_state_dict(model.backbone, backbone_state)

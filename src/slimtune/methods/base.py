@@ -146,8 +146,6 @@ class Method:
             raise KeyError(f"adapter lacks {sorted(missing)[:5]}")
         with torch.no_grad():
             for name, value in state.items():
-                if own[name].is_floating_point() and not value.is_floating_point():  # copy_ would convert silently
-                    raise SlimtuneError(f"adapter tensor {name} holds {value.dtype} values, not floating point")
                 own[name].copy_(value)
 
     def merge(self, backbone: nn.Module, restorable: bool = True) -> None:
