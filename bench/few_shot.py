@@ -158,7 +158,8 @@ def run_slimtune(mode: str, train_path: str, held_path: str, out: Path, seed: in
     return {"accuracy": metrics["accuracy"], "train_seconds": summary["train_seconds"] + summary["prepare_seconds"],
             "wall_seconds": wall, "model_bytes": summary["adapter_bytes"], "steps": summary["steps"],
             "recipe": summary["recipe"]["name"], "head_start": summary["recipe"].get("head_start", ""),
-            "lr": summary["lr"]}
+            "lr": summary["lr"], **({"mean_tokens": summary["contrastive"]["mean_tokens"]}
+                                    if "contrastive" in summary else {})}
 
 
 def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> dict:
@@ -188,12 +189,15 @@ def run_setfit(train_rows, held_rows, out: Path, seed: int, max_steps: int) -> d
 
 def system_label(run: dict) -> str:
     """The system's name, with the method where it is not LoRA; runs of an earlier recipe are labelled apart:
-    supervised runs before the logistic head start (no `head_start` field), and contrastive runs of more than 20
-    pair steps before the pair phase scaled its lr (no `lr` field; at 20 steps or fewer the scale is 1)."""
+    supervised runs before the logistic head start (no `head_start` field), contrastive runs of more than 20
+    pair steps before the pair phase scaled its lr (no `lr` field; at 20 steps or fewer the scale is 1), and
+    contrastive runs before its lr also followed the rows' length (no `mean_tokens` field)."""
     if run["system"] == "slimtune-supervised" and "head_start" not in run:
         return "slimtune-supervised (random head, earlier recipe)"
     if run["system"] == "slimtune-contrastive" and "lr" not in run and run["steps"] > 20:
         return "slimtune-contrastive (lr 2e-3 unscaled, earlier recipe)"
+    if run["system"] == "slimtune-contrastive" and "mean_tokens" not in run:
+        return "slimtune-contrastive (lr by steps only, earlier recipe)"
     method = run.get("method", "lora")
     return run["system"] + (f" ({method})" if method != "lora" else "")
 

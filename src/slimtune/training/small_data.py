@@ -126,9 +126,9 @@ def choose_recipe(few_shot: str, n_rows: int, sentence_labels: bool, adapts_enco
                                 "recipes do); drop it or use --few-shot supervised")
         return Recipe("contrastive", f"--few-shot contrastive; {size}", config.batch_size, selection=selection)
     per_class = n_rows / max(classes, 1)
-    few = per_class <= CONTRASTIVE_ROWS_PER_CLASS
-    contrastive_fits = few and sentence_labels and adapts_encoder
-    if few_shot == "auto" and small and contrastive_fits and not (distributed or resume or loop_only):
+    contrastive_fits = per_class <= CONTRASTIVE_ROWS_PER_CLASS and sentence_labels and adapts_encoder
+    one_fresh_process = not (distributed or resume)
+    if few_shot == "auto" and small and contrastive_fits and one_fresh_process and not loop_only:
         return Recipe("contrastive", f"{size}, {per_class:.0f} per class ≤ {CONTRASTIVE_ROWS_PER_CLASS}, one label "
                       "per text, a method that adapts the encoder", config.batch_size, selection=selection)
     if not small:
@@ -136,7 +136,7 @@ def choose_recipe(few_shot: str, n_rows: int, sentence_labels: bool, adapts_enco
     batch_size = min(config.batch_size, max(4, n_rows // 8))
     if few_shot == "supervised":
         why = size
-    elif contrastive_fits and loop_only and not (distributed or resume):
+    elif contrastive_fits and one_fresh_process and loop_only:
         why = f"{size}; {', '.join(loop_only)} given, which only this recipe does"
     else:
         why = (f"{size}; contrastive needs ≤ {CONTRASTIVE_ROWS_PER_CLASS} rows per class, one label per text, a method "
