@@ -174,11 +174,24 @@ def remember_source(model: nn.Module, path: str) -> None:
 
     from slimtune import __version__
 
-    files = sorted((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns)
-                   for f in directory.iterdir() if f.is_file())
-    identity = json.dumps([type(model).__name__, __version__, transformers.__version__, files])
+    identity = json.dumps([type(model).__name__, __version__, transformers.__version__, str(directory.resolve()),
+                           file_listing(directory)])
     setattr(model, LOADED_FROM, {"files": hashlib.sha256(identity.encode()).hexdigest(),
                                  "tensors": _tensor_identity(model)})
+
+
+def file_listing(directory: Path) -> list[tuple[str, int, int]]:
+    """(relative path, size, mtime_ns) of every file under `directory`, hidden ones aside, sorted: what identifies
+    a model directory's contents for the caches keyed on it (an edited or replaced file changes its entry)."""
+    root = directory.resolve()
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
+        for name in names:
+            if not name.startswith("."):
+                stat = (Path(folder) / name).stat()
+                files.append((str((Path(folder) / name).relative_to(root)), stat.st_size, stat.st_mtime_ns))
+    return sorted(files)
 
 
 def _tensor_identity(model: nn.Module) -> list:

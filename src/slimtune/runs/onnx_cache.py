@@ -32,7 +32,7 @@ from slimtune.atomic import write_json
 from slimtune.cache import cache_dir
 from slimtune.data.files import read_json_file
 from slimtune.errors import SlimtuneError
-from slimtune.models.loading import Backbone, resolve_model_path
+from slimtune.models.loading import Backbone, file_listing, resolve_model_path
 from slimtune.models.onnx_runtime import INPUT_NAMES, OnnxRuntimeModel
 from slimtune.ownership import (BUILDING, COMPLETE, MARKER, commit, read_marker, remove_owned, running_here,
                                 temp_dir_for)
@@ -140,15 +140,7 @@ def base_files(spec: str | None) -> list | None:
         path = _hub_snapshot(str(path))
         if path is None:
             return None
-    root = path.resolve()
-    files = []
-    for directory, subdirectories, names in os.walk(root):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        for name in names:
-            if not name.startswith("."):
-                stat = (Path(directory) / name).stat()
-                files.append((str((Path(directory) / name).relative_to(root)), stat.st_size, stat.st_mtime_ns))
-    return [str(root), sorted(files)]
+    return [str(path.resolve()), file_listing(path)]
 
 
 def _hub_snapshot(repo_id: str) -> Path | None:
