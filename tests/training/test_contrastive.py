@@ -46,7 +46,7 @@ def test_auto_mode_uses_contrastive_for_small_classification_with_lora(tiny_mode
                                  out_dir=str(tmp_path / "run"), model=tiny_model, options={"r": "4"},
                                  config=TrainConfig(seed=1)))
     assert summary["recipe"]["name"] == "contrastive" and summary["dev_examples"] == 0
-    length = min(1.7, max(0.38, summary["contrastive"]["mean_tokens"] / 13))
+    length = min(3.0, max(0.38, (summary["contrastive"]["mean_tokens"] / 13) ** 2))
     assert summary["lr"] == pytest.approx(2e-3 * (20 / 30) ** 0.5 * length, rel=1e-3)  # 24 rows: 480 pairs, 30 steps
     assert summary["contrastive"]["lr"] == summary["lr"]
 
@@ -57,8 +57,9 @@ def test_the_pair_phase_scales_the_methods_lr_with_its_steps_and_text_length_unl
     assert settings.scaled_lr(2e-3, 8, 13) == settings.scaled_lr(2e-3, 20, 13) == 2e-3  # steps never raise it
     assert settings.scaled_lr(2e-3, 80, 13) == pytest.approx(1e-3)
     assert settings.scaled_lr(2e-3, 320, 13) == pytest.approx(5e-4)
-    assert settings.scaled_lr(2e-3, 80, 26) == pytest.approx(1.7e-3)  # longer rows: larger, up to the measured 1.7x
-    assert settings.scaled_lr(2e-3, 80, 6.5) == pytest.approx(5e-4)  # shorter rows: smaller
+    assert settings.scaled_lr(2e-3, 80, 13 * 1.5) == pytest.approx(2.25e-3)  # longer rows: larger, by the square
+    assert settings.scaled_lr(2e-3, 80, 100) == pytest.approx(3e-3)  # no higher than the measured 3x
+    assert settings.scaled_lr(2e-3, 80, 13 * 0.7) == pytest.approx(0.49e-3)  # shorter rows: smaller
     assert settings.scaled_lr(2e-3, 80, 1) == pytest.approx(0.38e-3)  # no lower than the measured 0.38x
     summary = train(TrainRequest(task="classify", method="lora", train_path=few_shot_data["train"],
                                  out_dir=str(tmp_path / "given"), model=tiny_model, options={"r": "4"},
