@@ -41,7 +41,7 @@ def test_contrastive_mode_saves_an_adapter_that_loads_and_scores_as_trained(tiny
     assert main(["merge", "--adapter", str(out), "--out", str(tmp_path / "merged")]) == 0
 
 
-def test_auto_mode_uses_contrastive_for_small_classification_with_lora(tiny_model, few_shot_data, tmp_path):
+def test_auto_mode_uses_contrastive_for_small_classification_with_lora(tiny_model, few_shot_data, tmp_path, capsys):
     summary = train(TrainRequest(task="classify", method="lora", train_path=few_shot_data["train"],
                                  out_dir=str(tmp_path / "run"), model=tiny_model, options={"r": "4"},
                                  config=TrainConfig(seed=1)))
@@ -49,6 +49,9 @@ def test_auto_mode_uses_contrastive_for_small_classification_with_lora(tiny_mode
     length = min(3.0, max(0.38, (summary["contrastive"]["mean_tokens"] / 13) ** 2))
     assert summary["lr"] == pytest.approx(2e-3 * (20 / 30) ** 0.5 * length, rel=1e-3)  # 24 rows: 480 pairs, 30 steps
     assert summary["contrastive"]["lr"] == summary["lr"]
+    mean_tokens = summary["contrastive"]["mean_tokens"]
+    assert (f"lr {summary['lr']:.2g} (the method's 0.002 × √(20/30) at most 1, × ({mean_tokens:.1f}/13 tokens per "
+            "row)² within 0.38-3)") in capsys.readouterr().err
 
 
 def test_the_pair_phase_scales_the_methods_lr_with_its_steps_and_text_length_unless_lr_is_given(
