@@ -46,10 +46,10 @@ def test_auto_mode_uses_contrastive_for_small_classification_with_lora(tiny_mode
                                  out_dir=str(tmp_path / "run"), model=tiny_model, options={"r": "4"},
                                  config=TrainConfig(seed=1)))
     assert summary["recipe"]["name"] == "contrastive" and summary["dev_examples"] == 0
-    length = min(3.0, max(0.38, (summary["contrastive"]["mean_tokens"] / 13) ** 2))
+    mean_tokens = summary["contrastive"]["mean_tokens"]
+    length = min(3.0, max(0.38, (mean_tokens / 13) ** 2))
     assert summary["lr"] == pytest.approx(2e-3 * (20 / 30) ** 0.5 * length, rel=1e-3)  # 24 rows: 480 pairs, 30 steps
     assert summary["contrastive"]["lr"] == summary["lr"]
-    mean_tokens = summary["contrastive"]["mean_tokens"]
     assert (f"lr {summary['lr']:.2g} (the method's 0.002 × √(20/30) at most 1, × ({mean_tokens:.1f}/13 tokens per "
             "row)² within 0.38-3)") in capsys.readouterr().err
 

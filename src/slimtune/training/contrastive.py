@@ -64,6 +64,12 @@ class ContrastiveConfig:
         length = min(high, max(low, (mean_tokens / self.reference_tokens) ** 2))
         return method_lr * min(1.0, math.sqrt(self.reference_steps / max(steps, 1))) * length
 
+    def explain_lr(self, method_lr: float, steps: int, mean_tokens: float) -> str:
+        """`scaled_lr`'s terms in words, for the `pairs:` line, kept beside the rule they describe."""
+        low, high = self.length_factor_range
+        return (f"the method's {method_lr:.2g} × √({self.reference_steps}/{steps}) at most 1, "
+                f"× ({mean_tokens:.1f}/{self.reference_tokens:g} tokens per row)² within {low:g}-{high:g}")
+
 
 def sentence_vectors(model, batch: dict) -> torch.Tensor:
     """The pooled vectors [B, H] the task head reads, computed as `model.forward` computes them."""
@@ -142,12 +148,9 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
     total_steps = steps_per_epoch * settings.epochs
     mean_tokens = sum(len(f["input_ids"]) for f in train_features) / max(len(train_features), 1)
     lr = given_lr if given_lr is not None else settings.scaled_lr(config.lr, total_steps, mean_tokens)
+    why = "" if given_lr is not None else f" ({settings.explain_lr(config.lr, total_steps, mean_tokens)})"
     print(f"pairs: {n_pairs} ({settings.pairs_per_row} per row) in {total_steps} steps of {settings.pair_batch_size}, "
-          f"lr {lr:.2g}" + ("" if given_lr is not None else
-                           f" (the method's {config.lr:.2g} × √({settings.reference_steps}/{total_steps}) at most 1, "
-                           f"× ({mean_tokens:.1f}/{settings.reference_tokens:g} tokens per row)² within "
-                           f"{settings.length_factor_range[0]:g}-{settings.length_factor_range[1]:g})"),
-          file=sys.stderr)
+          f"lr {lr:.2g}{why}", file=sys.stderr)
     optimizer = torch.optim.AdamW(encoder, lr=lr, weight_decay=config.weight_decay)
     scheduler = linear_warmup_then_decay(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     torch.manual_seed(config.seed)
