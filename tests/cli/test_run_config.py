@@ -70,7 +70,9 @@ def test_help_shows_every_default(capsys):
         main(["train", "--help"])
     options = " ".join(capsys.readouterr().out.split()).split("options:", 1)[1]
     for flag, default in (("--epochs", "3"), ("--patience", "3"), ("--seed", "42"),
-                          ("--batch-size", "32, or the method's measured one for the task: `slimtune methods`")):
+                          ("--batch-size", "32, or the method's measured one for the task: `slimtune methods`; "
+                                          "the contrastive few-shot recipe: 16 pairs"),
+                          ("--pairs-per-row", "20; measured against 10 and 40"), ("--pair-epochs", "1, as SetFit's")):
         assert re.search(rf"{flag} [A-Z_]+ .{{0,120}}?\(default: {re.escape(default)}\)", options), flag
 
 

@@ -71,6 +71,24 @@ def test_the_pair_phase_scales_the_methods_lr_with_its_steps_and_text_length_unl
     assert "pairs: 480 (20 per row) in 30 steps of 16, lr 0.003\n" in capsys.readouterr().err
 
 
+def test_pair_flags_size_the_pair_phase_and_are_refused_where_no_pair_phase_runs(tiny_model, few_shot_data, tmp_path,
+                                                                                 capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--train", few_shot_data["train"], "--out", str(out), "--model", tiny_model,
+                 "--set", "r=4", "--pairs-per-row", "10", "--pair-epochs", "2"]) == 0
+    assert "pairs: 240 (10 per row) × 2 epochs in 30 steps of 16" in capsys.readouterr().err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["contrastive"]["pairs"] == 240 and metrics["contrastive"]["epochs"] == 2
+    assert metrics["steps"] == 30
+    for flags, message in ((["--few-shot", "supervised", "--pair-epochs", "2"], "--pair-epochs sizes the contrastive"),
+                           (["--pairs-per-row", "0"], "--pairs-per-row must be in 1-1000, got 0"),
+                           (["--pair-epochs", "0"], "--pair-epochs must be at least 1, got 0")):
+        bad = tmp_path / "bad"
+        assert main(["train", "--train", few_shot_data["train"], "--out", str(bad), "--model", tiny_model,
+                     *flags]) == 2
+        assert message in capsys.readouterr().err and not bad.exists()
+
+
 def test_contrastive_changes_only_encoder_adapter_and_head(tiny_model, few_shot_data, tmp_path):
     from safetensors.torch import load_file
 

@@ -50,10 +50,12 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run directory to write")
     p.add_argument("--model", metavar="ID|PATH", help="Hugging Face id or local directory (default: bundled all-MiniLM-L6-v2)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="method option, repeatable (e.g. r=16)")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the training data")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training data (the contrastive few-shot "
+                   "recipe: --pair-epochs)")
     p.add_argument("--max-train-examples", type=int, metavar="N", help="train on a seeded sample of N rows")
     p.add_argument("--batch-size", type=int, help=f"examples per step, over all processes together (default: "
-                   f"{DEFAULT_BATCH_SIZE}, or the method's measured one for the task: `slimtune methods`)")
+                   f"{DEFAULT_BATCH_SIZE}, or the method's measured one for the task: `slimtune methods`; "
+                   f"the contrastive few-shot recipe: 16 pairs)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the method's)")
     p.add_argument("--seed", type=int, default=42, help="seeds data order, splits, initialisation and dropout")
     p.add_argument("--grad-accum", type=int, default=1, metavar="N", help="micro-batches per optimizer step")
@@ -93,11 +95,22 @@ def register(sub) -> None:
                         "--augment, --adversarial, --checkpoint-every, --eval-every and --grad-accum also pick; both "
                         "take the method's small-data defaults (`slimtune methods`; LoRA: query/value on classify); "
                         "contrastive or supervised force one; off: the standard recipe, flags as given")
+    add_pair_flags(p)
     add_reader_flags(p)
     add_remedy_flags(p)
     add_multitask_flags(p)
     add_threads_flag(p)
     p.set_defaults(handler=run)
+
+
+def add_pair_flags(p) -> None:
+    g = p.add_argument_group("the contrastive few-shot recipe (--few-shot contrastive, or auto's pick)")
+    g.add_argument("--pairs-per-row", type=int, metavar="N",
+                   help="sentence pairs drawn per training row and pass, half same-class, half different-class "
+                        "(default: 20; measured against 10 and 40)")
+    g.add_argument("--pair-epochs", type=int, metavar="N",
+                   help="passes over freshly drawn pairs (default: 1, as SetFit's); more pairs or passes lower "
+                        "the pair phase's lr (× √(20/steps)) unless --lr is given")
 
 
 def add_remedy_flags(p) -> None:
@@ -171,6 +184,14 @@ def launch(args) -> int:
     return 0
 
 
+def pair_settings(args):
+    """The contrastive recipe's settings: its defaults, with the pair flags given."""
+    from slimtune.training.contrastive import ContrastiveConfig
+
+    given = {"pairs_per_row": args.pairs_per_row, "epochs": args.pair_epochs}
+    return ContrastiveConfig(**{field: value for field, value in given.items() if value is not None})
+
+
 def should_launch(args) -> bool:
     """Whether `--nproc` asks this process to start the ranks (not already one of them)."""
     if args.nproc is None:
@@ -217,7 +238,7 @@ def run(args) -> int:
         model=args.model, options=parse_set(args.set), max_train_examples=args.max_train_examples,
         max_length=args.max_length, pooling=args.pooling, read_options=reader_options(args), resume=args.resume,
         overwrite=args.overwrite, base_int8=args.base_int8, config=config, flags=resolved_flags(args),
-        init_adapter=args.init_adapter, few_shot=args.few_shot,
+        init_adapter=args.init_adapter, few_shot=args.few_shot, contrastive=pair_settings(args),
     )
     summary = train(request)
     distributed.shutdown()  # on failure a rank just exits, and torchrun stops the others
@@ -236,7 +257,9 @@ def run_multitask(args, config) -> int:
                                       ("--train", args.train), ("--dev", args.dev), ("--text-col", args.text_col),
                                       ("--label-col", args.label_col), ("--scheme", args.scheme),
                                       ("--init-adapter", args.init_adapter),
-                                      ("--few-shot", args.few_shot != "auto")) if value]
+                                      ("--few-shot", args.few_shot != "auto"),
+                                      ("--pairs-per-row", args.pairs_per_row is not None),
+                                      ("--pair-epochs", args.pair_epochs is not None)) if value]
     if given:
         raise SlimtuneError(f"{', '.join(given)} does not apply to --task multi; give each task's files in --tasks")
     if args.nproc not in (None, 1):

@@ -84,6 +84,7 @@ class SingleTask:
         """What the flags alone refuse (an unknown method, a remedy or --pack the task cannot take), before any
         data is read."""
         check_task_options(self.task, self.request.config)
+        self.request.contrastive.validate()
         method_class = get_method_class(self.request.method)
         if self.request.config.pack:
             check_packable(self.task, method_class)
@@ -135,6 +136,10 @@ class SingleTask:
             r.few_shot, self.given_rows, small_data.sentence_level(train_features),
             bool(encoder_parameters(self.model, self.params)), bool(dev_features), config,
             distributed=distributed.from_environment().world_size > 1, resume=r.resume, classes=len(self.labels))
+        pair_flags = r.contrastive.given_flags()
+        if pair_flags and self.recipe.name != "contrastive":
+            raise SlimtuneError(f"{', '.join(pair_flags)} sizes the contrastive few-shot recipe; this run's recipe is "
+                                f"{self.recipe.name} (--few-shot contrastive picks it)")
         config.batch_size = self.recipe.batch_size
         source = self.recipe.repeat(self._batches(train_features, config, pad_id), config)
         if distributed.from_environment().is_main and r.few_shot != "off":  # off: the flags as given, unannounced

@@ -26,16 +26,20 @@ from tqdm import tqdm
 from slimtune.methods.adaptation import head_parameters
 from slimtune.data.batching import pad_batch, to_device
 from slimtune.data.pairs import sample_pairs
+from slimtune.errors import SlimtuneError
 from slimtune.models.task_models import pool
 from slimtune.training.checkpoint import Progress
 from slimtune.training.trainer import linear_warmup_then_decay
+
+MAX_PAIRS_PER_ROW = 1000  # the pairs of an epoch are held as one list: 1000 x 500 rows at most
 
 
 @dataclass
 class ContrastiveConfig:
     """Measured defaults (docs/results.md, "Few-shot"); warm-up, clipping and seed come from the TrainConfig.
 
-    --epochs does not apply: it sizes the supervised recipes, and the contrastive phase has its own `epochs`.
+    --epochs and --batch-size size the supervised recipes; this phase has its own `epochs` and `pairs_per_row`
+    (`slimtune train --pair-epochs/--pairs-per-row`).
     """
 
     epochs: int = 1  # passes over freshly drawn pairs; SetFit's default
@@ -45,6 +49,18 @@ class ContrastiveConfig:
     reference_steps: int = 20  # pair steps at which the method's own lr measured best (SST-2, 8 per class)
     reference_tokens: float = 13.0  # mean tokens per row of SST-2 (all-MiniLM's tokenizer), where that lr was set
     length_factor_range: tuple[float, float] = (0.38, 3.0)  # as measured: 5-token mentions, 22-token sentences
+
+    def validate(self) -> None:
+        if not 1 <= self.pairs_per_row <= MAX_PAIRS_PER_ROW:
+            raise SlimtuneError(f"--pairs-per-row must be in 1-{MAX_PAIRS_PER_ROW}, got {self.pairs_per_row}")
+        if self.epochs < 1:
+            raise SlimtuneError(f"--pair-epochs must be at least 1, got {self.epochs}")
+
+    def given_flags(self) -> list[str]:
+        """The pair flags set to other than their defaults: they mean something only to the contrastive recipe."""
+        default = ContrastiveConfig()
+        return [flag for flag, field in (("--pairs-per-row", "pairs_per_row"), ("--pair-epochs", "epochs"))
+                if getattr(self, field) != getattr(default, field)]
 
     def scaled_lr(self, method_lr: float, steps: int, mean_tokens: float) -> float:
         """The phase's peak lr without --lr: the method's, times √(reference_steps / steps) once the pair budget
@@ -149,7 +165,9 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
     mean_tokens = sum(len(f["input_ids"]) for f in train_features) / max(len(train_features), 1)
     lr = given_lr if given_lr is not None else settings.scaled_lr(config.lr, total_steps, mean_tokens)
     why = "" if given_lr is not None else f" ({settings.explain_lr(config.lr, total_steps, mean_tokens)})"
-    print(f"pairs: {n_pairs} ({settings.pairs_per_row} per row) in {total_steps} steps of {settings.pair_batch_size}, "
+    epochs = f" × {settings.epochs} epochs" if settings.epochs > 1 else ""
+    print(f"pairs: {n_pairs} ({settings.pairs_per_row} per row){epochs} in {total_steps} steps of "
+          f"{settings.pair_batch_size}, "
           f"lr {lr:.2g}{why}", file=sys.stderr)
     optimizer = torch.optim.AdamW(encoder, lr=lr, weight_decay=config.weight_decay)
     scheduler = linear_warmup_then_decay(optimizer, int(config.warmup_ratio * total_steps), total_steps)
