@@ -30,3 +30,13 @@ def test_training_off_a_terminal_prints_progress_lines(tiny_model, toy_data, tmp
                  "--out", str(tmp_path / "r")]) == 0
     err = capfd.readouterr().err
     assert "train: " in err and " batch/s" in err and "loss=" in err
+
+
+def test_the_pair_phase_off_a_terminal_prints_progress_lines(tiny_model, toy_data, tmp_path, capfd, monkeypatch):
+    from slimtune.cli import main
+
+    monkeypatch.setenv("SLIMTUNE_PROGRESS_SECONDS", "0")
+    assert main(["train", "--train", toy_data["train"], "--model", tiny_model, "--few-shot", "contrastive",
+                 "--pairs-per-row", "2", "--out", str(tmp_path / "r")]) == 0
+    err = capfd.readouterr().err
+    assert "pairs: " in err and " batch/s" in err and "loss=" in err

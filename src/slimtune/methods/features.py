@@ -20,7 +20,6 @@ once and are kept in memory. Classification only: one sentence vector per text h
 """
 
 import hashlib
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +28,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
-from tqdm import tqdm
 
 from slimtune.atomic import write_safetensors
 from slimtune.cache import cache_dir
@@ -38,6 +36,7 @@ from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.methods.feature_reducers import fit_lda, fit_pca, fit_tfidf, tfidf_vectors
 from slimtune.models.loading import fingerprint
+from slimtune.progress import note, progress_bar
 from slimtune.models.task_models import pool
 
 REDUCERS = ("pca", "lda", "tfidf")
@@ -217,17 +216,20 @@ class Features(Method):
         cached = self._read_cache(path, len(unique))
         if cached is not None:
             backbone.known.update(zip(unique, cached.to(device).unbind(0)))
-            tqdm.write(f"features: {len(unique)} examples read from the cache {path}", file=sys.stderr)
+            note(f"features: {len(unique)} examples read from the cache {path}")
         else:
-            for b in tqdm(batches, desc="features", unit="batch", disable=None):
+            bar = progress_bar(len(batches), "features")
+            for b in batches:
                 batch_keys = example_keys(b["input_ids"], b["attention_mask"], b.get("token_type_ids"))
                 types = b.get("token_type_ids")
                 rows = backbone.encode(b["input_ids"].to(device), b["attention_mask"].to(device),
                                        types.to(device) if types is not None else None)
                 backbone.known.update(zip(batch_keys, rows))
+                bar.update(1)
+            bar.close()
             path.parent.mkdir(parents=True, exist_ok=True)
             write_safetensors(path, {"features": torch.stack([backbone.known[k] for k in unique]).cpu()})
-            tqdm.write(f"features: {len(unique)} examples encoded, cached at {path}", file=sys.stderr)
+            note(f"features: {len(unique)} examples encoded, cached at {path}")
         return torch.stack([backbone.known[k] for k in keys]).cpu()
 
     @staticmethod

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from slimtune.methods.adaptation import head_parameters
 from slimtune.data.batching import pad_batch, to_device
 from slimtune.data.pairs import sample_pairs
 from slimtune.errors import SlimtuneError
 from slimtune.models.task_models import pool
+from slimtune.progress import progress_bar
 from slimtune.training.checkpoint import Progress
 from slimtune.training.trainer import linear_warmup_then_decay
 
@@ -176,7 +176,7 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
     step, examples, tokens, started = 0, 0, 0, time.perf_counter()
     losses = []  # since the last log record
     log = []
-    bar = tqdm(total=total_steps, desc="pairs", unit="batch", file=sys.stderr, dynamic_ncols=True, disable=None)
+    bar = progress_bar(total_steps, "pairs")
     for epoch in range(settings.epochs):
         pairs = sample_pairs(label_ids, n_pairs, seed=config.seed * 1000 + epoch)
         for start in range(0, len(pairs), settings.pair_batch_size):
