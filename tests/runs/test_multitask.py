@@ -124,6 +124,7 @@ def test_a_single_task_adapter_refuses_a_task_name(data, tiny_model, tmp_path, c
     (["a=classify:{sst}", "b=ner:{ner}"], ["--weights", "a=2"], "--weights needs --loss-weights fixed"),
     (["a=classify:{sst}", "b=ner:{ner}"], ["--loss-weights", "fixed", "--weights", "c=2"], "got 'c=2'"),
     (["a=classify:{sst}", "b=ner:{ner}"], ["--train", "{sst}"], "--train does not apply to --task multi"),
+    (["a=classify:{sst}", "b=ner:{ner}"], ["--pair-epochs", "2"], "--pair-epochs does not apply to --task multi\n"),
     (["a=classify:{sst}", "b=causal-lm:{sst}"], [], "task b: causal-lm cannot be mixed; multi-task runs mix"),
     (["a=classify:{sst}", "b=ner:{ner}"], ["--nproc", "2"], "--task multi does not support --nproc yet"),
 ])

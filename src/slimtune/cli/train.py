@@ -261,7 +261,9 @@ def run_multitask(args, config) -> int:
                                       ("--pairs-per-row", args.pairs_per_row is not None),
                                       ("--pair-epochs", args.pair_epochs is not None)) if value]
     if given:
-        raise SlimtuneError(f"{', '.join(given)} does not apply to --task multi; give each task's files in --tasks")
+        files = {"--train", "--dev", "--text-col", "--label-col", "--scheme"} & set(given)
+        raise SlimtuneError(f"{', '.join(given)} does not apply to --task multi"
+                            + ("; give each task's files in --tasks" if files else ""))
     if args.nproc not in (None, 1):
         raise SlimtuneError("--task multi does not support --nproc yet; train it on one process")
     if args.weights and args.loss_weights != "fixed":
