@@ -80,6 +80,9 @@ def test_pair_flags_size_the_pair_phase_and_are_refused_where_no_pair_phase_runs
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["contrastive"]["pairs"] == 240 and metrics["contrastive"]["epochs"] == 2
     assert metrics["steps"] == 30
+    again = tmp_path / "again"  # the saved flags train the same pair phase again
+    assert main(["train", "--config", str(out / "train_config.yaml"), "--out", str(again)]) == 0
+    assert json.loads((again / "metrics.json").read_text())["contrastive"] == metrics["contrastive"]
     for flags, message in ((["--few-shot", "supervised", "--pair-epochs", "2"], "--pair-epochs sizes the contrastive"),
                            (["--pairs-per-row", "0"], "--pairs-per-row must be in 1-1000, got 0"),
                            (["--pair-epochs", "0"], "--pair-epochs must be at least 1, got 0")):
