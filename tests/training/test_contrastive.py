@@ -92,6 +92,13 @@ def test_pair_flags_size_the_pair_phase_and_are_refused_where_no_pair_phase_runs
         assert message in capsys.readouterr().err and not bad.exists()
 
 
+def test_a_pair_phase_too_large_to_hold_is_refused_before_training():
+    settings = ContrastiveConfig(pairs_per_row=1000)
+    settings.check_pairs(10_000)  # 10 million pairs: held
+    with pytest.raises(SlimtuneError, match="10001 rows × 1000 pairs per row is over 10,000,000 pairs an epoch"):
+        settings.check_pairs(10_001)
+
+
 def test_contrastive_changes_only_encoder_adapter_and_head(tiny_model, few_shot_data, tmp_path):
     from safetensors.torch import load_file
 

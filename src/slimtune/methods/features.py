@@ -36,8 +36,8 @@ from slimtune.errors import SlimtuneError
 from slimtune.methods.base import Method
 from slimtune.methods.feature_reducers import fit_lda, fit_pca, fit_tfidf, tfidf_vectors
 from slimtune.models.loading import fingerprint
-from slimtune.progress import note, progress_bar
 from slimtune.models.task_models import pool
+from slimtune.progress import note, progress_bar
 
 REDUCERS = ("pca", "lda", "tfidf")
 POOLINGS = ("mean", "cls")

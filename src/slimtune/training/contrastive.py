@@ -31,7 +31,8 @@ from slimtune.progress import progress_bar
 from slimtune.training.checkpoint import Progress
 from slimtune.training.trainer import linear_warmup_then_decay
 
-MAX_PAIRS_PER_ROW = 1000  # the pairs of an epoch are held as one list: 1000 x 500 rows at most
+MAX_PAIRS_PER_ROW = 1000
+MAX_PAIRS = 10_000_000  # an epoch's pairs are held as one list (about 1 GB at this count)
 
 
 @dataclass
@@ -55,6 +56,12 @@ class ContrastiveConfig:
             raise SlimtuneError(f"--pairs-per-row must be in 1-{MAX_PAIRS_PER_ROW}, got {self.pairs_per_row}")
         if self.epochs < 1:
             raise SlimtuneError(f"--pair-epochs must be at least 1, got {self.epochs}")
+
+    def check_pairs(self, n_rows: int) -> None:
+        """Refuse, before training, a pair phase too large to hold: `pairs_per_row` × `n_rows` pairs an epoch."""
+        if self.pairs_per_row * n_rows > MAX_PAIRS:
+            raise SlimtuneError(f"{n_rows} rows × {self.pairs_per_row} pairs per row is over {MAX_PAIRS:,} pairs an "
+                                "epoch; lower --pairs-per-row or use the supervised recipe")
 
     def given_flags(self) -> list[str]:
         """The pair flags set to other than their defaults: they mean something only to the contrastive recipe."""
