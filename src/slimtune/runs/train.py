@@ -136,10 +136,9 @@ class SingleTask:
             r.few_shot, self.given_rows, small_data.sentence_level(train_features),
             bool(encoder_parameters(self.model, self.params)), bool(dev_features), config,
             distributed=distributed.from_environment().world_size > 1, resume=r.resume, classes=len(self.labels))
-        pair_flags = r.contrastive.given_flags()
         if self.recipe.name == "contrastive":
             r.contrastive.check_pairs(len(train_features))
-        elif pair_flags:
+        elif pair_flags := r.contrastive.given_flags():
             raise SlimtuneError(f"{', '.join(pair_flags)} sizes the contrastive few-shot recipe; this run's recipe is "
                                 f"{self.recipe.name} (--few-shot contrastive picks it)")
         config.batch_size = self.recipe.batch_size

@@ -31,7 +31,7 @@ from slimtune.progress import progress_bar
 from slimtune.training.checkpoint import Progress
 from slimtune.training.trainer import linear_warmup_then_decay
 
-MAX_PAIRS_PER_ROW = 1000
+MAX_PAIRS_PER_ROW = 1000  # refused from the flag alone, before any data is read; MAX_PAIRS bounds the epoch
 MAX_PAIRS = 10_000_000  # an epoch's pairs are held as one list (about 1 GB at this count)
 
 
@@ -174,8 +174,7 @@ def fit_contrastive(model, method, task, params: list, train_features: list[dict
     why = "" if given_lr is not None else f" ({settings.explain_lr(config.lr, total_steps, mean_tokens)})"
     epochs = f" × {settings.epochs} epochs" if settings.epochs > 1 else ""
     print(f"pairs: {n_pairs} ({settings.pairs_per_row} per row){epochs} in {total_steps} steps of "
-          f"{settings.pair_batch_size}, "
-          f"lr {lr:.2g}{why}", file=sys.stderr)
+          f"{settings.pair_batch_size}, lr {lr:.2g}{why}", file=sys.stderr)
     optimizer = torch.optim.AdamW(encoder, lr=lr, weight_decay=config.weight_decay)
     scheduler = linear_warmup_then_decay(optimizer, int(config.warmup_ratio * total_steps), total_steps)
     torch.manual_seed(config.seed)
